@@ -268,4 +268,3 @@ func BenchmarkEncodeDecode(b *testing.B) {
 		})
 	}
 }
-

@@ -1,0 +1,294 @@
+package gateway
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxGSOSegments is the number of segments one UDP_SEGMENT send may carry.
+// Linux allowed 64 from 4.18 and 128 later; 64 works everywhere.
+const maxGSOSegments = 64
+
+// maxGSOBytes bounds the payload of one GSO send (the IPv4 datagram limit).
+const maxGSOBytes = 65507
+
+// meta describes one datagram read by ReadBatch.
+type meta struct {
+	n     int            // bytes read into the buffer
+	from  netip.AddrPort // sender
+	trunc bool           // the datagram did not fit the buffer (MSG_TRUNC)
+}
+
+// batchReader reads up to len(bufs) datagrams in one call. The relay and the
+// receiver depend only on this, so their logic can be tested without sockets.
+type batchReader interface {
+	ReadBatch(bufs [][]byte, ms []meta) (int, error)
+}
+
+// batchWriter writes frames to one destination and reports how many the
+// kernel refused (counted by the caller, never retried) and the first
+// refusal. Transient back-pressure (EAGAIN) is waited out, not reported.
+type batchWriter interface {
+	WriteBatch(frames [][]byte, dst netip.AddrPort) (failed int, err error)
+}
+
+// mmsgConn does batched I/O on a UDP socket with recvmmsg(2) and sendmmsg(2)
+// over buffers and headers allocated once, so steady-state I/O allocates
+// nothing. x/net's ReadBatch would allocate a net.Addr per datagram.
+type mmsgConn struct {
+	rc  syscall.RawConn
+	gso bool // use UDP_SEGMENT for runs of equal-size frames
+
+	hdrs  []unix.Mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet6
+	cmsgs []byte // one UDP_SEGMENT control message per header
+
+	// Results of the closures below; kept in the struct so that the
+	// closures are built once and calls do not allocate.
+	op, opN      int
+	opErr        error
+	readFn       func(fd uintptr) bool
+	writeFn      func(fd uintptr) bool
+	counts       []int                 // frames carried by each header being sent
+	dst          unix.RawSockaddrInet6 // destination of the current WriteBatch
+	gsoFallbacks uint64                // GSO sends refused and resent singly
+}
+
+var cmsgSpace = unix.CmsgSpace(2)
+
+// newMmsgConn prepares batched I/O of up to size datagrams per call on c.
+func newMmsgConn(c *net.UDPConn, size int, gso bool) (*mmsgConn, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("getting raw socket: %w", err)
+	}
+	m := &mmsgConn{
+		rc:     rc,
+		gso:    gso,
+		hdrs:   make([]unix.Mmsghdr, size),
+		iovs:   make([]unix.Iovec, size),
+		names:  make([]unix.RawSockaddrInet6, size),
+		cmsgs:  make([]byte, size*cmsgSpace),
+		counts: make([]int, size),
+	}
+	m.readFn = m.doRead
+	m.writeFn = m.doWrite
+	return m, nil
+}
+
+func (m *mmsgConn) doRead(fd uintptr) bool {
+	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.hdrs[0])), uintptr(m.op), 0, 0, 0)
+	if errno == unix.EAGAIN || errno == unix.EINTR {
+		return false
+	}
+	m.opN, m.opErr = int(n), nil
+	if errno != 0 {
+		m.opN, m.opErr = 0, errno
+	}
+	return true
+}
+
+func (m *mmsgConn) doWrite(fd uintptr) bool {
+	n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&m.hdrs[m.op])), uintptr(m.opN), 0, 0, 0)
+	if errno == unix.EAGAIN || errno == unix.EINTR {
+		return false
+	}
+	m.opErr = nil
+	if errno != 0 {
+		n, m.opErr = 0, errno
+	}
+	m.opN = int(n)
+	return true
+}
+
+// ReadBatch implements batchReader: it blocks until at least one datagram
+// is there, then returns as many as are queued, up to len(bufs).
+func (m *mmsgConn) ReadBatch(bufs [][]byte, ms []meta) (int, error) {
+	n := min(len(bufs), len(ms), len(m.hdrs))
+	for i := range n {
+		m.iovs[i].Base = unsafe.SliceData(bufs[i])
+		m.iovs[i].SetLen(len(bufs[i]))
+		h := &m.hdrs[i].Hdr
+		*h = unix.Msghdr{
+			Name:    (*byte)(unsafe.Pointer(&m.names[i])),
+			Namelen: unix.SizeofSockaddrInet6,
+			Iov:     &m.iovs[i],
+		}
+		h.SetIovlen(1)
+	}
+	m.op = n
+	if err := m.rc.Read(m.readFn); err != nil {
+		return 0, err
+	}
+	if m.opErr != nil {
+		return 0, m.opErr
+	}
+	for i := range m.opN {
+		ms[i] = meta{
+			n:     int(m.hdrs[i].Len),
+			from:  sockaddrToAddrPort(&m.names[i]),
+			trunc: m.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0,
+		}
+	}
+	return m.opN, nil
+}
+
+// WriteBatch implements batchWriter. Runs of frames of equal length go out
+// as one UDP_SEGMENT (GSO) send when GSO is on: the kernel splits them into
+// datagrams of that length, one traversal of the stack for up to 64 frames.
+func (m *mmsgConn) WriteBatch(frames [][]byte, dst netip.AddrPort) (failed int, firstErr error) {
+	namelen := putSockaddr(&m.dst, dst)
+	singles := 0 // frames to send one by one after a refused GSO send
+	for i := 0; i < len(frames); {
+		nh := m.layout(frames[i:], namelen, &singles)
+		sent, err := m.send(nh)
+		for k := range sent {
+			i += m.counts[k]
+		}
+		if sent == nh {
+			continue
+		}
+		if !errors.Is(err, errRefused) { // socket closed or poller failure
+			return failed + len(frames) - i, err
+		}
+		cnt := m.counts[sent]
+		if cnt > 1 && (errors.Is(m.opErr, unix.EINVAL) || errors.Is(m.opErr, unix.EIO)) {
+			// The kernel refuses GSO when a segment exceeds the path MTU
+			// (EINVAL) or the device lacks checksum offload (EIO): send
+			// these frames singly rather than lose them.
+			singles = cnt
+			m.gsoFallbacks++
+			continue
+		}
+		failed += cnt
+		i += cnt
+		if firstErr == nil {
+			firstErr = m.opErr
+		}
+	}
+	return failed, firstErr
+}
+
+// errRefused marks a header the kernel refused; m.opErr says why.
+var errRefused = errors.New("refused by the kernel")
+
+// layout fills headers for frames, as many as fit, and returns their number;
+// m.counts[k] is the number of frames header k carries.
+func (m *mmsgConn) layout(frames [][]byte, namelen uint32, singles *int) int {
+	nh, nIov := 0, 0
+	for i := 0; i < len(frames) && nh < len(m.hdrs) && nIov < len(m.iovs); {
+		run := 1
+		if *singles > 0 {
+			*singles--
+		} else if m.gso {
+			run = gsoRun(frames[i:], min(maxGSOSegments, len(m.iovs)-nIov))
+		}
+		h := &m.hdrs[nh].Hdr
+		*h = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&m.dst)), Namelen: namelen, Iov: &m.iovs[nIov]}
+		h.SetIovlen(run)
+		for j := range run {
+			f := frames[i+j]
+			m.iovs[nIov+j].Base = unsafe.SliceData(f)
+			m.iovs[nIov+j].SetLen(len(f))
+		}
+		if run > 1 {
+			c := m.cmsgs[nh*cmsgSpace : (nh+1)*cmsgSpace]
+			ch := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+			ch.Level, ch.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+			ch.SetLen(unix.CmsgLen(2))
+			binary.NativeEndian.PutUint16(c[unix.CmsgLen(0):], uint16(len(frames[i])))
+			h.Control = &c[0]
+			h.SetControllen(cmsgSpace)
+		}
+		m.counts[nh] = run
+		nh++
+		nIov += run
+		i += run
+	}
+	return nh
+}
+
+// send writes headers 0..nh-1, looping on partial writes and waiting out
+// back-pressure. It returns how many were sent; fewer than nh means header
+// [sent] was refused (errRefused, reason in m.opErr) or the socket failed.
+func (m *mmsgConn) send(nh int) (int, error) {
+	for next := 0; next < nh; {
+		m.op, m.opN = next, nh-next
+		if err := m.rc.Write(m.writeFn); err != nil {
+			return next, err
+		}
+		if m.opErr != nil {
+			return next, errRefused
+		}
+		next += m.opN
+	}
+	return nh, nil
+}
+
+func countFrames(hs []unix.Mmsghdr) int {
+	n := 0
+	for i := range hs {
+		n += int(hs[i].Len)
+	}
+	return n
+}
+
+// gsoRun returns how many frames from the start of fs can go in one GSO
+// send: frames of the first frame's length, then optionally one shorter
+// frame (the kernel allows a short last segment), within the segment and
+// byte limits.
+func gsoRun(fs [][]byte, limit int) int {
+	size := len(fs[0])
+	if size == 0 {
+		return 1
+	}
+	limit = min(limit, maxGSOBytes/size, len(fs))
+	n := 1
+	for n < limit && len(fs[n]) == size {
+		n++
+	}
+	if n < limit && len(fs[n]) < size && len(fs[n]) > 0 {
+		n++
+	}
+	return n
+}
+
+func sockaddrToAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
+	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
+	switch sa.Family {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port)
+	case unix.AF_INET6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), port) // zone dropped: not needed on the wire
+	}
+	return netip.AddrPort{}
+}
+
+func putSockaddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) uint32 {
+	if ap.Addr().Is4() {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		sa4.Family = unix.AF_INET
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:], ap.Port())
+		sa4.Addr = ap.Addr().As4()
+		return unix.SizeofSockaddrInet4
+	}
+	sa.Family = unix.AF_INET6
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], ap.Port())
+	sa.Addr = ap.Addr().As16()
+	sa.Scope_id = 0
+	if z := ap.Addr().Zone(); z != "" {
+		if ifi, err := net.InterfaceByName(z); err == nil {
+			sa.Scope_id = uint32(ifi.Index)
+		}
+	}
+	return unix.SizeofSockaddrInet6
+}

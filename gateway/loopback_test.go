@@ -1,0 +1,258 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// freePort returns a UDP port that was free a moment ago on addr.
+func freePort(t *testing.T, addr string) uint16 {
+	t.Helper()
+	c, err := net.ListenPacket("udp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
+}
+
+// collector is a Deliverer that records what it was given.
+type collector struct {
+	mu     sync.Mutex
+	frames []Frame
+	raws   [][]byte
+}
+
+func (c *collector) Deliver(f *Frame, raw []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cp := *f
+	cp.Payload = bytes.Clone(f.Payload)
+	c.frames = append(c.frames, cp)
+	c.raws = append(c.raws, bytes.Clone(raw))
+	return nil
+}
+func (c *collector) Flush() error { return nil }
+func (c *collector) Close() error { return nil }
+func (c *collector) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.frames)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// startRelayReceiver runs a relay on loop:port forwarding by unicast to a
+// receiver on loop:rport, and returns them with the relay's ingress address.
+func startRelayReceiver(t *testing.T, loop string, rkey, key []byte, allow Allowlist) (*Relay, *Receiver, *collector, netip.AddrPort) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	in := netip.AddrPortFrom(netip.MustParseAddr(loop), freePort(t, loop))
+	out := netip.AddrPortFrom(netip.MustParseAddr(loop), freePort(t, loop))
+	relay, err := NewRelay(RelayConfig{Listen: []netip.AddrPort{in}, Unicast: []netip.AddrPort{out}, Key: rkey, Allow: allow, Epoch: 7}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := &collector{}
+	recv, err := NewReceiver(ReceiverConfig{Listen: out, Key: key, Deliver: col}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := recv.Bind(ctx); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	go func() { errs <- relay.Run(ctx) }()
+	go func() { errs <- recv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Errorf("Run returned %v after cancel, want nil", err)
+			}
+		}
+	})
+	if err := relay.Bind(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return relay, recv, col, in
+}
+
+func TestLoopbackRelayReceiver(t *testing.T) {
+	key := bytes.Repeat([]byte{0x42}, 32)
+	tests := []struct {
+		name string
+		loop string
+		key  []byte
+	}{
+		{"ipv4", "127.0.0.1", nil},
+		{"ipv4 auth", "127.0.0.1", key},
+		{"ipv6", "::1", nil},
+		{"ipv6 auth", "::1", key},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			relay, recv, col, in := startRelayReceiver(t, tt.loop, tt.key, tt.key, nil)
+			src, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			const n = 200
+			for i := range n {
+				if _, err := fmt.Fprintf(src, "msg-%03d", i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, "frames delivered", func() bool { return col.count() == n })
+			srcAP := src.LocalAddr().(*net.UDPAddr).AddrPort()
+			for i, f := range col.frames {
+				want := Header{IngressPort: in.Port(), Epoch: 7, Seq: uint64(i + 1), Source: netip.AddrPortFrom(srcAP.Addr().Unmap(), srcAP.Port())}
+				if tt.key != nil {
+					want.Flags = FlagAuth
+				}
+				got := f.Header
+				if got.Timestamp < time.Now().Add(-time.Minute).UnixNano() || got.Timestamp > time.Now().UnixNano() {
+					t.Fatalf("frame %d timestamp %d not recent", i, got.Timestamp)
+				}
+				got.Timestamp = 0
+				if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+					t.Fatalf("frame %d header (-want +got):\n%s", i, diff)
+				}
+				if string(f.Payload) != fmt.Sprintf("msg-%03d", i) {
+					t.Fatalf("frame %d payload %q", i, f.Payload)
+				}
+			}
+			rs := relay.Stats()[0]
+			if rs.Received != n || rs.Forwarded != n || rs.Bytes != n*7 {
+				t.Fatalf("relay stats %+v", rs)
+			}
+			st := recv.Stats()
+			if st.Delivered != n || st.Lost != 0 || st.Duplicates != 0 || st.Epoch != 7 {
+				t.Fatalf("receiver stats %+v", st)
+			}
+			// The epoch changes at run time and the sequence restarts.
+			relay.SetEpoch(8)
+			fmt.Fprint(src, "after")
+			waitFor(t, "frame of epoch 8", func() bool { return col.count() == n+1 })
+			if f := col.frames[n]; f.Epoch != 8 || f.Seq != 1 {
+				t.Fatalf("after SetEpoch(8): epoch %d seq %d, want 8 1", f.Epoch, f.Seq)
+			}
+		})
+	}
+}
+
+func TestLoopbackRejects(t *testing.T) {
+	key := bytes.Repeat([]byte{0x42}, 32)
+	other := bytes.Repeat([]byte{0x43}, 32)
+	// Relay signs with a different key: the receiver rejects every frame.
+	relay, recv, col, in := startRelayReceiver(t, "127.0.0.1", other, key, nil)
+	src, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	for range 10 {
+		src.Write([]byte("forged"))
+	}
+	waitFor(t, "rejections", func() bool { return recv.Stats().Rejected["tag_bad"] == 10 })
+	if col.count() != 0 || relay.Stats()[0].Forwarded != 10 {
+		t.Fatalf("delivered %d, relay %+v", col.count(), relay.Stats()[0])
+	}
+}
+
+func TestLoopbackForeignAndTruncated(t *testing.T) {
+	// Only 198.18.0.0/15 may send: loopback senders are dropped.
+	_, _, col, in := startRelayReceiver(t, "127.0.0.1", nil, nil, Allowlist{netip.MustParsePrefix("198.18.0.0/15")})
+	relay2, recv2, col2, in2 := startRelayReceiver(t, "127.0.0.1", nil, nil, nil)
+	src, _ := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(in))
+	defer src.Close()
+	for range 5 {
+		src.Write([]byte("not allowed"))
+	}
+	// Truncated: a datagram larger than the relay's buffer is dropped, not cut.
+	big := make([]byte, MaxRelayPayload+1)
+	src2, _ := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(in2))
+	defer src2.Close()
+	if _, err := src2.Write(big); err != nil {
+		t.Fatal(err)
+	}
+	src2.Write([]byte("ok"))
+	// Foreign datagrams sent straight at the receiver are rejected.
+	rx, _ := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(recv2.cfg.Listen))
+	defer rx.Close()
+	rx.Write([]byte("GET / HTTP/1.0\r\n\r\n not a frame at all, but long enough to be a header"))
+	rx.Write([]byte("tiny"))
+	waitFor(t, "relay2 drops", func() bool { return relay2.Stats()[0].Dropped["truncated"] == 1 && relay2.Stats()[0].Forwarded == 1 })
+	waitFor(t, "receiver rejects", func() bool {
+		st := recv2.Stats()
+		return st.Rejected["bad_magic"] == 1 && st.Rejected["short"] == 1 && st.Delivered == 1
+	})
+	if col2.count() != 1 || string(col2.frames[0].Payload) != "ok" {
+		t.Fatalf("receiver2 got %d frames", col2.count())
+	}
+	time.Sleep(50 * time.Millisecond)
+	if col.count() != 0 {
+		t.Fatalf("allowlist: %d frames delivered, want 0", col.count())
+	}
+}
+
+func TestKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(p, mode)
+		return p
+	}
+	hex64 := "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+	tests := []struct {
+		name, body string
+		mode       os.FileMode
+		wantErr    string
+	}{
+		{"ok", "  " + hex64 + "\n", 0o600, ""},
+		{"group readable", hex64, 0o640, "must not be readable by group or others"},
+		{"world readable", hex64, 0o604, "mode 0604"},
+		{"short", hex64[:62], 0o600, "want at least 32"},
+		{"not hex", "zz" + hex64, 0o600, "not hex"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			key, err := LoadKey(write(tt.name, tt.body, tt.mode))
+			if tt.wantErr == "" {
+				if err != nil || len(key) != 32 {
+					t.Fatalf("LoadKey = %x, %v", key, err)
+				}
+				return
+			}
+			if err == nil || !bytes.Contains([]byte(err.Error()), []byte(tt.wantErr)) {
+				t.Fatalf("LoadKey error %v, want it to mention %q", err, tt.wantErr)
+			}
+		})
+	}
+	if _, err := LoadKey(filepath.Join(dir, "missing")); err == nil {
+		t.Fatal("missing file: no error")
+	}
+}

@@ -1,0 +1,417 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// DropReason says why the relay did not forward a datagram.
+type DropReason uint8
+
+// Relay drop reasons.
+const (
+	DropTruncated  DropReason = iota // larger than the relay's buffer (MSG_TRUNC)
+	DropNotAllowed                   // sender outside the ingress allowlist
+	DropSendError                    // the kernel refused the send to a destination
+	numDrops
+)
+
+var dropNames = [numDrops]string{"truncated", "not_allowed", "send_error"}
+
+// String returns the reason as a metric label value.
+func (d DropReason) String() string { return dropNames[d] }
+
+// RelayStats is a snapshot of one listener's counters.
+type RelayStats struct {
+	Listen    netip.AddrPort
+	Received  uint64 // datagrams read
+	Forwarded uint64 // frames written to every destination
+	Bytes     uint64 // payload bytes read
+	// Dropped counts by reason. A send_error counts once per destination
+	// that refused a frame.
+	Dropped map[string]uint64
+}
+
+// relayCounters are updated by one listener goroutine and read by others.
+type relayCounters struct {
+	received, forwarded, bytes atomic.Uint64
+	dropped                    [numDrops]atomic.Uint64
+}
+
+// Relay limits.
+const (
+	// DefaultBatch is how many datagrams one recvmmsg/sendmmsg handles.
+	DefaultBatch = 64
+	// MaxRelayPayload is the largest datagram the relay forwards: the
+	// framed datagram must still fit the IPv4 UDP limit of 65507 bytes.
+	MaxRelayPayload = 65507 - HeaderLen - TagLen
+)
+
+// RelayConfig configures a Relay. Listen and at least one destination
+// (Group or Unicast) are required.
+type RelayConfig struct {
+	Listen  []netip.AddrPort // where datagrams arrive (the VIP); bound with FREEBIND
+	Group   netip.AddrPort   // multicast destination; zero = none
+	Iface   string           // multicast egress interface; "" = routing table
+	TTL     int              // multicast TTL / hop limit; 0 = 1
+	Unicast []netip.AddrPort // unicast destinations
+	Allow   Allowlist        // ingress allowlist; empty = everyone
+	Key     []byte           // HMAC key; nil = no tags
+	Epoch   uint64           // initial epoch; 0 = standalone
+	RcvBuf  int              // receive buffer; 0 = DefaultRcvBuf
+	Batch   int              // datagrams per syscall; 0 = DefaultBatch
+	NoGSO   bool             // never use UDP_SEGMENT
+}
+
+func (c *RelayConfig) validate() error {
+	if len(c.Listen) == 0 {
+		return errors.New("relay: at least one listen address is required")
+	}
+	for i, l := range c.Listen {
+		if !l.IsValid() || l.Port() == 0 {
+			return fmt.Errorf("relay: listen[%d] %q: need an address and a non-zero port", i, l)
+		}
+	}
+	if !c.Group.IsValid() && len(c.Unicast) == 0 {
+		return errors.New("relay: no destination: set a multicast group or unicast receivers")
+	}
+	if c.Group.IsValid() && (!c.Group.Addr().IsMulticast() || c.Group.Port() == 0) {
+		return fmt.Errorf("relay: group %s: not a multicast address with a port", c.Group)
+	}
+	for i, u := range c.Unicast {
+		if !u.IsValid() || u.Port() == 0 || u.Addr().IsMulticast() || u.Addr().IsUnspecified() {
+			return fmt.Errorf("relay: unicast[%d] %s: need a unicast address and a non-zero port", i, u)
+		}
+	}
+	if c.TTL < 0 || c.TTL > 255 {
+		return fmt.Errorf("relay: ttl %d is out of range 1..255", c.TTL)
+	}
+	if c.Batch < 0 || c.Batch > 1024 {
+		return fmt.Errorf("relay: batch %d is out of range 1..1024", c.Batch)
+	}
+	if c.Key != nil && len(c.Key) < MinKeyLen {
+		return fmt.Errorf("relay: key is %d bytes, want at least %d", len(c.Key), MinKeyLen)
+	}
+	return nil
+}
+
+// seqSpace is one (epoch, sequence) space. SetEpoch swaps in a new one, so
+// a frame never carries a new epoch with an old sequence number.
+type seqSpace struct {
+	epoch uint64
+	last  atomic.Uint64 // last sequence number handed out
+}
+
+// Relay receives datagrams on its listen addresses and forwards each, wrapped
+// in a frame, to the multicast group and every unicast destination.
+type Relay struct {
+	cfg       RelayConfig
+	log       *slog.Logger
+	space     atomic.Pointer[seqSpace]
+	mu        sync.Mutex // guards listeners during Bind and Close
+	listeners []*relayListener
+}
+
+// NewRelay checks cfg and returns a relay; it opens nothing. Call Bind to
+// open the sockets early, or Run.
+func NewRelay(cfg RelayConfig, log *slog.Logger) (*Relay, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = 1
+	}
+	if cfg.Batch == 0 {
+		cfg.Batch = DefaultBatch
+	}
+	if cfg.RcvBuf == 0 {
+		cfg.RcvBuf = DefaultRcvBuf
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &Relay{cfg: cfg, log: log.With("component", "relay")}
+	r.SetEpoch(cfg.Epoch)
+	return r, nil
+}
+
+// SetEpoch switches to a new epoch; the next frame has sequence number 1.
+// The agent calls it on each election; it is safe while Run is running.
+func (r *Relay) SetEpoch(epoch uint64) {
+	r.space.Store(&seqSpace{epoch: epoch})
+}
+
+// Epoch returns the current epoch.
+func (r *Relay) Epoch() uint64 { return r.space.Load().epoch }
+
+// Bind opens the listening and sending sockets. Listening sockets use
+// FREEBIND, so they can be bound to a VIP that is not yet on the host. It is
+// idempotent.
+func (r *Relay) Bind(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.listeners != nil {
+		return nil
+	}
+	ifi, err := interfaceByName(r.cfg.Iface)
+	if err != nil {
+		return fmt.Errorf("relay: multicast interface: %w", err)
+	}
+	var ls []*relayListener
+	for _, addr := range r.cfg.Listen {
+		l, err := r.newListener(ctx, addr, ifi)
+		if err != nil {
+			for _, l := range ls {
+				l.close()
+			}
+			return err
+		}
+		ls = append(ls, l)
+	}
+	r.listeners = ls
+	return nil
+}
+
+func (r *Relay) newListener(ctx context.Context, addr netip.AddrPort, ifi *net.Interface) (*relayListener, error) {
+	conn, granted, err := listenUDP(ctx, addr, sockOpts{freebind: true, rcvbuf: r.cfg.RcvBuf})
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	l := &relayListener{
+		addr:  addr,
+		port:  addr.Port(),
+		conn:  conn,
+		codec: NewCodec(r.cfg.Key),
+		allow: r.cfg.Allow,
+		space: &r.space,
+		log:   r.log.With("listen", addr.String()),
+		now:   func() int64 { return time.Now().UnixNano() },
+	}
+	l.log.Info("listening", "rcvbuf_requested", r.cfg.RcvBuf, "rcvbuf_granted", granted)
+	if granted < r.cfg.RcvBuf {
+		l.log.Warn("kernel granted a smaller receive buffer than requested; raise net.core.rmem_max or grant CAP_NET_ADMIN", "rcvbuf_requested", r.cfg.RcvBuf, "rcvbuf_granted", granted)
+	}
+	in, err := newMmsgConn(conn, r.cfg.Batch, false)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("relay: %s: %w", addr, err)
+	}
+	l.in = in
+	// One sender per address family, created on demand; multicast options
+	// matter only on the group's family but are harmless on the other.
+	senders := map[bool]*sender{}
+	mc := mcastOpts{ifi: ifi, ttl: r.cfg.TTL, loop: true}
+	dests := append([]netip.AddrPort(nil), r.cfg.Unicast...)
+	if r.cfg.Group.IsValid() {
+		dests = append([]netip.AddrPort{r.cfg.Group}, dests...)
+	}
+	for _, d := range dests {
+		v6 := d.Addr().Is6() && !d.Addr().Is4In6()
+		s, ok := senders[v6]
+		if !ok {
+			s, err = newSender(v6, r.cfg.Batch, !r.cfg.NoGSO, mc)
+			if err != nil {
+				l.close()
+				return nil, fmt.Errorf("relay: %w", err)
+			}
+			senders[v6] = s
+			l.senders = append(l.senders, s)
+			l.log.Debug("send socket ready", "ipv6", v6, "gso", s.gso)
+		}
+		l.dests = append(l.dests, dest{addr: netip.AddrPortFrom(d.Addr().Unmap(), d.Port()), w: s.w})
+	}
+	l.alloc(r.cfg.Batch)
+	return l, nil
+}
+
+// Run forwards until ctx is cancelled, then closes the sockets and returns
+// nil. It binds first if Bind was not called.
+func (r *Relay) Run(ctx context.Context) error {
+	if err := r.Bind(ctx); err != nil {
+		return err
+	}
+	defer r.close()
+	g, ctx := errgroup.WithContext(ctx)
+	for _, l := range r.listeners {
+		g.Go(func() error { return l.run(ctx) })
+	}
+	g.Go(func() error {
+		<-ctx.Done()
+		// Wake the readers: a deadline in the past makes a blocked read
+		// return os.ErrDeadlineExceeded.
+		for _, l := range r.listeners {
+			_ = l.conn.SetReadDeadline(time.Unix(1, 0))
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+func (r *Relay) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, l := range r.listeners {
+		l.close()
+	}
+}
+
+// Stats returns a snapshot of every listener's counters, in Listen order.
+func (r *Relay) Stats() []RelayStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]RelayStats, 0, len(r.listeners))
+	for _, l := range r.listeners {
+		out = append(out, l.stats())
+	}
+	return out
+}
+
+type dest struct {
+	addr netip.AddrPort
+	w    batchWriter
+}
+
+// relayListener is one listening socket and the loop that serves it.
+type relayListener struct {
+	addr    netip.AddrPort
+	port    uint16
+	conn    *net.UDPConn
+	in      batchReader
+	senders []*sender
+	dests   []dest
+	codec   *Codec
+	allow   Allowlist
+	space   *atomic.Pointer[seqSpace]
+	log     *slog.Logger
+	now     func() int64
+	c       relayCounters
+
+	// Preallocated batch state. frames[i] holds a whole frame; reads[i] is
+	// its payload area, where the datagram is read, so the header is
+	// written in front of it in place and nothing is copied.
+	frames [][]byte
+	reads  [][]byte
+	metas  []meta
+	keep   []int // indexes of datagrams to forward in this batch
+	out    [][]byte
+
+	lastErrLog time.Time
+	errsSince  int
+}
+
+func (l *relayListener) alloc(batch int) {
+	l.frames = make([][]byte, batch)
+	l.reads = make([][]byte, batch)
+	for i := range l.frames {
+		l.frames[i] = make([]byte, HeaderLen+MaxRelayPayload+TagLen)
+		l.reads[i] = l.frames[i][HeaderLen : HeaderLen+MaxRelayPayload]
+	}
+	l.metas = make([]meta, batch)
+	l.keep = make([]int, 0, batch)
+	l.out = make([][]byte, 0, batch)
+}
+
+func (l *relayListener) run(ctx context.Context) error {
+	for {
+		n, err := l.in.ReadBatch(l.reads, l.metas)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
+			return fmt.Errorf("relay: reading from %s: %w", l.addr, err)
+		}
+		l.process(n)
+	}
+}
+
+// process frames and forwards datagrams 0..n-1 of the current batch.
+func (l *relayListener) process(n int) {
+	l.keep = l.keep[:0]
+	var bytes uint64
+	for i := range n {
+		m := &l.metas[i]
+		bytes += uint64(m.n)
+		switch {
+		case m.trunc:
+			l.c.dropped[DropTruncated].Add(1)
+		case !l.allow.Allows(m.from.Addr()):
+			l.c.dropped[DropNotAllowed].Add(1)
+		default:
+			l.keep = append(l.keep, i)
+		}
+	}
+	l.c.received.Add(uint64(n))
+	l.c.bytes.Add(bytes)
+	if len(l.keep) == 0 {
+		return
+	}
+	// Reserve a run of sequence numbers for the whole batch at once.
+	sp := l.space.Load()
+	seq := sp.last.Add(uint64(len(l.keep))) - uint64(len(l.keep))
+	h := Header{IngressPort: l.port, Epoch: sp.epoch, Timestamp: l.now()}
+	l.out = l.out[:0]
+	for _, i := range l.keep {
+		seq++
+		h.Seq = seq
+		h.Source = l.metas[i].from
+		fl := l.codec.EncodeInPlace(l.frames[i], &h, l.metas[i].n)
+		l.out = append(l.out, l.frames[i][:fl])
+	}
+	failedAny := 0
+	for _, d := range l.dests {
+		failed, err := d.w.WriteBatch(l.out, d.addr)
+		if failed > 0 {
+			failedAny = max(failedAny, failed)
+			l.c.dropped[DropSendError].Add(uint64(failed))
+			l.logSendError(d.addr, failed, err)
+		}
+	}
+	l.c.forwarded.Add(uint64(len(l.out) - failedAny))
+}
+
+// logSendError logs send failures at most every 10 s: a dead destination
+// must not flood the journal, but it must be seen.
+func (l *relayListener) logSendError(to netip.AddrPort, failed int, err error) {
+	l.errsSince += failed
+	if time.Since(l.lastErrLog) < 10*time.Second {
+		return
+	}
+	l.log.Warn("sending frames failed", "to", to.String(), "frames", l.errsSince, "err", err)
+	l.lastErrLog, l.errsSince = time.Now(), 0
+}
+
+func (l *relayListener) stats() RelayStats {
+	s := RelayStats{
+		Listen:    l.addr,
+		Received:  l.c.received.Load(),
+		Forwarded: l.c.forwarded.Load(),
+		Bytes:     l.c.bytes.Load(),
+		Dropped:   map[string]uint64{},
+	}
+	for d := range numDrops {
+		s.Dropped[d.String()] = l.c.dropped[d].Load()
+	}
+	return s
+}
+
+func (l *relayListener) close() {
+	if l.conn != nil {
+		l.conn.Close()
+	}
+	for _, s := range l.senders {
+		s.conn.Close()
+	}
+}

@@ -1,0 +1,104 @@
+package gateway
+
+// WindowSize is how many sequence numbers behind the newest one a receiver
+// remembers for de-duplication.
+const WindowSize = 1024
+
+// verdict is what the tracker decided about a frame.
+type verdict uint8
+
+const (
+	accept    verdict = iota + 1 // new: deliver
+	duplicate                    // seen before inside the window: drop
+	stale                        // epoch older than the newest accepted: a deposed primary
+	late                         // behind the window: cannot tell if seen, drop
+)
+
+// tracker follows (epoch, sequence) for one feed. It is the receiver's
+// fencing and ordering logic, kept free of I/O so it can be table-tested.
+type tracker struct {
+	started bool
+	epoch   uint64
+	highest uint64 // highest sequence number accepted in epoch
+	seen    [WindowSize / 64]uint64
+
+	lost      uint64 // frames skipped by a gap and not (yet) arrived late
+	gaps      uint64 // number of gap events
+	reordered uint64 // frames that arrived after a higher sequence number
+	epochs    uint64 // epoch changes seen (including the first)
+	restarts  uint64 // standalone (epoch 0) relay restarts detected
+}
+
+// check decides on a frame and, if accepted, records it.
+func (t *tracker) check(epoch, seq uint64) verdict {
+	switch {
+	case !t.started:
+		// The first frame sets the baseline: a receiver that starts while
+		// a feed is running has not lost what came before it.
+		t.started = true
+		t.reset(epoch)
+		t.mark(seq)
+		t.highest = seq
+		return accept
+	case epoch < t.epoch:
+		return stale
+	case epoch > t.epoch:
+		// A new primary: its sequence starts at 1, so anything before seq
+		// in the new epoch was lost at the takeover.
+		t.reset(epoch)
+	}
+	if seq > t.highest {
+		if gap := seq - t.highest - 1; gap > 0 {
+			t.gaps++
+			t.lost += gap
+		}
+		t.advance(seq)
+		return accept
+	}
+	if t.highest-seq >= WindowSize {
+		if epoch == 0 {
+			// A standalone relay has no epoch to tell its restarts apart;
+			// a sequence far behind the window on a LAN means it restarted.
+			t.restarts++
+			t.reset(0)
+			t.advance(seq)
+			return accept
+		}
+		return late
+	}
+	if t.isMarked(seq) {
+		return duplicate
+	}
+	t.mark(seq)
+	t.reordered++
+	if t.lost > 0 {
+		t.lost--
+	}
+	return accept
+}
+
+func (t *tracker) reset(epoch uint64) {
+	t.epoch = epoch
+	t.highest = 0
+	t.seen = [WindowSize / 64]uint64{}
+	t.epochs++
+}
+
+// advance moves the window's top to seq, forgetting what falls out of it.
+func (t *tracker) advance(seq uint64) {
+	if seq-t.highest >= WindowSize {
+		t.seen = [WindowSize / 64]uint64{}
+	} else {
+		for s := t.highest + 1; s < seq; s++ {
+			t.unmark(s)
+		}
+	}
+	t.highest = seq
+	t.mark(seq)
+}
+
+func (t *tracker) mark(seq uint64)   { t.seen[(seq/64)%(WindowSize/64)] |= 1 << (seq % 64) }
+func (t *tracker) unmark(seq uint64) { t.seen[(seq/64)%(WindowSize/64)] &^= 1 << (seq % 64) }
+func (t *tracker) isMarked(seq uint64) bool {
+	return t.seen[(seq/64)%(WindowSize/64)]&(1<<(seq%64)) != 0
+}
