@@ -233,14 +233,6 @@ func (m *mmsgConn) send(nh int) (int, error) {
 	return nh, nil
 }
 
-func countFrames(hs []unix.Mmsghdr) int {
-	n := 0
-	for i := range hs {
-		n += int(hs[i].Len)
-	}
-	return n
-}
-
 // gsoRun returns how many frames from the start of fs can go in one GSO
 // send: frames of the first frame's length, then optionally one shorter
 // frame (the kernel allows a short last segment), within the segment and

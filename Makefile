@@ -1,0 +1,73 @@
+# driftgate — run `make help` for the targets.
+SHELL := /bin/bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev)
+COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+STATICCHECK_VERSION := v0.8.2
+BIN := bin/driftgate
+
+.PHONY: deps help build test test-unit test-e2e bench bench-micro bench-compare lint demo package clean fuzz
+
+help:
+	@echo "build        build $(BIN) (version $(VERSION))"
+	@echo "test         unit, integration and namespace tests with the race detector (root for the namespace tests)"
+	@echo "test-e2e     only the multi-host tests in network namespaces (root)"
+	@echo "bench        micro-benchmarks with -benchmem, then relay vs socat vs naive Go relay"
+	@echo "fuzz         fuzz the frame decoder for FUZZTIME (default 30s)"
+	@echo "lint         gofmt, go vet, staticcheck, go mod tidy check"
+	@echo "demo         relay demo: a relay tees datagrams to receivers in network namespaces (root)"
+	@echo "package      deb and rpm packages (not yet)"
+	@echo "clean        remove build output"
+
+# Debian packages the tests and demo use; installed when missing and root.
+DEB_DEPS := iproute2:ip iputils-ping:ping util-linux:taskset
+deps:
+	@missing=; for d in $(DEB_DEPS); do command -v $${d#*:} >/dev/null || missing="$$missing $${d%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing Debian packages:$$missing (apt-get install them, or run as root)"; fi; fi
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/driftgate
+
+# One command for everything a change must pass. Namespace tests need root;
+# CI sets DRIFTGATE_REQUIRE_PRIVILEGED=1 so they fail rather than skip.
+test: deps
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+test-unit:
+	$(GO) test -race -count=1 ./gateway/... ./cmd/...
+
+test-e2e: deps
+	$(GO) test -race -count=1 -v ./e2e/...
+
+bench: bench-micro bench-compare
+
+bench-micro:
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./gateway/...
+
+# The side-by-side comparison wants socat (apt-get install socat) and taskset
+# (util-linux); it pins the relay under test to CPU 1.
+bench-compare: build
+	command -v socat >/dev/null || (apt-get install -y socat)
+	DRIFTGATE_BENCH=1 DRIFTGATE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -run TestRelayComparison -v ./internal/relaybench/
+
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./gateway/
+
+lint:
+	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed:"; echo "$$fmt"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	$(GO) mod tidy -diff
+
+demo: deps build
+	./e2e/demo-relay.sh $(BIN)
+
+package:
+	@echo "make package: deb/rpm packaging is not built yet (issue 7)"; exit 1
+
+clean:
+	rm -rf bin dist

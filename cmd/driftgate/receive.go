@@ -1,0 +1,86 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"driftgate/gateway"
+)
+
+func newReceiveCmd(g *globals) *cobra.Command {
+	var (
+		group, iface, listen, deliver, keyFile string
+		rcvbuf                                 int
+	)
+	c := &cobra.Command{
+		Use:   "receive (--group GROUP:PORT [--iface NAME] | --listen ADDR:PORT) --deliver URL",
+		Short: "Receive relayed frames and deliver their payloads to the local application",
+		Long: `receive joins the multicast group (or listens for unicast frames), checks each
+frame, drops duplicates and frames from deposed primaries (older epochs), counts
+gaps, and delivers the rest:
+
+  udp://HOST:PORT   the original payload as one datagram
+  unix:///PATH      the whole frame to a unix datagram socket (sender kept)
+  stdout            one JSON line per frame
+
+On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg := gateway.ReceiverConfig{Iface: iface, RcvBuf: rcvbuf}
+			var err error
+			switch {
+			case (group == "") == (listen == ""):
+				return usagef("set exactly one of --group and --listen")
+			case group != "":
+				if cfg.Group, err = parseAddrPort("group", group); err != nil {
+					return err
+				}
+			default:
+				if cfg.Listen, err = parseAddrPort("listen", listen); err != nil {
+					return err
+				}
+			}
+			if deliver == "" {
+				return usagef("--deliver is required (udp://HOST:PORT, unix:///PATH or stdout)")
+			}
+			if cfg.Key, err = loadKey(keyFile); err != nil {
+				return err
+			}
+			log, err := g.logger(c.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			if cfg.Deliver, err = gateway.ParseDeliver(deliver, c.OutOrStdout()); err != nil {
+				return usagef("--deliver: %v", err)
+			}
+			r, err := gateway.NewReceiver(cfg, log)
+			if err != nil {
+				cfg.Deliver.Close()
+				return usageError{err}
+			}
+			ctx, stop := signalContext()
+			defer stop()
+			if err := r.Run(ctx); err != nil {
+				return err
+			}
+			printReceiverSummary(c.ErrOrStderr(), r.Stats())
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&group, "group", "", "multicast group to join, e.g. 239.255.0.1:5001")
+	f.StringVar(&iface, "iface", "", "interface to join the group on")
+	f.StringVar(&listen, "listen", "", "receive unicast frames on this address instead")
+	f.StringVar(&deliver, "deliver", "", "where to deliver payloads: udp://HOST:PORT, unix:///PATH or stdout")
+	f.StringVar(&keyFile, "key-file", "", "file with the HMAC key as hex (mode 0600); frames must then carry a valid tag")
+	f.IntVar(&rcvbuf, "rcvbuf", gateway.DefaultRcvBuf, "receive buffer bytes to request")
+	return c
+}
+
+func printReceiverSummary(w io.Writer, s gateway.ReceiverStats) {
+	fmt.Fprintf(w, "receive: received=%d delivered=%d duplicates=%d stale_epoch=%d late=%d lost=%d gaps=%d reordered=%d truncated=%d deliver_errors=%d epoch=%d rejected{%s}\n",
+		s.Received, s.Delivered, s.Duplicates, s.StaleEpoch, s.Late, s.Lost, s.Gaps, s.Reordered, s.Truncated, s.DeliverErrors, s.Epoch, formatCounts(s.Rejected))
+}
+

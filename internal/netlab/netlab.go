@@ -1,0 +1,230 @@
+// Package netlab builds throw-away test networks on the real kernel: network
+// namespaces ("hosts") joined by a Linux bridge that lives in a namespace of
+// its own, so a test never touches the machine's own interfaces.
+//
+// Every host gets eth0 with 198.18.0.x/24 (RFC 2544 benchmarking space) and
+// 2001:db8:d9::x/64 (documentation space), and a route for multicast out of
+// eth0. Labs are named uniquely per test and removed in t.Cleanup, even when
+// the test fails; labs left behind by a killed test process are removed by
+// the next New.
+//
+// It needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN). Without it, tests skip with
+// a clear reason, except when DRIFTGATE_REQUIRE_PRIVILEGED=1 (set by CI),
+// where a skip would hide a failure, so they fail instead.
+package netlab
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+)
+
+// prefix starts every namespace name a lab creates; the process id follows,
+// so stale labs of dead processes can be found and removed.
+const prefix = "dgt"
+
+var labSeq atomic.Uint32
+
+// Lab is a set of hosts on one bridge.
+type Lab struct {
+	Name     string // unique lab name, also the bridge namespace's name
+	BridgeNS string
+	Hosts    []*Host
+	tb       testing.TB
+}
+
+// Host is one network namespace with eth0 on the lab's bridge.
+type Host struct {
+	Name  string       // short name given by the test
+	NS    string       // namespace name, for `ip netns exec`
+	Iface string       // "eth0"
+	Addr4 netip.Prefix // 198.18.0.x/24
+	Addr6 netip.Prefix // 2001:db8:d9::x/64
+	Port  string       // the bridge port (in BridgeNS) this host hangs on
+	lab   *Lab
+}
+
+// RequirePrivileged skips the test unless the process can create network
+// namespaces; in CI (DRIFTGATE_REQUIRE_PRIVILEGED=1) it fails instead.
+func RequirePrivileged(tb testing.TB) {
+	tb.Helper()
+	why := ""
+	if os.Geteuid() != 0 {
+		why = "needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) to create network namespaces"
+	} else if _, err := exec.LookPath("ip"); err != nil {
+		why = "needs the ip command (apt-get install iproute2)"
+	}
+	if why == "" {
+		return
+	}
+	if os.Getenv("DRIFTGATE_REQUIRE_PRIVILEGED") == "1" {
+		tb.Fatalf("privileged test cannot run: %s (DRIFTGATE_REQUIRE_PRIVILEGED=1)", why)
+	}
+	tb.Skipf("privileged test skipped: %s", why)
+}
+
+// New creates a lab with one host per name, numbered 198.18.0.11, .12, …
+func New(tb testing.TB, names ...string) *Lab {
+	tb.Helper()
+	RequirePrivileged(tb)
+	removeStale(tb)
+	id := fmt.Sprintf("%s%d-%d", prefix, os.Getpid(), labSeq.Add(1))
+	l := &Lab{Name: id, BridgeNS: id + "-br", tb: tb}
+	tb.Cleanup(l.destroy)
+	l.ip("netns", "add", l.BridgeNS)
+	l.ip("-n", l.BridgeNS, "link", "set", "lo", "up")
+	// Snooping off: the bridge floods multicast like a plain switch would
+	// before it hears a querier, so tests do not depend on IGMP timing.
+	l.ip("-n", l.BridgeNS, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+	l.ip("-n", l.BridgeNS, "link", "set", "br0", "up")
+	for i, name := range names {
+		l.AddHost(name, i+11)
+	}
+	return l
+}
+
+// AddHost adds a host with address index n (198.18.0.n).
+func (l *Lab) AddHost(name string, n int) *Host {
+	h := &Host{
+		Name:  name,
+		NS:    l.Name + "-" + name,
+		Iface: "eth0",
+		Addr4: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(n)}), 24),
+		Addr6: netip.MustParsePrefix("2001:db8:d9::" + strconv.FormatInt(int64(n), 16) + "/64"),
+		Port:  "p" + strconv.Itoa(n),
+		lab:   l,
+	}
+	l.ip("netns", "add", h.NS)
+	l.ip("-n", h.NS, "link", "set", "lo", "up")
+	l.ip("-n", l.BridgeNS, "link", "add", h.Port, "type", "veth", "peer", "name", h.Iface, "netns", h.NS)
+	l.ip("-n", l.BridgeNS, "link", "set", h.Port, "master", "br0", "up")
+	l.ip("-n", h.NS, "addr", "add", h.Addr4.String(), "dev", h.Iface)
+	l.ip("-n", h.NS, "addr", "add", h.Addr6.String(), "dev", h.Iface, "nodad")
+	l.ip("-n", h.NS, "link", "set", h.Iface, "up")
+	l.ip("-n", h.NS, "route", "add", "224.0.0.0/4", "dev", h.Iface)
+	l.Hosts = append(l.Hosts, h)
+	return h
+}
+
+// Host returns the host with the given name, or fails the test.
+func (l *Lab) Host(name string) *Host {
+	for _, h := range l.Hosts {
+		if h.Name == name {
+			return h
+		}
+	}
+	l.tb.Fatalf("netlab: no host %q", name)
+	return nil
+}
+
+func (l *Lab) ip(args ...string) string {
+	l.tb.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		l.tb.Fatalf("netlab: ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// destroy removes every namespace of the lab; deleting a namespace removes
+// its veth ends and so the bridge ports.
+func (l *Lab) destroy() {
+	for _, h := range l.Hosts {
+		deleteNS(h.NS)
+	}
+	deleteNS(l.BridgeNS)
+}
+
+func deleteNS(ns string) {
+	// Processes started in the namespace keep it alive; kill them first.
+	if out, err := exec.Command("ip", "netns", "pids", ns).Output(); err == nil {
+		for _, f := range strings.Fields(string(out)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+	exec.Command("ip", "netns", "del", ns).Run()
+}
+
+// removeStale deletes labs whose creating process is gone.
+func removeStale(tb testing.TB) {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(f[0], prefix) {
+			continue
+		}
+		rest := strings.TrimPrefix(f[0], prefix)
+		pidStr, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil || pid == os.Getpid() {
+			continue
+		}
+		if syscall.Kill(pid, 0) == syscall.ESRCH {
+			tb.Logf("netlab: removing namespace %s left by dead process %d", f[0], pid)
+			deleteNS(f[0])
+		}
+	}
+}
+
+// Command returns a command that runs in the host's namespace.
+func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, name}, args...)...)
+}
+
+// IP runs `ip ARGS` in the host's namespace and returns its output, failing
+// the test on error.
+func (h *Host) IP(args ...string) string {
+	h.lab.tb.Helper()
+	return h.lab.ip(append([]string{"-n", h.NS}, args...)...)
+}
+
+// Start starts name in the host's namespace with output captured in the
+// returned buffer; the process is killed in t.Cleanup.
+func (h *Host) Start(name string, args ...string) (*exec.Cmd, *SyncBuffer) {
+	h.lab.tb.Helper()
+	cmd := h.Command(context.Background(), name, args...)
+	out := &SyncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		h.lab.tb.Fatalf("netlab: starting %s in %s: %v", name, h.Name, err)
+	}
+	h.lab.tb.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd, out
+}
+
+// SyncBuffer is a bytes.Buffer safe for a writer process and a reading test.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write implements io.Writer.
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
