@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"driftgate/internal/udpbatch"
+
 	"context"
 	"errors"
 	"fmt"
@@ -123,7 +125,7 @@ func (r *Receiver) Bind(ctx context.Context) error {
 			return fmt.Errorf("receiver: joining %s on %q: %w", r.cfg.Group.Addr(), r.cfg.Iface, err)
 		}
 	}
-	in, err := newMmsgConn(conn, r.cfg.Batch, false)
+	in, err := udpbatch.New(conn, r.cfg.Batch, false)
 	if err != nil {
 		conn.Close()
 		return fmt.Errorf("receiver: %w", err)
@@ -171,11 +173,11 @@ func (r *Receiver) process(n int) {
 	var firstErr error
 	for i := range n {
 		m := &r.metas[i]
-		if m.trunc {
+		if m.Trunc {
 			r.st.Truncated++
 			continue
 		}
-		raw := r.bufs[i][:m.n]
+		raw := r.bufs[i][:m.N]
 		f, err := r.codec.Decode(raw)
 		if err != nil {
 			r.rejected[err.(Reason)]++

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"driftgate/internal/udpbatch"
+
 	"context"
 	"errors"
 	"fmt"
@@ -201,7 +203,7 @@ func (r *Relay) newListener(ctx context.Context, addr netip.AddrPort, ifi *net.I
 	if granted < r.cfg.RcvBuf {
 		l.log.Warn("kernel granted a smaller receive buffer than requested; raise net.core.rmem_max or grant CAP_NET_ADMIN", "rcvbuf_requested", r.cfg.RcvBuf, "rcvbuf_granted", granted)
 	}
-	in, err := newMmsgConn(conn, r.cfg.Batch, false)
+	in, err := udpbatch.New(conn, r.cfg.Batch, false)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("relay: %s: %w", addr, err)
@@ -343,11 +345,11 @@ func (l *relayListener) process(n int) {
 	var bytes uint64
 	for i := range n {
 		m := &l.metas[i]
-		bytes += uint64(m.n)
+		bytes += uint64(m.N)
 		switch {
-		case m.trunc:
+		case m.Trunc:
 			l.c.dropped[DropTruncated].Add(1)
-		case !l.allow.Allows(m.from.Addr()):
+		case !l.allow.Allows(m.From.Addr()):
 			l.c.dropped[DropNotAllowed].Add(1)
 		default:
 			l.keep = append(l.keep, i)
@@ -366,8 +368,8 @@ func (l *relayListener) process(n int) {
 	for _, i := range l.keep {
 		seq++
 		h.Seq = seq
-		h.Source = l.metas[i].from
-		fl := l.codec.EncodeInPlace(l.frames[i], &h, l.metas[i].n)
+		h.Source = l.metas[i].From
+		fl := l.codec.EncodeInPlace(l.frames[i], &h, l.metas[i].N)
 		l.out = append(l.out, l.frames[i][:fl])
 	}
 	failedAny := 0

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"driftgate/internal/udpbatch"
+
 	"context"
 	"errors"
 	"fmt"
@@ -95,7 +97,7 @@ func setSockOpts(fd int, v6 bool, o sockOpts) error {
 // to unicast receivers and, with multicast options set, to the group.
 type sender struct {
 	conn *net.UDPConn
-	w    *mmsgConn
+	w    *udpbatch.Conn
 	gso  bool // the kernel accepted UDP_SEGMENT on this socket
 }
 
@@ -124,14 +126,8 @@ func newSender(v6 bool, batch int, wantGSO bool, m mcastOpts) (*sender, error) {
 		return fail("getting raw socket", err)
 	}
 	var optErr error
-	gso := false
 	_ = rc.Control(func(fd uintptr) {
 		optErr = setSockOpts(int(fd), v6, sockOpts{sndbuf: 4 << 20})
-		// GSO needs Linux 4.18+; probe rather than trust the version.
-		if wantGSO {
-			_, err := unix.GetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT)
-			gso = err == nil
-		}
 	})
 	if optErr != nil {
 		return fail("setting options", optErr)
@@ -163,7 +159,9 @@ func newSender(v6 bool, batch int, wantGSO bool, m mcastOpts) (*sender, error) {
 			return fail("setting multicast loopback", err)
 		}
 	}
-	w, err := newMmsgConn(c, batch, gso)
+	// GSO needs Linux 4.18+; probe rather than trust the version.
+	gso := wantGSO && udpbatch.ProbeGSO(c)
+	w, err := udpbatch.New(c, batch, gso)
 	if err != nil {
 		return fail("preparing batch I/O", err)
 	}

@@ -83,4 +83,3 @@ func printReceiverSummary(w io.Writer, s gateway.ReceiverStats) {
 	fmt.Fprintf(w, "receive: received=%d delivered=%d duplicates=%d stale_epoch=%d late=%d lost=%d gaps=%d reordered=%d truncated=%d deliver_errors=%d epoch=%d rejected{%s}\n",
 		s.Received, s.Delivered, s.Duplicates, s.StaleEpoch, s.Late, s.Lost, s.Gaps, s.Reordered, s.Truncated, s.DeliverErrors, s.Epoch, formatCounts(s.Rejected))
 }
-

@@ -101,4 +101,3 @@ func formatCounts(m map[string]uint64) string {
 	}
 	return strings.Join(parts, " ")
 }
-

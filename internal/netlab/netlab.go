@@ -20,12 +20,15 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // prefix starts every namespace name a lab creates; the process id follows,
@@ -178,6 +181,36 @@ func removeStale(tb testing.TB) {
 			deleteNS(f[0])
 		}
 	}
+}
+
+// Do runs fn on an OS thread that has entered the host's namespace, and
+// returns that thread to the test's namespace afterwards. Sockets opened in
+// fn stay in the host's namespace for their whole life, so a test can open
+// them here and use them from anywhere.
+func (h *Host) Do(fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	target, err := os.Open("/run/netns/" + h.NS)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("entering namespace %s: %w", h.NS, err)
+	}
+	fnErr := fn()
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		// The thread is in the wrong namespace: let it die with the
+		// goroutine (LockOSThread without Unlock) instead of reusing it.
+		runtime.LockOSThread()
+		return fmt.Errorf("leaving namespace %s: %w", h.NS, err)
+	}
+	return fnErr
 }
 
 // Command returns a command that runs in the host's namespace.

@@ -1,4 +1,4 @@
-package gateway
+package udpbatch
 
 import (
 	"encoding/binary"
@@ -19,30 +19,18 @@ const maxGSOSegments = 64
 // maxGSOBytes bounds the payload of one GSO send (the IPv4 datagram limit).
 const maxGSOBytes = 65507
 
-// meta describes one datagram read by ReadBatch.
-type meta struct {
-	n     int            // bytes read into the buffer
-	from  netip.AddrPort // sender
-	trunc bool           // the datagram did not fit the buffer (MSG_TRUNC)
+// Meta describes one datagram read by ReadBatch.
+type Meta struct {
+	N     int            // bytes read into the buffer
+	From  netip.AddrPort // sender
+	Trunc bool           // the datagram did not fit the buffer (MSG_TRUNC)
 }
 
-// batchReader reads up to len(bufs) datagrams in one call. The relay and the
-// receiver depend only on this, so their logic can be tested without sockets.
-type batchReader interface {
-	ReadBatch(bufs [][]byte, ms []meta) (int, error)
-}
-
-// batchWriter writes frames to one destination and reports how many the
-// kernel refused (counted by the caller, never retried) and the first
-// refusal. Transient back-pressure (EAGAIN) is waited out, not reported.
-type batchWriter interface {
-	WriteBatch(frames [][]byte, dst netip.AddrPort) (failed int, err error)
-}
-
-// mmsgConn does batched I/O on a UDP socket with recvmmsg(2) and sendmmsg(2)
-// over buffers and headers allocated once, so steady-state I/O allocates
-// nothing. x/net's ReadBatch would allocate a net.Addr per datagram.
-type mmsgConn struct {
+// Conn does batched I/O on a UDP socket with recvmmsg(2) and sendmmsg(2)
+// over headers allocated once, so steady-state I/O allocates nothing (x/net's
+// ReadBatch allocates a net.Addr per datagram). A Conn is not safe for
+// concurrent use; several Conns may share one socket.
+type Conn struct {
 	rc  syscall.RawConn
 	gso bool // use UDP_SEGMENT for runs of equal-size frames
 
@@ -64,13 +52,15 @@ type mmsgConn struct {
 
 var cmsgSpace = unix.CmsgSpace(2)
 
-// newMmsgConn prepares batched I/O of up to size datagrams per call on c.
-func newMmsgConn(c *net.UDPConn, size int, gso bool) (*mmsgConn, error) {
+// New prepares batched I/O of up to size datagrams per call on c. With gso,
+// WriteBatch sends runs of equal-size datagrams as one UDP_SEGMENT send; use
+// ProbeGSO first to learn whether the kernel supports it.
+func New(c *net.UDPConn, size int, gso bool) (*Conn, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("getting raw socket: %w", err)
 	}
-	m := &mmsgConn{
+	m := &Conn{
 		rc:     rc,
 		gso:    gso,
 		hdrs:   make([]unix.Mmsghdr, size),
@@ -84,7 +74,7 @@ func newMmsgConn(c *net.UDPConn, size int, gso bool) (*mmsgConn, error) {
 	return m, nil
 }
 
-func (m *mmsgConn) doRead(fd uintptr) bool {
+func (m *Conn) doRead(fd uintptr) bool {
 	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.hdrs[0])), uintptr(m.op), 0, 0, 0)
 	if errno == unix.EAGAIN || errno == unix.EINTR {
 		return false
@@ -96,7 +86,7 @@ func (m *mmsgConn) doRead(fd uintptr) bool {
 	return true
 }
 
-func (m *mmsgConn) doWrite(fd uintptr) bool {
+func (m *Conn) doWrite(fd uintptr) bool {
 	n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&m.hdrs[m.op])), uintptr(m.opN), 0, 0, 0)
 	if errno == unix.EAGAIN || errno == unix.EINTR {
 		return false
@@ -109,9 +99,10 @@ func (m *mmsgConn) doWrite(fd uintptr) bool {
 	return true
 }
 
-// ReadBatch implements batchReader: it blocks until at least one datagram
-// is there, then returns as many as are queued, up to len(bufs).
-func (m *mmsgConn) ReadBatch(bufs [][]byte, ms []meta) (int, error) {
+// ReadBatch blocks until at least one datagram is there, then reads as many
+// as are queued, up to len(bufs), each into its buffer, and describes them in
+// ms. It returns the socket's error, such as os.ErrDeadlineExceeded.
+func (m *Conn) ReadBatch(bufs [][]byte, ms []Meta) (int, error) {
 	n := min(len(bufs), len(ms), len(m.hdrs))
 	for i := range n {
 		m.iovs[i].Base = unsafe.SliceData(bufs[i])
@@ -132,19 +123,22 @@ func (m *mmsgConn) ReadBatch(bufs [][]byte, ms []meta) (int, error) {
 		return 0, m.opErr
 	}
 	for i := range m.opN {
-		ms[i] = meta{
-			n:     int(m.hdrs[i].Len),
-			from:  sockaddrToAddrPort(&m.names[i]),
-			trunc: m.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0,
+		ms[i] = Meta{
+			N:     int(m.hdrs[i].Len),
+			From:  sockaddrToAddrPort(&m.names[i]),
+			Trunc: m.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0,
 		}
 	}
 	return m.opN, nil
 }
 
-// WriteBatch implements batchWriter. Runs of frames of equal length go out
+// WriteBatch writes each frame as one datagram to dst. It waits out
+// back-pressure (EAGAIN), loops on partial writes, and counts frames the
+// kernel refuses (failed, with the first refusal as err) without retrying
+// them, except that a refused GSO send is retried frame by frame. Runs of frames of equal length go out
 // as one UDP_SEGMENT (GSO) send when GSO is on: the kernel splits them into
 // datagrams of that length, one traversal of the stack for up to 64 frames.
-func (m *mmsgConn) WriteBatch(frames [][]byte, dst netip.AddrPort) (failed int, firstErr error) {
+func (m *Conn) WriteBatch(frames [][]byte, dst netip.AddrPort) (failed int, firstErr error) {
 	namelen := putSockaddr(&m.dst, dst)
 	singles := 0 // frames to send one by one after a refused GSO send
 	for i := 0; i < len(frames); {
@@ -160,10 +154,11 @@ func (m *mmsgConn) WriteBatch(frames [][]byte, dst netip.AddrPort) (failed int, 
 			return failed + len(frames) - i, err
 		}
 		cnt := m.counts[sent]
-		if cnt > 1 && (errors.Is(m.opErr, unix.EINVAL) || errors.Is(m.opErr, unix.EIO)) {
+		if cnt > 1 && (errors.Is(m.opErr, unix.EMSGSIZE) || errors.Is(m.opErr, unix.EINVAL) || errors.Is(m.opErr, unix.EIO)) {
 			// The kernel refuses GSO when a segment exceeds the path MTU
-			// (EINVAL) or the device lacks checksum offload (EIO): send
-			// these frames singly rather than lose them.
+			// (EMSGSIZE; EINVAL on older kernels) or the device lacks
+			// checksum offload (EIO): send these frames singly, where the
+			// kernel may fragment, rather than lose them.
 			singles = cnt
 			m.gsoFallbacks++
 			continue
@@ -182,7 +177,7 @@ var errRefused = errors.New("refused by the kernel")
 
 // layout fills headers for frames, as many as fit, and returns their number;
 // m.counts[k] is the number of frames header k carries.
-func (m *mmsgConn) layout(frames [][]byte, namelen uint32, singles *int) int {
+func (m *Conn) layout(frames [][]byte, namelen uint32, singles *int) int {
 	nh, nIov := 0, 0
 	for i := 0; i < len(frames) && nh < len(m.hdrs) && nIov < len(m.iovs); {
 		run := 1
@@ -219,7 +214,7 @@ func (m *mmsgConn) layout(frames [][]byte, namelen uint32, singles *int) int {
 // send writes headers 0..nh-1, looping on partial writes and waiting out
 // back-pressure. It returns how many were sent; fewer than nh means header
 // [sent] was refused (errRefused, reason in m.opErr) or the socket failed.
-func (m *mmsgConn) send(nh int) (int, error) {
+func (m *Conn) send(nh int) (int, error) {
 	for next := 0; next < nh; {
 		m.op, m.opN = next, nh-next
 		if err := m.rc.Write(m.writeFn); err != nil {
@@ -283,4 +278,24 @@ func putSockaddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) uint32 {
 		}
 	}
 	return unix.SizeofSockaddrInet6
+}
+
+// GSO reports whether WriteBatch uses UDP_SEGMENT.
+func (m *Conn) GSO() bool { return m.gso }
+
+// GSOFallbacks counts GSO sends the kernel refused that were resent singly.
+func (m *Conn) GSOFallbacks() uint64 { return m.gsoFallbacks }
+
+// ProbeGSO reports whether the kernel supports UDP_SEGMENT on c (Linux 4.18+).
+func ProbeGSO(c *net.UDPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok := false
+	_ = rc.Control(func(fd uintptr) {
+		_, err := unix.GetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT)
+		ok = err == nil
+	})
+	return ok
 }
