@@ -1,0 +1,179 @@
+package gateway
+
+import (
+	"bytes"
+
+	"net/netip"
+	"strconv"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// fakeWriter records frames, and refuses the ones refuse says to.
+type fakeWriter struct {
+	frames [][]byte
+	refuse func(i int) bool
+	n      int
+	keep   bool
+}
+
+func (w *fakeWriter) WriteBatch(frames [][]byte, dst netip.AddrPort) (int, error) {
+	failed := 0
+	var err error
+	for _, f := range frames {
+		w.n++
+		if w.refuse != nil && w.refuse(w.n) {
+			failed++
+			err = syscall.ENETUNREACH
+			continue
+		}
+		if w.keep {
+			w.frames = append(w.frames, bytes.Clone(f))
+		}
+	}
+	return failed, err
+}
+
+// newTestListener builds a listener wired to fakes, with a fixed clock.
+func newTestListener(t testing.TB, allow Allowlist, key []byte, ws ...*fakeWriter) (*relayListener, *Relay) {
+	r, err := NewRelay(RelayConfig{Listen: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.100:5000")}, Unicast: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.11:6000")}, Key: key, Epoch: 4}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &relayListener{port: 5000, codec: NewCodec(key), allow: allow, space: &r.space, log: r.log, now: func() int64 { return 1234 }}
+	for i, w := range ws {
+		l.dests = append(l.dests, dest{addr: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.11"), uint16(6000+i)), w: w})
+	}
+	l.alloc(8)
+	return l, r
+}
+
+// feed puts datagrams into the listener's batch as if read from the socket.
+func feed(l *relayListener, ds ...meta) int {
+	for i, d := range ds {
+		for j := range d.N {
+			l.reads[i][j] = byte('a' + j%26)
+		}
+		l.metas[i] = d
+	}
+	return len(ds)
+}
+
+func TestRelayProcess(t *testing.T) {
+	a := netip.MustParseAddrPort("198.18.0.50:4000")
+	foreign := netip.MustParseAddrPort("203.0.113.9:4000")
+	w1, w2 := &fakeWriter{keep: true}, &fakeWriter{keep: true, refuse: func(i int) bool { return i == 2 }}
+	l, r := newTestListener(t, Allowlist{netip.MustParsePrefix("198.18.0.0/15")}, nil, w1, w2)
+	l.process(feed(l,
+		meta{N: 3, From: a},
+		meta{N: 5, From: foreign},
+		meta{N: 100, From: a, Trunc: true},
+		meta{N: 4, From: a},
+		meta{N: 0, From: a},
+	))
+	st := l.stats()
+	want := RelayStats{Received: 5, Forwarded: 2, Bytes: 112, Dropped: map[string]uint64{"truncated": 1, "not_allowed": 1, "send_error": 1}}
+	if diff := cmp.Diff(want, st, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+		t.Fatalf("stats (-want +got):\n%s", diff)
+	}
+	c := NewCodec(nil)
+	var got []Frame
+	for _, b := range w1.frames {
+		f, err := c.Decode(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, f)
+	}
+	wantFrames := []Frame{
+		{Header: Header{IngressPort: 5000, Epoch: 4, Seq: 1, Timestamp: 1234, Source: a}, Payload: []byte("abc")},
+		{Header: Header{IngressPort: 5000, Epoch: 4, Seq: 2, Timestamp: 1234, Source: a}, Payload: []byte("abcd")},
+		{Header: Header{IngressPort: 5000, Epoch: 4, Seq: 3, Timestamp: 1234, Source: a}, Payload: []byte{}},
+	}
+	if diff := cmp.Diff(wantFrames, got, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+		t.Fatalf("frames (-want +got):\n%s", diff)
+	}
+	// A new epoch restarts the sequence at 1.
+	r.SetEpoch(5)
+	l.process(feed(l, meta{N: 1, From: a}))
+	f, _ := c.Decode(w1.frames[len(w1.frames)-1])
+	if f.Epoch != 5 || f.Seq != 1 {
+		t.Fatalf("after SetEpoch(5): epoch %d seq %d", f.Epoch, f.Seq)
+	}
+}
+
+func TestRelayConfigErrors(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	ok := RelayConfig{Listen: []netip.AddrPort{ap("198.18.0.100:5000")}, Group: ap("239.255.0.1:5001")}
+	tests := []struct {
+		name string
+		mod  func(*RelayConfig)
+		want string
+	}{
+		{"no listen", func(c *RelayConfig) { c.Listen = nil }, "at least one listen address"},
+		{"listen port 0", func(c *RelayConfig) { c.Listen[0] = ap("198.18.0.100:0") }, "listen[0]"},
+		{"no destination", func(c *RelayConfig) { c.Group = netip.AddrPort{} }, "no destination"},
+		{"group unicast", func(c *RelayConfig) { c.Group = ap("198.18.0.1:5001") }, "not a multicast address"},
+		{"unicast multicast", func(c *RelayConfig) { c.Unicast = []netip.AddrPort{ap("239.255.0.2:1")} }, "unicast[0]"},
+		{"ttl", func(c *RelayConfig) { c.TTL = 256 }, "ttl 256"},
+		{"batch", func(c *RelayConfig) { c.Batch = 2000 }, "batch 2000"},
+		{"short key", func(c *RelayConfig) { c.Key = make([]byte, 16) }, "key is 16 bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := ok
+			c.Listen = append([]netip.AddrPort(nil), ok.Listen...)
+			tt.mod(&c)
+			_, err := NewRelay(c, nil)
+			if err == nil || !bytes.Contains([]byte(err.Error()), []byte(tt.want)) {
+				t.Fatalf("NewRelay error %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+	if _, err := NewRelay(ok, nil); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+}
+
+// TestRelayProcessDoesNotAllocate is the steady-state allocation proof for
+// the relay's per-batch work: read results in, frames out.
+func TestRelayProcessDoesNotAllocate(t *testing.T) {
+	a := netip.MustParseAddrPort("198.18.0.50:4000")
+	l, _ := newTestListener(t, Allowlist{netip.MustParsePrefix("198.18.0.0/15")}, bytes.Repeat([]byte{1}, 32), &fakeWriter{}, &fakeWriter{})
+	ds := make([]meta, 8)
+	for i := range ds {
+		ds[i] = meta{N: 64 + i*100, From: a}
+	}
+	if n := testing.AllocsPerRun(100, func() { l.process(feed(l, ds...)) }); n != 0 {
+		t.Fatalf("%.1f allocations per batch, want 0", n)
+	}
+}
+
+func BenchmarkRelayProcess(b *testing.B) {
+	for _, size := range []int{64, 512, 1400} {
+		for _, keyed := range []bool{false, true} {
+			name := map[bool]string{false: "plain", true: "hmac"}[keyed]
+			b.Run(name+"/"+strconv.Itoa(size), func(b *testing.B) {
+				var key []byte
+				if keyed {
+					key = bytes.Repeat([]byte{1}, 32)
+				}
+				a := netip.MustParseAddrPort("198.18.0.50:4000")
+				l, _ := newTestListener(b, nil, key, &fakeWriter{})
+				ds := make([]meta, 8)
+				for i := range ds {
+					ds[i] = meta{N: size, From: a}
+				}
+				n := feed(l, ds...)
+				b.ReportAllocs()
+				b.SetBytes(int64(size * n))
+				for b.Loop() {
+					l.process(n)
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/datagram")
+			})
+		}
+	}
+}
