@@ -48,10 +48,12 @@ bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./gateway/...
 
 # The side-by-side comparison wants socat (apt-get install socat) and taskset
-# (util-linux); it pins the relay under test to CPU 1.
+# (util-linux); it pins the relay under test to CPU 1 and the load generator
+# and sink to CPU 0. Run it on an otherwise idle machine.
 bench-compare: build
 	command -v socat >/dev/null || (apt-get install -y socat)
-	DRIFTGATE_BENCH=1 DRIFTGATE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -run TestRelayComparison -v ./internal/relaybench/
+	$(GO) test -c -o bin/relaybench.test ./internal/relaybench/
+	DRIFTGATE_BENCH=1 DRIFTGATE_BIN=$(CURDIR)/$(BIN) taskset -c 0 bin/relaybench.test -test.count=1 -test.timeout 30m -test.run TestRelayComparison -test.v
 
 FUZZTIME ?= 30s
 fuzz:

@@ -10,6 +10,9 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Deliverer hands accepted frames to the local application. Deliver is
@@ -45,7 +48,7 @@ func ParseDeliver(raw string, stdout io.Writer) (Deliverer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("deliver %q: %w", raw, err)
 		}
-		return &connDeliverer{c: c, payloadOnly: true}, nil
+		return newConnDeliverer(c, true)
 	case "unix", "unixgram":
 		if u.Path == "" {
 			return nil, fmt.Errorf("deliver %q: want unix:///path/to/socket", raw)
@@ -54,28 +57,60 @@ func ParseDeliver(raw string, stdout io.Writer) (Deliverer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("deliver %q: %w", raw, err)
 		}
-		return &connDeliverer{c: c}, nil
+		return newConnDeliverer(c, false)
 	}
 	return nil, fmt.Errorf("deliver %q: unknown scheme %q (want udp://, unix:// or stdout)", raw, u.Scheme)
 }
 
-// connDeliverer writes each frame, or its payload, as one datagram.
+// connDeliverer writes each frame, or its payload, as one datagram to a
+// connected socket. It never blocks: an application that does not keep up
+// loses datagrams (counted as delivery errors) instead of stalling the feed
+// for everyone after it.
 type connDeliverer struct {
-	c           net.Conn
+	c           syscall.Conn
+	rc          syscall.RawConn
 	payloadOnly bool
+	buf         []byte // what the current write sends
+	err         error
+	writeFn     func(fd uintptr) bool
 }
 
-func (d *connDeliverer) Deliver(f *Frame, raw []byte) error {
-	b := raw
-	if d.payloadOnly {
-		b = f.Payload
+func newConnDeliverer(c net.Conn, payloadOnly bool) (*connDeliverer, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("%T has no raw socket", c)
 	}
-	_, err := d.c.Write(b)
-	return err
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	d := &connDeliverer{c: sc, rc: rc, payloadOnly: payloadOnly}
+	d.writeFn = func(fd uintptr) bool {
+		_, d.err = unix.SendmsgN(int(fd), d.buf, nil, nil, unix.MSG_DONTWAIT)
+		return true // EAGAIN too: do not wait for the application
+	}
+	return d, nil
+}
+
+// ErrAppBusy means the application's socket buffer was full.
+var ErrAppBusy = errors.New("application socket buffer full: datagram dropped")
+
+func (d *connDeliverer) Deliver(f *Frame, raw []byte) error {
+	d.buf = raw
+	if d.payloadOnly {
+		d.buf = f.Payload
+	}
+	if err := d.rc.Write(d.writeFn); err != nil {
+		return err
+	}
+	if errors.Is(d.err, unix.EAGAIN) {
+		return ErrAppBusy
+	}
+	return d.err
 }
 
 func (d *connDeliverer) Flush() error { return nil }
-func (d *connDeliverer) Close() error { return d.c.Close() }
+func (d *connDeliverer) Close() error { return d.c.(io.Closer).Close() }
 
 // jsonDeliverer writes one JSON object per line.
 type jsonDeliverer struct {
