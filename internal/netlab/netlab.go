@@ -17,6 +17,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -108,6 +109,14 @@ func (l *Lab) AddHost(name string, n int) *Host {
 	}
 	l.ip("netns", "add", h.NS)
 	l.ip("-n", h.NS, "link", "set", "lo", "up")
+	// No duplicate address detection: link-local addresses are usable at
+	// once (NDP tests bind them) instead of after a second or two.
+	for _, conf := range []string{"all", "default"} {
+		path := "/proc/sys/net/ipv6/conf/" + conf + "/accept_dad"
+		if out, err := exec.Command("ip", "netns", "exec", h.NS, "sh", "-c", "echo 0 > "+path).CombinedOutput(); err != nil {
+			l.tb.Fatalf("netlab: disabling DAD in %s: %v: %s", h.NS, err, out)
+		}
+	}
 	l.ip("-n", l.BridgeNS, "link", "add", h.Port, "type", "veth", "peer", "name", h.Iface, "netns", h.NS)
 	l.ip("-n", l.BridgeNS, "link", "set", h.Port, "master", "br0", "up")
 	l.ip("-n", h.NS, "addr", "add", h.Addr4.String(), "dev", h.Iface)
@@ -116,6 +125,22 @@ func (l *Lab) AddHost(name string, n int) *Host {
 	l.ip("-n", h.NS, "route", "add", "224.0.0.0/4", "dev", h.Iface)
 	l.Hosts = append(l.Hosts, h)
 	return h
+}
+
+// MAC returns the hardware address of the host's eth0.
+func (h *Host) MAC() net.HardwareAddr {
+	h.lab.tb.Helper()
+	var mac net.HardwareAddr
+	if err := h.Do(func() error {
+		ifi, err := net.InterfaceByName(h.Iface)
+		if err == nil {
+			mac = ifi.HardwareAddr
+		}
+		return err
+	}); err != nil {
+		h.lab.tb.Fatalf("netlab: %s: %v", h.Name, err)
+	}
+	return mac
 }
 
 // Host returns the host with the given name, or fails the test.
