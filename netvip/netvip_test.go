@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -442,5 +443,47 @@ func bridgeIP(t *testing.T, lab *netlab.Lab, args ...string) {
 	t.Helper()
 	if out, err := exec.Command("ip", append([]string{"-n", lab.BridgeNS}, args...)...).CombinedOutput(); err != nil {
 		t.Fatalf("ip %v: %v: %s", args, err, out)
+	}
+}
+
+// TestAnnounceSchedule: a burst, a second burst after Delay, then refreshes,
+// and the allowed check stops it the moment the holder is deposed.
+func TestAnnounceSchedule(t *testing.T) {
+	lab := netlab.New(t, "a")
+	vip := VIP{Prefix: netip.MustParsePrefix("2001:db8:d9::100/64"), Iface: "eth0"} // one packet per announcement
+	var held atomic.Bool
+	held.Store(true)
+	var ann *Announcer
+	in(t, lab.Host("a"), func() (err error) {
+		ann, err = NewAnnouncer(vip, AnnounceConfig{Count: 3, Interval: 20 * time.Millisecond, Delay: 300 * time.Millisecond, Refresh: time.Second}, held.Load)
+		return err
+	})
+	defer ann.Close()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- ann.Run(t.Context()) }()
+	waitUntil(t, "first burst", time.Second, func() bool { return ann.Sent() == 3 })
+	if el := time.Since(start); el > 250*time.Millisecond {
+		t.Fatalf("first burst took %v", el)
+	}
+	waitUntil(t, "second burst", time.Second, func() bool { return ann.Sent() == 6 })
+	if el := time.Since(start); el < 300*time.Millisecond {
+		t.Fatalf("second burst after %v, want ≥ 300ms", el)
+	}
+	waitUntil(t, "a refresh", 2*time.Second, func() bool { return ann.Sent() == 7 })
+	if el := time.Since(start); el < 1300*time.Millisecond {
+		t.Fatalf("refresh after %v, want ≥ 1.3s", el)
+	}
+	held.Store(false) // deposed: the next refresh must not go out
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Run did not stop after the holder was deposed")
+	}
+	if ann.Sent() != 7 || ann.Skipped() != 1 {
+		t.Fatalf("sent %d skipped %d, want 7 and 1", ann.Sent(), ann.Skipped())
 	}
 }
