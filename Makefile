@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 STATICCHECK_VERSION := v0.8.2
 BIN := bin/driftgate
 
-.PHONY: deps help build test test-unit test-e2e bench bench-micro bench-compare lint demo package clean fuzz
+.PHONY: deps help consul build test test-unit test-e2e bench bench-micro bench-compare lint demo package clean fuzz
 
 help:
 	@echo "build        build $(BIN) (version $(VERSION))"
@@ -28,12 +28,27 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "missing Debian packages:$$missing (apt-get install them, or run as root)"; fi; fi
 
+# Consul v1.14.0 for the tests, built from the module proxy by its own tools
+# module (internal/tools/consul) and cached outside the tree, so a fresh
+# clone on the same machine does not build it again (the build takes minutes).
+CONSUL_VERSION := 1.14.0
+CONSUL_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/driftgate/consul-$(CONSUL_VERSION)
+consul: bin/consul
+bin/consul:
+	@mkdir -p bin
+	@if ! [ -x "$(CONSUL_CACHE)/consul" ]; then \
+	  echo "building Consul $(CONSUL_VERSION) into $(CONSUL_CACHE) (a few minutes, once)"; \
+	  mkdir -p "$(CONSUL_CACHE)" && cd internal/tools/consul && $(GO) build -o "$(CONSUL_CACHE)/consul.tmp" github.com/hashicorp/consul && mv "$(CONSUL_CACHE)/consul.tmp" "$(CONSUL_CACHE)/consul"; \
+	fi
+	cp "$(CONSUL_CACHE)/consul" bin/consul
+	@bin/consul version | head -1
+
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/driftgate
 
 # One command for everything a change must pass. Namespace tests need root;
 # CI sets DRIFTGATE_REQUIRE_PRIVILEGED=1 so they fail rather than skip.
-test: deps
+test: deps consul
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 test-unit:
