@@ -1,0 +1,322 @@
+// Package consultest starts real Consul agents for tests: a single server on
+// loopback, or a cluster of servers with one client agent per simulated node.
+// Each agent gets its own ports and data directory; t.Cleanup stops the
+// processes and removes the directories, even when the test fails.
+//
+// The binary is $DRIFTGATE_CONSUL, or bin/consul at the repository root
+// (`make consul` builds Consul v1.14.0 there). Gossip uses Consul's
+// production LAN timing, not -dev timing; raft_multiplier is 1.
+package consultest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Binary returns the path of the consul binary, or fails the test.
+func Binary(tb testing.TB) string {
+	tb.Helper()
+	if p := os.Getenv("DRIFTGATE_CONSUL"); p != "" {
+		return p
+	}
+	dir, _ := os.Getwd()
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			if p := filepath.Join(dir, "bin", "consul"); fileExists(p) {
+				return p
+			}
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	tb.Fatal("consul binary not found: run `make consul` (or set DRIFTGATE_CONSUL)")
+	return ""
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// Agent is one running consul agent.
+type Agent struct {
+	Name     string
+	Server   bool
+	HTTPAddr string // 127.0.0.1:port
+	DNSAddr  string
+	SerfLAN  string
+	dir      string
+	args     []string
+	bin      string
+	tb       testing.TB
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+	done chan struct{}
+}
+
+// Client returns an API client for the agent.
+func (a *Agent) Client() *api.Client {
+	cfg := api.DefaultConfig()
+	cfg.Address = a.HTTPAddr
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		a.tb.Fatalf("consul client: %v", err)
+	}
+	return c
+}
+
+// freePorts returns n ports that were free for both TCP and UDP.
+func freePorts(tb testing.TB, n int) []int {
+	tb.Helper()
+	var ports []int
+	var closers []func()
+	defer func() {
+		for _, c := range closers {
+			c()
+		}
+	}()
+	for len(ports) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			l.Close()
+			continue
+		}
+		closers = append(closers, func() { l.Close(); u.Close() })
+		ports = append(ports, p)
+	}
+	return ports
+}
+
+func newAgent(tb testing.TB, name string, server bool, bootstrapExpect int, join []string) *Agent {
+	tb.Helper()
+	p := freePorts(tb, 5) // http dns serf_lan serf_wan server
+	dir := tb.TempDir()
+	a := &Agent{
+		Name: name, Server: server, tb: tb, dir: dir, bin: Binary(tb),
+		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", p[0]),
+		DNSAddr:  fmt.Sprintf("127.0.0.1:%d", p[1]),
+		SerfLAN:  fmt.Sprintf("127.0.0.1:%d", p[2]),
+	}
+	hcl := fmt.Sprintf(`ports { http = %d, dns = %d, serf_lan = %d, serf_wan = %d, server = %d, grpc = -1, grpc_tls = -1 }
+performance { raft_multiplier = 1 }
+leave_on_terminate = true
+disable_update_check = true
+`, p[0], p[1], p[2], p[3], p[4])
+	if server {
+		hcl += fmt.Sprintf("server = true\nbootstrap_expect = %d\nsession_ttl_min = \"1s\"\n", bootstrapExpect)
+	}
+	a.args = []string{"agent", "-node=" + name, "-bind=127.0.0.1", "-client=127.0.0.1", "-advertise=127.0.0.1",
+		"-data-dir=" + filepath.Join(dir, "data"), "-log-level=warn", "-hcl=" + hcl}
+	for _, j := range join {
+		a.args = append(a.args, "-retry-join="+j)
+	}
+	a.start()
+	tb.Cleanup(func() {
+		a.Kill()
+	})
+	return a
+}
+
+func (a *Agent) start() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.out = &bytes.Buffer{}
+	a.cmd = exec.Command(a.bin, a.args...)
+	a.cmd.Stdout, a.cmd.Stderr = &lockedWriter{w: a.out, mu: &a.mu}, &lockedWriter{w: a.out, mu: &a.mu}
+	if err := a.cmd.Start(); err != nil {
+		a.tb.Fatalf("starting consul %s: %v", a.Name, err)
+	}
+	a.done = make(chan struct{})
+	cmd, done := a.cmd, a.done
+	go func() { cmd.Wait(); close(done) }()
+}
+
+type lockedWriter struct {
+	w  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// Output returns what the agent logged.
+func (a *Agent) Output() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.out.String()
+}
+
+func (a *Agent) signal(s syscall.Signal) {
+	a.mu.Lock()
+	cmd := a.cmd
+	a.mu.Unlock()
+	if cmd != nil && cmd.Process != nil {
+		cmd.Process.Signal(s)
+	}
+}
+
+// Kill stops the agent with SIGKILL: a crash, no leave.
+func (a *Agent) Kill() {
+	a.signal(syscall.SIGCONT)
+	a.signal(syscall.SIGKILL)
+	a.wait(10 * time.Second)
+}
+
+// Stop stops the agent gracefully (SIGTERM; it leaves the cluster).
+func (a *Agent) Stop() {
+	a.signal(syscall.SIGTERM)
+	if !a.wait(20 * time.Second) {
+		a.Kill()
+	}
+}
+
+// Pause freezes the agent (SIGSTOP); Resume thaws it.
+func (a *Agent) Pause()  { a.signal(syscall.SIGSTOP) }
+func (a *Agent) Resume() { a.signal(syscall.SIGCONT) }
+
+// Restart starts a stopped agent again with the same data directory.
+func (a *Agent) Restart() {
+	a.start()
+	a.WaitReady()
+}
+
+func (a *Agent) wait(d time.Duration) bool {
+	a.mu.Lock()
+	done := a.done
+	a.mu.Unlock()
+	if done == nil {
+		return true
+	}
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// WaitReady waits until the agent answers, sees a leader, and has
+// registered its own node in the catalog.
+func (a *Agent) WaitReady() {
+	a.tb.Helper()
+	c := a.Client()
+	deadline := time.Now().Add(60 * time.Second)
+	var last error
+	for time.Now().Before(deadline) {
+		a.mu.Lock()
+		done := a.done
+		a.mu.Unlock()
+		select {
+		case <-done:
+			a.tb.Fatalf("consul agent %s exited; its log:\n%s", a.Name, a.Output())
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		leader, err := c.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+		if err == nil && leader != "" {
+			var n *api.CatalogNode
+			n, _, err = c.Catalog().Node(a.Name, (&api.QueryOptions{}).WithContext(ctx))
+			if err == nil && n != nil {
+				cancel()
+				return
+			}
+		}
+		cancel()
+		last = err
+		time.Sleep(100 * time.Millisecond)
+	}
+	a.tb.Fatalf("consul agent %s not ready after 60s (last error %v); its log:\n%s", a.Name, last, a.Output())
+}
+
+// StartServer starts one server agent (it is also the local agent of the
+// test's nodes) and waits until it is leader.
+func StartServer(tb testing.TB) *Agent {
+	tb.Helper()
+	a := newAgent(tb, "server1", true, 1, nil)
+	a.WaitReady()
+	return a
+}
+
+// Cluster is a set of server agents and one client agent per node.
+type Cluster struct {
+	Servers []*Agent
+	Clients map[string]*Agent
+}
+
+// StartCluster starts `servers` servers and one client agent per name in
+// nodes, all joined, and waits until every agent is ready.
+func StartCluster(tb testing.TB, servers int, nodes ...string) *Cluster {
+	tb.Helper()
+	c := &Cluster{Clients: map[string]*Agent{}}
+	var join []string
+	for i := range servers {
+		a := newAgent(tb, fmt.Sprintf("server%d", i+1), true, servers, join)
+		join = append(join, a.SerfLAN)
+		c.Servers = append(c.Servers, a)
+	}
+	// Later servers joined earlier ones; the first joins the others too,
+	// so it does not depend on being contacted.
+	for _, n := range nodes {
+		c.Clients[n] = newAgent(tb, n, false, 0, join)
+	}
+	for _, a := range c.Servers {
+		a.WaitReady()
+	}
+	for _, a := range c.Clients {
+		a.WaitReady()
+	}
+	return c
+}
+
+// Leader returns the server agent that is the Raft leader.
+func (c *Cluster) Leader(tb testing.TB) *Agent {
+	tb.Helper()
+	for _, s := range c.Servers {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		leader, err := s.Client().Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+		cancel()
+		if err == nil {
+			for _, s2 := range c.Servers {
+				if _, port, _ := net.SplitHostPort(leader); port != "" && s2.serverPort() == port {
+					return s2
+				}
+			}
+		}
+	}
+	tb.Fatal("no consul leader")
+	return nil
+}
+
+func (a *Agent) serverPort() string {
+	for _, arg := range a.args {
+		if len(arg) > 5 && arg[:5] == "-hcl=" {
+			var http, dns, lan, wan, server int
+			fmt.Sscanf(arg[5:], "ports { http = %d, dns = %d, serf_lan = %d, serf_wan = %d, server = %d", &http, &dns, &lan, &wan, &server)
+			return strconv.Itoa(server)
+		}
+	}
+	return ""
+}
+

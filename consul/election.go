@@ -1,0 +1,577 @@
+package consul
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// EventKind is what the election tells its caller.
+type EventKind uint8
+
+// Events, in the order a term produces them: Acquired, then Bind, then
+// MustDrop; or Acquired then Lost when the term ends before Bind.
+const (
+	// Acquired: this node holds the lock with Epoch, but must not bind the
+	// VIP yet (the previous holder may still have it).
+	Acquired EventKind = iota + 1
+	// Bind: T_wait has passed (or the last holder released cleanly) and
+	// the lock is confirmed: bind the VIP now.
+	Bind
+	// MustDrop: drop the VIP now, before returning from the callback.
+	MustDrop
+	// Lost: the term ended before Bind; there is nothing to drop.
+	Lost
+)
+
+var eventNames = map[EventKind]string{Acquired: "acquired", Bind: "bind", MustDrop: "must_drop", Lost: "lost"}
+
+func (k EventKind) String() string { return eventNames[k] }
+
+// Event is one report from the election.
+type Event struct {
+	Kind   EventKind
+	Epoch  uint64
+	Reason string // for MustDrop and Lost
+	Time   time.Time
+}
+
+// Config configures an Election.
+type Config struct {
+	// Key is the leader key, e.g. "driftgate/leader".
+	Key string
+	// Node names this node in the key's value and in logs.
+	Node   string
+	Timing Timing
+	// NodeChecks bound to the session; nil means ["serfHealth"].
+	NodeChecks []string
+	// ServiceChecks bound to the session: the heartbeat check, the user's
+	// checks and the link check (see Registration.CheckIDs).
+	ServiceChecks []string
+	// Priority 0..100: after an unclean end of the last term, a node waits
+	// (100−Priority) ms before contending, so higher priorities tend to
+	// win. A seam for preemption; it never overrides safety.
+	Priority int
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Key == "" || strings.HasPrefix(c.Key, "/"):
+		return fmt.Errorf("key %q: want a KV path such as driftgate/leader", c.Key)
+	case c.Node == "":
+		return errors.New("node: a node name is required")
+	case c.Priority < 0 || c.Priority > 100:
+		return fmt.Errorf("priority: %d is out of range 0..100", c.Priority)
+	}
+	if err := c.Timing.Validate(); err != nil {
+		return fmt.Errorf("timing: %w", err)
+	}
+	return nil
+}
+
+// Phase is the election's state for status and metrics.
+type Phase uint8
+
+// Phases.
+const (
+	PhaseContending Phase = iota + 1 // watching the key, not holding
+	PhaseWaiting                     // holding the lock, waiting out T_wait
+	PhaseHolding                     // holding the lock and the VIP
+	PhaseHoldOff                     // stepped down; not contending for a while
+)
+
+var phaseNames = map[Phase]string{PhaseContending: "contending", PhaseWaiting: "waiting", PhaseHolding: "holding", PhaseHoldOff: "hold_off"}
+
+func (p Phase) String() string { return phaseNames[p] }
+
+// Snapshot is the election's current state.
+type Snapshot struct {
+	Phase       Phase
+	Epoch       uint64
+	Session     string
+	LastConfirm time.Time // when the last successful confirmation was sent
+	Deadline    time.Time // holder's lease deadline
+}
+
+// Election runs the leader election for one node.
+type Election struct {
+	c   *api.Client
+	cfg Config
+	log *slog.Logger
+
+	stepDown chan stepDownReq
+
+	mu   sync.Mutex
+	snap Snapshot
+}
+
+type stepDownReq struct {
+	holdOff time.Duration
+	done    chan error
+}
+
+// NewElection checks cfg. It opens nothing; Run does the work.
+func NewElection(c *api.Client, cfg Config, log *slog.Logger) (*Election, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("election: %w", err)
+	}
+	if cfg.NodeChecks == nil {
+		cfg.NodeChecks = []string{"serfHealth"}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Election{c: c, cfg: cfg, log: log.With("component", "election"), stepDown: make(chan stepDownReq)}, nil
+}
+
+// Snapshot returns the current state.
+func (e *Election) Snapshot() Snapshot {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.snap
+}
+
+func (e *Election) setSnap(f func(*Snapshot)) {
+	e.mu.Lock()
+	f(&e.snap)
+	e.mu.Unlock()
+}
+
+// StepDown asks a running election to give up the lock: if this node has
+// bound the VIP, emit gets MustDrop first (the caller drops the VIP), then
+// the lock is released with a clean-release value so a standby takes over
+// at once. The node then does not contend for holdOff. It returns when the
+// lock is released, or ctx ends.
+func (e *Election) StepDown(ctx context.Context, holdOff time.Duration) error {
+	req := stepDownReq{holdOff: holdOff, done: make(chan error, 1)}
+	select {
+	case e.stepDown <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Run takes part in the election until ctx is cancelled: it creates a
+// session bound to the configured checks, contends for the key, and holds
+// it, reporting through emit. emit is called on Run's goroutine and must
+// drop the VIP before it returns on MustDrop. On cancellation a holder
+// drops (MustDrop) and releases cleanly; Run then returns nil.
+func (e *Election) Run(ctx context.Context, emit func(Event)) error {
+	var holdOff time.Duration
+	attempt := 0
+	for ctx.Err() == nil {
+		if holdOff > 0 {
+			e.setSnap(func(s *Snapshot) { *s = Snapshot{Phase: PhaseHoldOff} })
+			e.log.Info("holding off before contending again", "for", holdOff)
+			if !e.sleep(ctx, holdOff) {
+				return nil
+			}
+			holdOff = 0
+		}
+		e.setSnap(func(s *Snapshot) { *s = Snapshot{Phase: PhaseContending} })
+		sess, err := e.createSession(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			attempt++
+			wait := backoff(attempt)
+			e.log.Warn("cannot create session; retrying", "err", err, "attempt", attempt, "retry_in", wait)
+			if !e.sleep(ctx, wait) {
+				return nil
+			}
+			continue
+		}
+		attempt = 0
+		e.setSnap(func(s *Snapshot) { s.Session = sess })
+		holdOff = e.term(ctx, sess, emit)
+		e.destroySession(sess)
+	}
+	return nil
+}
+
+// backoff for retry n: 100ms doubling, capped at 5s.
+func backoff(n int) time.Duration {
+	d := 100 * time.Millisecond << min(n-1, 6)
+	return min(d, 5*time.Second)
+}
+
+func (e *Election) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	case req := <-e.stepDown:
+		req.done <- nil // nothing held
+		return e.sleep(ctx, max(0, req.holdOff))
+	}
+}
+
+func (e *Election) reqCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, e.cfg.Timing.RequestTimeout)
+}
+
+func (e *Election) createSession(ctx context.Context) (string, error) {
+	checks := make([]api.ServiceCheck, len(e.cfg.ServiceChecks))
+	for i, id := range e.cfg.ServiceChecks {
+		checks[i] = api.ServiceCheck{ID: id}
+	}
+	se := &api.SessionEntry{
+		Name:          "driftgate " + e.cfg.Node,
+		LockDelay:     e.cfg.Timing.LockDelay,
+		Behavior:      api.SessionBehaviorRelease,
+		NodeChecks:    e.cfg.NodeChecks,
+		ServiceChecks: checks,
+	}
+	if e.cfg.Timing.SessionTTL > 0 {
+		se.TTL = e.cfg.Timing.SessionTTL.String()
+	}
+	if se.LockDelay == 0 {
+		// The API omits a zero LockDelay and Consul then applies 15s.
+		se.LockDelay = time.Millisecond
+	}
+	rctx, cancel := e.reqCtx(ctx)
+	defer cancel()
+	id, _, err := e.c.Session().Create(se, (&api.WriteOptions{}).WithContext(rctx))
+	if err != nil {
+		return "", fmt.Errorf("creating session bound to %v and %v: %w", se.NodeChecks, e.cfg.ServiceChecks, err)
+	}
+	return id, nil
+}
+
+func (e *Election) destroySession(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timing.RequestTimeout)
+	defer cancel()
+	if _, err := e.c.Session().Destroy(id, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		e.log.Debug("destroying session", "session", id, "err", err)
+	}
+}
+
+// errSessionGone ends a term whose session no longer exists.
+var errSessionGone = errors.New("session invalidated")
+
+// term contends and holds with one session. It returns the hold-off to
+// observe before the next term (after a step-down).
+func (e *Election) term(ctx context.Context, sess string, emit func(Event)) time.Duration {
+	var renewDone chan struct{}
+	if ttl := e.cfg.Timing.SessionTTL; ttl > 0 {
+		renewDone = make(chan struct{})
+		defer close(renewDone)
+		go func() {
+			// RenewPeriodic ends when the session is gone; the holder
+			// notices through its confirmations.
+			_ = e.c.Session().RenewPeriodic(ttl.String(), sess, nil, renewDone)
+		}()
+	}
+	acq, err := e.contend(ctx, sess)
+	if err != nil {
+		if !errors.Is(err, context.Canceled) && ctx.Err() == nil {
+			e.log.Info("ending term", "reason", err)
+		}
+		return 0
+	}
+	e.setSnap(func(s *Snapshot) {
+		s.Phase, s.Epoch, s.LastConfirm, s.Deadline = PhaseWaiting, acq.epoch, acq.sent, acq.sent.Add(e.cfg.Timing.TFence)
+	})
+	e.log.Info("acquired the lock", "epoch", acq.epoch, "clean_predecessor", acq.clean, "bind_in", time.Until(acq.bindAt).Round(time.Millisecond))
+	emit(Event{Kind: Acquired, Epoch: acq.epoch, Time: time.Now()})
+	return e.hold(ctx, sess, acq, emit)
+}
+
+// acquisition is a won lock.
+type acquisition struct {
+	epoch  uint64    // ModifyIndex of the acquiring write
+	sent   time.Time // when the acquiring request was sent: the lease starts here
+	bindAt time.Time // earliest time to bind the VIP
+	clean  bool      // the previous holder released cleanly
+}
+
+// contend waits for the key to be free and takes it.
+func (e *Election) contend(ctx context.Context, sess string) (acquisition, error) {
+	kv := e.c.KV()
+	var (
+		seenIdx  uint64    // ModifyIndex of the free key when first seen (0: absent)
+		seenAt   time.Time // when a consistent read first showed it free at seenIdx
+		waitIdx  uint64
+		failures int
+	)
+	for {
+		if err := ctx.Err(); err != nil {
+			return acquisition{}, err
+		}
+		// 1. A blocking read notices the key becoming free cheaply. Its
+		// answer proves nothing about "now"; step 2 does.
+		qctx, cancel := context.WithTimeout(ctx, 30*time.Second+e.cfg.Timing.RequestTimeout)
+		pair, meta, err := kv.Get(e.cfg.Key, (&api.QueryOptions{WaitIndex: waitIdx, WaitTime: 30 * time.Second}).WithContext(qctx))
+		cancel()
+		if err != nil {
+			failures++
+			if ctx.Err() == nil {
+				e.log.Debug("watching leader key", "err", err, "attempt", failures)
+			}
+			if !e.sleep(ctx, backoff(failures)) {
+				return acquisition{}, ctx.Err()
+			}
+			waitIdx = 0
+			continue
+		}
+		failures = 0
+		if meta.LastIndex < waitIdx {
+			waitIdx = 0 // the index went backwards (snapshot restore): start over
+		} else {
+			waitIdx = meta.LastIndex
+		}
+		if pair != nil && pair.Session != "" {
+			if pair.Session == sess {
+				return acquisition{}, errors.New("the key is held by this session already")
+			}
+			continue
+		}
+		if ok, err := e.sessionAlive(ctx, sess); err == nil && !ok {
+			return acquisition{}, errSessionGone
+		}
+		// 2. Priority: after an unclean end a higher priority goes first
+		// (1 ms per point below 100). After a clean release there is no
+		// race worth ordering, and the hand-over must be quick.
+		if pair == nil || !parseValue(pair.Value).Released {
+			if d := time.Duration(100-e.cfg.Priority) * time.Millisecond; d > 0 && !e.sleep(ctx, d) {
+				return acquisition{}, ctx.Err()
+			}
+		}
+		// 3. A consistent read: the leader checks with a quorum, so "free"
+		// here means every earlier holder had lost the lock before now.
+		rctx, cancel := e.reqCtx(ctx)
+		pair, _, err = kv.Get(e.cfg.Key, (&api.QueryOptions{RequireConsistent: true}).WithContext(rctx))
+		cancel()
+		now := time.Now()
+		if err != nil {
+			waitIdx = 0 // look again without blocking
+			if !e.sleep(ctx, 50*time.Millisecond) {
+				return acquisition{}, ctx.Err()
+			}
+			continue
+		}
+		if pair != nil && pair.Session != "" {
+			continue
+		}
+		idx := uint64(0)
+		if pair != nil {
+			idx = pair.ModifyIndex
+		}
+		// The first sighting of this exact state starts the wait; a retry
+		// over the same ModifyIndex keeps it (nothing changed in between:
+		// the transaction checks that). An absent key has no index to
+		// check, so each sighting starts afresh.
+		if seenAt.IsZero() || idx != seenIdx || idx == 0 {
+			seenIdx, seenAt = idx, now
+		}
+		clean := pair != nil && parseValue(pair.Value).Released
+		// 4. Take it, only if nothing changed since the read; read back
+		// the ModifyIndex of our write: the epoch.
+		check := &api.KVTxnOp{Verb: api.KVCheckIndex, Key: e.cfg.Key, Index: idx}
+		if pair == nil {
+			check = &api.KVTxnOp{Verb: api.KVCheckNotExists, Key: e.cfg.Key}
+		}
+		val := leaderValue{Node: e.cfg.Node, Since: time.Now().UTC()}
+		ops := api.KVTxnOps{
+			check,
+			{Verb: api.KVLock, Key: e.cfg.Key, Value: val.encode(), Session: sess},
+			{Verb: api.KVGet, Key: e.cfg.Key},
+		}
+		rctx, cancel = e.reqCtx(ctx)
+		sent := time.Now()
+		ok, resp, _, err := kv.Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
+		cancel()
+		if err != nil || !ok {
+			// The key may be free but locked by lock-delay: the next read
+			// must not block waiting for a change that will not come.
+			waitIdx = 0
+		}
+		if err != nil {
+			if !e.sleep(ctx, 50*time.Millisecond) {
+				return acquisition{}, ctx.Err()
+			}
+			continue
+		}
+		if !ok {
+			// Changed since the read, or lock-delay, or our session is
+			// gone; look again shortly.
+			for _, te := range resp.Errors {
+				if strings.Contains(te.What, "invalid session") || strings.Contains(te.What, "does not exist") {
+					return acquisition{}, errSessionGone
+				}
+			}
+			if !e.sleep(ctx, 50*time.Millisecond) {
+				return acquisition{}, ctx.Err()
+			}
+			continue
+		}
+		// The get is the last operation (check-not-exists returns nothing).
+		got := (*api.KVPair)(nil)
+		if n := len(resp.Results); n > 0 {
+			got = resp.Results[n-1]
+		}
+		if got == nil || got.Session != sess {
+			return acquisition{}, fmt.Errorf("lock transaction on %s: the read-back does not show our session", e.cfg.Key)
+		}
+		a := acquisition{epoch: got.ModifyIndex, sent: sent, bindAt: seenAt.Add(e.cfg.Timing.TWait), clean: clean}
+		if clean {
+			a.bindAt = time.Now()
+		}
+		return a, nil
+	}
+}
+
+func (e *Election) sessionAlive(ctx context.Context, sess string) (bool, error) {
+	rctx, cancel := e.reqCtx(ctx)
+	defer cancel()
+	info, _, err := e.c.Session().Info(sess, (&api.QueryOptions{}).WithContext(rctx))
+	if err != nil {
+		return false, err
+	}
+	return info != nil, nil
+}
+
+// confirmResult is one consistent read of the key by the holder.
+type confirmResult struct {
+	sent time.Time
+	mine bool
+	why  string // when not mine
+	err  error
+}
+
+// hold keeps the lock: it waits until bindAt, emits Bind, and confirms the
+// lock every ConfirmInterval. The lease deadline is the send time of the
+// last successful confirmation plus T_fence, and it is checked first after
+// every wake-up, so a process that was paused drops before doing anything
+// else. It returns the hold-off after a step-down.
+func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit func(Event)) time.Duration {
+	t := e.cfg.Timing
+	deadline := acq.sent.Add(t.TFence)
+	bound := false
+	results := make(chan confirmResult, 1)
+	inflight := false
+	// Confirmations outlive an early return at most by RequestTimeout;
+	// their results go to the buffered channel and are dropped.
+	cctx, cancelConfirms := context.WithCancel(context.Background())
+	defer cancelConfirms()
+
+	deadlineT := time.NewTimer(time.Until(deadline))
+	defer deadlineT.Stop()
+	bindT := time.NewTimer(time.Until(acq.bindAt))
+	defer bindT.Stop()
+	tick := time.NewTicker(t.ConfirmInterval)
+	defer tick.Stop()
+
+	end := func(reason string) {
+		kind := Lost
+		if bound {
+			kind = MustDrop
+		}
+		e.log.Warn("leaving leadership", "reason", reason, "epoch", acq.epoch, "had_vip", bound)
+		emit(Event{Kind: kind, Epoch: acq.epoch, Reason: reason, Time: time.Now()})
+		e.setSnap(func(s *Snapshot) { s.Phase, s.Deadline = PhaseContending, time.Time{} })
+	}
+	for {
+		// The deadline comes before anything else.
+		if now := time.Now(); !now.Before(deadline) {
+			end(fmt.Sprintf("lease expired: no confirmation sent in the last %s", t.TFence))
+			e.release(sess, acq.epoch, false)
+			return 0
+		}
+		select {
+		case <-deadlineT.C:
+			// Handled at the top of the loop.
+		case <-bindT.C:
+			if !time.Now().Before(deadline) {
+				continue // expired while waiting: the top of the loop drops
+			}
+			bound = true
+			e.setSnap(func(s *Snapshot) { s.Phase = PhaseHolding })
+			e.log.Info("bind the VIP", "epoch", acq.epoch)
+			emit(Event{Kind: Bind, Epoch: acq.epoch, Time: time.Now()})
+		case <-tick.C:
+			if !inflight {
+				inflight = true
+				go e.confirm(cctx, sess, acq.epoch, results)
+			}
+		case r := <-results:
+			inflight = false
+			if r.err != nil {
+				e.log.Debug("confirming the lock failed", "err", r.err, "deadline_in", time.Until(deadline).Round(time.Millisecond))
+				continue
+			}
+			if !r.mine {
+				end(r.why)
+				return 0
+			}
+			deadline = r.sent.Add(t.TFence)
+			deadlineT.Reset(time.Until(deadline))
+			e.setSnap(func(s *Snapshot) { s.LastConfirm, s.Deadline = r.sent, deadline })
+		case req := <-e.stepDown:
+			end("step-down")
+			err := e.release(sess, acq.epoch, bound)
+			req.done <- err
+			return req.holdOff
+		case <-ctx.Done():
+			end("stopping")
+			e.release(sess, acq.epoch, bound)
+			return 0
+		}
+	}
+}
+
+func (e *Election) confirm(ctx context.Context, sess string, epoch uint64, out chan<- confirmResult) {
+	rctx, cancel := context.WithTimeout(ctx, e.cfg.Timing.RequestTimeout)
+	defer cancel()
+	sent := time.Now()
+	pair, _, err := e.c.KV().Get(e.cfg.Key, (&api.QueryOptions{RequireConsistent: true}).WithContext(rctx))
+	r := confirmResult{sent: sent, err: err}
+	switch {
+	case err != nil:
+	case pair == nil:
+		r.why = "lost the lock: the leader key was deleted"
+	case pair.Session != sess:
+		holder := "nobody"
+		if pair.Session != "" {
+			holder = "session " + pair.Session
+		}
+		r.why = "lost the lock: the key is held by " + holder
+	case pair.ModifyIndex != epoch:
+		r.why = fmt.Sprintf("lost the lock: the key was written over (index %d, epoch %d)", pair.ModifyIndex, epoch)
+	default:
+		r.mine = true
+	}
+	out <- r
+}
+
+// release gives up the lock. clean says the VIP was bound and has been
+// dropped, so the next holder need not wait.
+func (e *Election) release(sess string, epoch uint64, clean bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timing.RequestTimeout)
+	defer cancel()
+	v := leaderValue{Node: e.cfg.Node, Released: clean, Epoch: epoch}
+	ok, _, err := e.c.KV().Release(&api.KVPair{Key: e.cfg.Key, Value: v.encode(), Session: sess}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("releasing %s: %w", e.cfg.Key, err)
+	}
+	if !ok {
+		return fmt.Errorf("releasing %s: not held by this session", e.cfg.Key)
+	}
+	return nil
+}

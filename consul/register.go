@@ -1,0 +1,225 @@
+package consul
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// PrimaryTag is the tag only the holder carries, so that
+// primary.<service>.service.consul resolves to the primary.
+const PrimaryTag = "primary"
+
+// CheckSpec is a user health check run by the local Consul agent. Exactly
+// one of HTTP, TCP and Args is set.
+type CheckSpec struct {
+	Name     string
+	HTTP     string   // URL; passing on 2xx
+	TCP      string   // host:port; passing when it connects
+	Args     []string // script and arguments; passing on exit 0
+	Interval time.Duration
+	Timeout  time.Duration
+}
+
+// Validate checks the spec; errors name the field.
+func (c CheckSpec) Validate() error {
+	n := 0
+	for _, set := range []bool{c.HTTP != "", c.TCP != "", len(c.Args) > 0} {
+		if set {
+			n++
+		}
+	}
+	switch {
+	case c.Name == "":
+		return errors.New("name: required")
+	case n != 1:
+		return fmt.Errorf("check %q: set exactly one of http, tcp and args", c.Name)
+	case c.Interval < 100*time.Millisecond:
+		return fmt.Errorf("check %q: interval %s is below 100ms", c.Name, c.Interval)
+	case c.Timeout <= 0 || c.Timeout > c.Interval:
+		return fmt.Errorf("check %q: timeout %s must be positive and at most the interval %s", c.Name, c.Timeout, c.Interval)
+	}
+	return nil
+}
+
+// ServiceConfig describes this node's registration.
+type ServiceConfig struct {
+	Name string // service name, e.g. "driftgate"
+	ID   string // unique per agent; "" = Name
+	Node string // this node's name, put in meta
+	Port int    // the relay port
+	Tags []string
+	Meta map[string]string // e.g. vip
+	// Checks are the user's checks; each becomes a check of the service,
+	// bound to the election session.
+	Checks       []CheckSpec
+	HeartbeatTTL time.Duration
+	// LinkCheck adds a TTL check the caller sets from the interface's
+	// carrier state (SetLink), so a holder whose link is down is fenced.
+	LinkCheck bool
+}
+
+// Registration is this node's service in the local Consul agent.
+type Registration struct {
+	c   *api.Client
+	cfg ServiceConfig
+	log *slog.Logger
+
+	heartbeatID, linkID string
+	checkIDs            []string
+	primary             bool
+	role                string
+}
+
+// Register registers the service and its checks with the local agent. The
+// heartbeat check starts passing; user checks start critical and pass once
+// the agent has run them, so a node cannot win before its checks pass.
+func Register(ctx context.Context, c *api.Client, cfg ServiceConfig, log *slog.Logger) (*Registration, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("service name: required")
+	}
+	if cfg.ID == "" {
+		cfg.ID = cfg.Name
+	}
+	if cfg.HeartbeatTTL <= 0 {
+		return nil, errors.New("heartbeat ttl: must be positive")
+	}
+	for i, ch := range cfg.Checks {
+		if err := ch.Validate(); err != nil {
+			return nil, fmt.Errorf("checks[%d]: %w", i, err)
+		}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &Registration{c: c, cfg: cfg, log: log.With("component", "registration"), role: "standby",
+		heartbeatID: cfg.ID + ":heartbeat", linkID: cfg.ID + ":link"}
+	if err := r.registerService(ctx); err != nil {
+		return nil, err
+	}
+	checks := []*api.AgentCheckRegistration{{
+		ID: r.heartbeatID, Name: "driftgate heartbeat", ServiceID: cfg.ID,
+		AgentServiceCheck: api.AgentServiceCheck{TTL: cfg.HeartbeatTTL.String(), Status: api.HealthPassing,
+			Notes: "passed by the driftgate daemon; critical when it is dead or hung"},
+	}}
+	if cfg.LinkCheck {
+		checks = append(checks, &api.AgentCheckRegistration{
+			ID: r.linkID, Name: "driftgate link", ServiceID: cfg.ID,
+			// The TTL is long: the daemon sets this check on carrier
+			// changes; the heartbeat covers a dead daemon.
+			AgentServiceCheck: api.AgentServiceCheck{TTL: "8760h", Status: api.HealthPassing, Notes: "carrier of the VIP's interface"},
+		})
+	}
+	for _, ch := range cfg.Checks {
+		reg := &api.AgentCheckRegistration{ID: cfg.ID + ":check:" + ch.Name, Name: ch.Name, ServiceID: cfg.ID,
+			AgentServiceCheck: api.AgentServiceCheck{HTTP: ch.HTTP, TCP: ch.TCP, Args: ch.Args,
+				Interval: ch.Interval.String(), Timeout: ch.Timeout.String(), Status: api.HealthCritical}}
+		checks = append(checks, reg)
+	}
+	for _, reg := range checks {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := c.Agent().CheckRegisterOpts(reg, (&api.QueryOptions{}).WithContext(rctx))
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("registering check %s: %w", reg.ID, err)
+		}
+		r.checkIDs = append(r.checkIDs, reg.ID)
+	}
+	return r, nil
+}
+
+// CheckIDs are the service's checks, to bind to the election session.
+func (r *Registration) CheckIDs() []string { return slices.Clone(r.checkIDs) }
+
+// HeartbeatID is the heartbeat check's ID.
+func (r *Registration) HeartbeatID() string { return r.heartbeatID }
+
+func (r *Registration) registerService(ctx context.Context) error {
+	tags := slices.Clone(r.cfg.Tags)
+	if r.primary {
+		tags = append(tags, PrimaryTag)
+	}
+	meta := map[string]string{"node": r.cfg.Node, "role": r.role}
+	for k, v := range r.cfg.Meta {
+		meta[k] = v
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	// Registered without checks: re-registering to change the tags then
+	// leaves the separately registered checks, and so the session, alone.
+	err := r.c.Agent().ServiceRegisterOpts(&api.AgentServiceRegistration{
+		ID: r.cfg.ID, Name: r.cfg.Name, Port: r.cfg.Port, Tags: tags, Meta: meta,
+	}, api.ServiceRegisterOpts{}.WithContext(rctx))
+	if err != nil {
+		return fmt.Errorf("registering service %s (port %s): %w", r.cfg.ID, strconv.Itoa(r.cfg.Port), err)
+	}
+	return nil
+}
+
+// SetRole records the node's role in the service meta and keeps the
+// primary tag on the holder only.
+func (r *Registration) SetRole(ctx context.Context, role string, primary bool) error {
+	if r.role == role && r.primary == primary {
+		return nil
+	}
+	r.role, r.primary = role, primary
+	return r.registerService(ctx)
+}
+
+// SetLink passes or fails the link check.
+func (r *Registration) SetLink(ctx context.Context, up bool, note string) error {
+	if !r.cfg.LinkCheck {
+		return nil
+	}
+	status := api.HealthPassing
+	if !up {
+		status = api.HealthCritical
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return r.c.Agent().UpdateTTLOpts(r.linkID, note, status, (&api.QueryOptions{}).WithContext(rctx))
+}
+
+// RunHeartbeat passes the heartbeat check every interval until ctx is
+// cancelled, then returns nil. If this loop stops — the daemon died or hung
+// — the check turns critical after HeartbeatTTL and the session is
+// invalidated: Consul fences this node.
+func (r *Registration) RunHeartbeat(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	fails := 0
+	for {
+		rctx, cancel := context.WithTimeout(ctx, interval)
+		err := r.c.Agent().UpdateTTLOpts(r.heartbeatID, "alive", api.HealthPassing, (&api.QueryOptions{}).WithContext(rctx))
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			fails++
+			if fails == 1 || fails%20 == 0 {
+				r.log.Warn("heartbeat to the local Consul agent failed", "err", err, "failures", fails)
+			}
+		} else {
+			fails = 0
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Deregister removes the service and its checks (on clean stop).
+func (r *Registration) Deregister(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := r.c.Agent().ServiceDeregisterOpts(r.cfg.ID, (&api.QueryOptions{}).WithContext(rctx)); err != nil {
+		return fmt.Errorf("deregistering service %s: %w", r.cfg.ID, err)
+	}
+	return nil
+}

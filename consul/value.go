@@ -1,0 +1,33 @@
+package consul
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// leaderValue is the leader key's value. A holder writes Node and Since
+// when it acquires; on a clean step-down it writes Released with its epoch.
+type leaderValue struct {
+	Node  string    `json:"node"`
+	Since time.Time `json:"since,omitzero"`
+	// Released says the last holder dropped the VIP before releasing and
+	// had held it past its own T_wait, so no node holds the VIP now and
+	// the next holder need not wait.
+	Released bool   `json:"released,omitempty"`
+	Epoch    uint64 `json:"epoch,omitempty"`
+}
+
+func (v leaderValue) encode() []byte {
+	b, _ := json.Marshal(v)
+	return b
+}
+
+// parseValue reads a leader value; anything else (an operator's PUT) is
+// treated as an unclean state.
+func parseValue(b []byte) leaderValue {
+	var v leaderValue
+	if json.Unmarshal(b, &v) != nil {
+		return leaderValue{}
+	}
+	return v
+}
