@@ -182,12 +182,6 @@ func holderOf(vip *vipTracker, ns []*node) *node {
 	return nil
 }
 
-var server *consultest.Agent
-
-func TestMain(m *testing.M) {
-	os.Exit(m.Run())
-}
-
 func sharedServer(t *testing.T) *api.Client {
 	t.Helper()
 	return consultest.StartServer(t).Client()
@@ -356,7 +350,6 @@ func TestOperatorActions(t *testing.T) {
 			h := holderOf(vip, ns)
 			before, _ := h.last(Bind)
 			drops := h.count(MustDrop)
-			at := time.Now()
 			a.do(t, h.el.Snapshot().Session)
 			d := waitFor(t, "MustDrop", 3*time.Second, func() bool { return h.count(MustDrop) > drops })
 			t.Logf("%s: %s signalled MustDrop %v after the action", a.name, h.name, d.Round(time.Millisecond))
@@ -368,7 +361,6 @@ func TestOperatorActions(t *testing.T) {
 			if after.Epoch <= before.Epoch {
 				t.Fatalf("epoch %d after %s, not above %d", after.Epoch, a.name, before.Epoch)
 			}
-			_ = at
 		})
 	}
 }

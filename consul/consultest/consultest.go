@@ -319,4 +319,3 @@ func (a *Agent) serverPort() string {
 	}
 	return ""
 }
-

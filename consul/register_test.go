@@ -1,0 +1,125 @@
+package consul
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"driftgate/consul/consultest"
+)
+
+// srvPorts asks the agent's DNS interface for name's SRV records.
+func srvPorts(t *testing.T, dnsAddr, name string) []uint16 {
+	t.Helper()
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", dnsAddr)
+	}}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	_, srvs, err := r.LookupSRV(ctx, "", "", name)
+	if err != nil {
+		if de, ok := err.(*net.DNSError); ok && de.IsNotFound {
+			return nil
+		}
+		t.Fatalf("SRV %s: %v", name, err)
+	}
+	var ports []uint16
+	for _, s := range srvs {
+		ports = append(ports, s.Port)
+	}
+	return ports
+}
+
+// TestPrimaryTagAndStatus: the holder tags itself primary, so
+// primary.driftgate.service.consul resolves to it through Consul DNS;
+// changing the tag does not disturb the session; Status reports holder,
+// epoch and every node's role and checks; deregistration removes a node.
+func TestPrimaryTagAndStatus(t *testing.T) {
+	agent := consultest.StartServer(t)
+	c := agent.Client()
+	vip := &vipTracker{t: t}
+	const key = "test/dns"
+	ns := []*node{startNode(t, c, vip, key, "n1", nodeOpts{}), startNode(t, c, vip, key, "n2", nodeOpts{})}
+	// Each node registered port 5000; give them distinct ports to tell
+	// them apart in SRV answers.
+	for i, n := range ns {
+		n.reg.cfg.Port = 6001 + i
+		if err := n.reg.SetRole(t.Context(), "standby", false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "a holder", 10*time.Second, func() bool { return vip.current() != "" })
+	h := holderOf(vip, ns)
+	if err := h.reg.SetRole(t.Context(), "primary", true); err != nil {
+		t.Fatal(err)
+	}
+	want := uint16(h.reg.cfg.Port)
+	waitFor(t, "DNS to name the primary", 5*time.Second, func() bool {
+		p := srvPorts(t, agent.DNSAddr, "primary.driftgate.service.consul")
+		return len(p) == 1 && p[0] == want
+	})
+	if all := srvPorts(t, agent.DNSAddr, "driftgate.service.consul"); len(all) != 2 {
+		t.Fatalf("driftgate.service.consul has %d instances, want 2", len(all))
+	}
+	// Re-registering for the tag must not have touched the session.
+	time.Sleep(1500 * time.Millisecond)
+	if h.count(MustDrop) != 0 || vip.current() != h.name {
+		t.Fatalf("changing the service tags disturbed the holder: %d drops, holder %q", h.count(MustDrop), vip.current())
+	}
+
+	st, err := ReadStatus(t.Context(), c, key, "driftgate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bind, _ := h.last(Bind)
+	if st.Holder != h.name || st.Epoch != bind.Epoch || !st.SessionHealthy || st.Since.IsZero() || len(st.Nodes) != 2 {
+		t.Fatalf("status %+v, want holder %s epoch %d and 2 nodes", st, h.name, bind.Epoch)
+	}
+	for _, n := range st.Nodes {
+		isHolder := n.ServiceID == "driftgate-"+h.name
+		if n.Primary != isHolder || (n.Role == "primary") != isHolder || n.Checks["driftgate heartbeat"] != "passing" {
+			t.Fatalf("node status %+v (holder %s)", n, h.name)
+		}
+	}
+	// Step down: untag; the other node becomes holder.
+	if err := h.el.StepDown(t.Context(), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.reg.SetRole(t.Context(), "standby", false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "DNS to drop the old primary", 5*time.Second, func() bool {
+		p := srvPorts(t, agent.DNSAddr, "primary.driftgate.service.consul")
+		return len(p) == 0 || p[0] != want
+	})
+	if err := h.reg.Deregister(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	st, err = ReadStatus(t.Context(), c, key, "driftgate")
+	if err != nil || len(st.Nodes) != 1 {
+		t.Fatalf("after deregistering: %+v, %v", st.Nodes, err)
+	}
+}
+
+func TestCheckSpecValidate(t *testing.T) {
+	tests := []struct {
+		c    CheckSpec
+		want string
+	}{
+		{CheckSpec{Name: "a", HTTP: "http://127.0.0.1/", Interval: time.Second, Timeout: time.Second}, ""},
+		{CheckSpec{HTTP: "http://x", Interval: time.Second, Timeout: time.Second}, "name: required"},
+		{CheckSpec{Name: "a", Interval: time.Second, Timeout: time.Second}, "exactly one of http, tcp and args"},
+		{CheckSpec{Name: "a", TCP: "x:1", Args: []string{"true"}, Interval: time.Second, Timeout: time.Second}, "exactly one"},
+		{CheckSpec{Name: "a", TCP: "x:1", Interval: 10 * time.Millisecond, Timeout: time.Millisecond}, "interval 10ms is below 100ms"},
+		{CheckSpec{Name: "a", TCP: "x:1", Interval: time.Second, Timeout: 2 * time.Second}, "timeout 2s must be positive and at most the interval"},
+	}
+	for _, tt := range tests {
+		err := tt.c.Validate()
+		if (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("Validate(%+v) = %v, want %q", tt.c, err, tt.want)
+		}
+	}
+}
