@@ -393,10 +393,10 @@ func TestCheckCritical(t *testing.T) {
 	vip := &vipTracker{t: t}
 	n1 := startNode(t, c, vip, key, "n1", nodeOpts{checks: check("n1")})
 	waitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
-	// n2's check is critical from the start: it must never win.
-	l2 := check("n2")
-	listeners["n2"].Close()
-	n2 := startNode(t, c, vip, key, "n2", nodeOpts{checks: l2})
+	// n2's check is a script check that fails from the start (exit 2:
+	// critical; exit 1 would only be a warning): n2 must never win.
+	n2 := startNode(t, c, vip, key, "n2", nodeOpts{checks: []CheckSpec{{Name: "app", Args: []string{"sh", "-c", "test -e /nonexistent/ready || exit 2"},
+		Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond}}})
 	listeners["n1"].Close()
 	d := waitFor(t, "n1 fenced", 5*time.Second, func() bool { return n1.count(MustDrop) > 0 })
 	e, _ := n1.last(MustDrop)

@@ -19,10 +19,13 @@ const PrimaryTag = "primary"
 // CheckSpec is a user health check run by the local Consul agent. Exactly
 // one of HTTP, TCP and Args is set.
 type CheckSpec struct {
-	Name     string
-	HTTP     string   // URL; passing on 2xx
-	TCP      string   // host:port; passing when it connects
-	Args     []string // script and arguments; passing on exit 0
+	Name string
+	HTTP string // URL; passing on 2xx
+	TCP  string // host:port; passing when it connects
+	// Args is a script and its arguments: exit 0 passes, exit 1 is a
+	// warning (which does not fence), anything else is critical. The
+	// agent must have enable_script_checks (use ACLs then).
+	Args     []string
 	Interval time.Duration
 	Timeout  time.Duration
 }

@@ -120,6 +120,7 @@ func newAgent(tb testing.TB, name string, server bool, bootstrapExpect int, join
 performance { raft_multiplier = 1 }
 leave_on_terminate = true
 disable_update_check = true
+enable_script_checks = true
 `, p[0], p[1], p[2], p[3], p[4])
 	if server {
 		hcl += fmt.Sprintf("server = true\nbootstrap_expect = %d\nsession_ttl_min = \"1s\"\n", bootstrapExpect)
