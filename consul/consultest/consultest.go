@@ -9,7 +9,6 @@
 package consultest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -23,6 +22,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"driftgate/internal/netlab"
 )
 
 // Binary returns the path of the consul binary, or fails the test.
@@ -64,7 +65,7 @@ type Agent struct {
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
+	out  *netlab.SyncBuffer
 	done chan struct{}
 }
 
@@ -140,9 +141,9 @@ enable_script_checks = true
 func (a *Agent) start() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.out = &bytes.Buffer{}
+	a.out = &netlab.SyncBuffer{}
 	a.cmd = exec.Command(a.bin, a.args...)
-	a.cmd.Stdout, a.cmd.Stderr = &lockedWriter{w: a.out, mu: &a.mu}, &lockedWriter{w: a.out, mu: &a.mu}
+	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
 	if err := a.cmd.Start(); err != nil {
 		a.tb.Fatalf("starting consul %s: %v", a.Name, err)
 	}
@@ -151,22 +152,12 @@ func (a *Agent) start() {
 	go func() { cmd.Wait(); close(done) }()
 }
 
-type lockedWriter struct {
-	w  *bytes.Buffer
-	mu *sync.Mutex
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
 // Output returns what the agent logged.
 func (a *Agent) Output() string {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.out.String()
+	out := a.out
+	a.mu.Unlock()
+	return out.String()
 }
 
 func (a *Agent) signal(s syscall.Signal) {
