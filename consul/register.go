@@ -42,11 +42,11 @@ func (c CheckSpec) Validate() error {
 	case c.Name == "":
 		return errors.New("name: required")
 	case n != 1:
-		return fmt.Errorf("check %q: set exactly one of http, tcp and args", c.Name)
+		return fmt.Errorf("http: set exactly one of http, tcp and args (check %q)", c.Name)
 	case c.Interval < 100*time.Millisecond:
-		return fmt.Errorf("check %q: interval %s is below 100ms", c.Name, c.Interval)
+		return fmt.Errorf("interval: %s is below 100ms (check %q)", c.Interval, c.Name)
 	case c.Timeout <= 0 || c.Timeout > c.Interval:
-		return fmt.Errorf("check %q: timeout %s must be positive and at most the interval %s", c.Name, c.Timeout, c.Interval)
+		return fmt.Errorf("timeout: %s must be positive and at most the interval %s (check %q)", c.Timeout, c.Interval, c.Name)
 	}
 	return nil
 }

@@ -113,8 +113,8 @@ func TestCheckSpecValidate(t *testing.T) {
 		{CheckSpec{HTTP: "http://x", Interval: time.Second, Timeout: time.Second}, "name: required"},
 		{CheckSpec{Name: "a", Interval: time.Second, Timeout: time.Second}, "exactly one of http, tcp and args"},
 		{CheckSpec{Name: "a", TCP: "x:1", Args: []string{"true"}, Interval: time.Second, Timeout: time.Second}, "exactly one"},
-		{CheckSpec{Name: "a", TCP: "x:1", Interval: 10 * time.Millisecond, Timeout: time.Millisecond}, "interval 10ms is below 100ms"},
-		{CheckSpec{Name: "a", TCP: "x:1", Interval: time.Second, Timeout: 2 * time.Second}, "timeout 2s must be positive and at most the interval"},
+		{CheckSpec{Name: "a", TCP: "x:1", Interval: 10 * time.Millisecond, Timeout: time.Millisecond}, "interval: 10ms is below 100ms"},
+		{CheckSpec{Name: "a", TCP: "x:1", Interval: time.Second, Timeout: 2 * time.Second}, "timeout: 2s must be positive and at most the interval"},
 	}
 	for _, tt := range tests {
 		err := tt.c.Validate()

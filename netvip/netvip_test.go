@@ -35,10 +35,10 @@ func TestValidate(t *testing.T) {
 		{VIP{Prefix: netip.MustParsePrefix("127.0.0.2/8"), Iface: "eth0"}, "not a usable unicast address"},
 		{VIP{Prefix: netip.MustParsePrefix("239.255.0.1/32"), Iface: "eth0"}, "not a usable unicast address"},
 		{VIP{Prefix: netip.MustParsePrefix("fe80::1/64"), Iface: "eth0"}, "not a usable unicast address"},
-		{VIP{Prefix: netip.MustParsePrefix("198.18.0.1/24")}, `interface "": want a name`},
+		{VIP{Prefix: netip.MustParsePrefix("198.18.0.1/24")}, `interface: "": want a name`},
 		{VIP{Prefix: netip.MustParsePrefix("198.18.0.1/24"), Iface: "averyveryverylongname"}, "want a name of 1..15"},
-		{VIP{Prefix: netip.MustParsePrefix("198.18.0.1/24"), Iface: "eth0", Label: "vip"}, `label "vip": must start with the interface name`},
-		{VIP{Prefix: netip.MustParsePrefix("198.18.0.1/24"), Iface: "enp0s31f6abcde", Label: ""}, `label "enp0s31f6abcde:dg"`},
+		{VIP{Prefix: netip.MustParsePrefix("198.18.0.1/24"), Iface: "eth0", Label: "vip"}, `label: "vip" must start with the interface name`},
+		{VIP{Prefix: netip.MustParsePrefix("198.18.0.1/24"), Iface: "enp0s31f6abcde", Label: ""}, `label: "enp0s31f6abcde:dg"`},
 		{VIP{Prefix: netip.MustParsePrefix("198.18.0.1/24"), Iface: "eth0"}, ""},
 		{VIP{Prefix: netip.MustParsePrefix("2001:db8::1/64"), Iface: "eth0"}, ""},
 	}

@@ -38,18 +38,18 @@ func (v VIP) Validate() error {
 	case !v.Prefix.IsValid():
 		return errors.New("address: want ADDRESS/PREFIXLEN, e.g. 198.18.0.100/24")
 	case v.Prefix.Addr().Zone() != "":
-		return fmt.Errorf("address %s: no zone allowed", v.Prefix)
+		return fmt.Errorf("address: %s: no zone allowed", v.Prefix)
 	case v.Prefix.Addr().Is4In6():
-		return fmt.Errorf("address %s: write IPv4 addresses as IPv4", v.Prefix)
+		return fmt.Errorf("address: %s: write IPv4 addresses as IPv4", v.Prefix)
 	case v.Prefix.Addr().IsLoopback() || v.Prefix.Addr().IsMulticast() || v.Prefix.Addr().IsUnspecified() || v.Prefix.Addr().IsLinkLocalUnicast():
-		return fmt.Errorf("address %s: not a usable unicast address", v.Prefix)
+		return fmt.Errorf("address: %s is not a usable unicast address", v.Prefix)
 	case v.Iface == "" || len(v.Iface) > unix.IFNAMSIZ-1:
-		return fmt.Errorf("interface %q: want a name of 1..15 characters", v.Iface)
+		return fmt.Errorf("interface: %q: want a name of 1..15 characters", v.Iface)
 	}
 	if v.Prefix.Addr().Is4() {
 		l := v.label()
 		if !strings.HasPrefix(l, v.Iface) || len(l) > unix.IFNAMSIZ-1 {
-			return fmt.Errorf("label %q: must start with the interface name %q and be at most 15 characters", l, v.Iface)
+			return fmt.Errorf("label: %q must start with the interface name %q and be at most 15 characters", l, v.Iface)
 		}
 	}
 	return nil

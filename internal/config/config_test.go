@@ -1,0 +1,188 @@
+package config
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+)
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "driftgate.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestExample: the shipped reference configuration parses, with the values
+// it documents.
+func TestExample(t *testing.T) {
+	c, err := Load(write(t, Example), nil)
+	if err != nil {
+		t.Fatalf("example config: %v", err)
+	}
+	type view struct {
+		Node, Key   string
+		TFence      time.Duration
+		VIP         string
+		Announce    int
+		Listen      []netip.AddrPort
+		Group       netip.AddrPort
+		Deliver     string
+		Checks      int
+		Hooks       int
+		Metrics     string
+		HoldOff     time.Duration
+		ReceiveFrom netip.AddrPort
+	}
+	got := view{c.Node, c.Consul.LeaderKey(), c.Election.Timing.TFence, c.VIPs[0].String(), c.VIPs[0].Announce.Count,
+		c.Relay.Listen, c.Relay.Group, c.Receive.Deliver, len(c.Checks), len(c.Hooks), c.Metrics.Address, c.Election.StepDownHoldOff, c.Receive.Group}
+	want := view{"gw1", "driftgate/leader", 3 * time.Second, "198.18.0.100/24 on eth0", 3,
+		[]netip.AddrPort{netip.MustParseAddrPort("198.18.0.100:5000")}, netip.MustParseAddrPort("239.255.0.1:5001"),
+		"udp://127.0.0.1:6000", 1, 1, "127.0.0.1:9469", 10 * time.Second, netip.MustParseAddrPort("239.255.0.1:5001")}
+	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+		t.Fatalf("example (-want +got):\n%s", diff)
+	}
+}
+
+// minimal is the smallest valid configuration.
+const minimal = `
+node: n1
+vips:
+  - address: 198.18.0.100/24
+    interface: eth0
+relay:
+  listen: ["198.18.0.100:5000"]
+  group: 239.255.0.1:5001
+receive:
+  group: 239.255.0.1:5001
+  deliver: stdout
+`
+
+func TestDefaults(t *testing.T) {
+	c, err := Load(write(t, minimal), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Consul.Address != "127.0.0.1:8500" || c.Service.Name != "driftgate" || c.Relay.TTL != 1 || !c.Relay.GSO ||
+		c.Election.Timing.TWait != 3500*time.Millisecond || c.VIPs[0].Announce.Delay != 2*time.Second || c.Log.Level != "info" {
+		t.Fatalf("defaults not applied: %+v", c)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	tests := []struct {
+		name, edit, want string
+	}{
+		{"unknown key", "bogus: 1\n", "unknown key(s): bogus"},
+		{"unknown nested key", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 239.255.0.1:5001\n  colour: red\n", "relay.colour"},
+		{"bare number duration", "election:\n  t_fence: 3\n", `election.t_fence: "3" is not a duration; write it with a unit`},
+		{"unsafe t_wait", "election:\n  t_wait: 2s\n", "election.t_wait: 2s is unsafe"},
+		{"announce count", "vips:\n  - address: 198.18.0.100/24\n    interface: eth0\n    announce:\n      count: 50\n", "vips[0].announce.count: 50 is out of range 1..20"},
+		{"bad vip", "vips:\n  - address: 198.18.0.100\n    interface: eth0\n", `vips[0].address: "198.18.0.100": want ADDRESS/PREFIXLEN`},
+		{"vip label", "vips:\n  - address: 198.18.0.100/24\n    interface: eth0\n    label: vip\n", `vips[0].label: "vip" must start with the interface name`},
+		{"no vips", "vips: []\n", "vips: at least one VIP is required"},
+		{"relay listen", "relay:\n  listen: [\"198.18.0.100\"]\n  group: 239.255.0.1:5001\n", `relay.listen[0]: "198.18.0.100": want IP:PORT`},
+		{"relay group", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 198.18.0.1:5001\n", "relay.group: 198.18.0.1 is not a multicast address"},
+		{"relay ttl", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 239.255.0.1:5001\n  ttl: 0\n", "relay.ttl: 0 is out of range 1..255"},
+		{"relay allow", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 239.255.0.1:5001\n  allow: [\"198.18.0.0/99\"]\n", `relay.allow[0]: "198.18.0.0/99"`},
+		{"receive both", "receive:\n  group: 239.255.0.1:5001\n  listen: 127.0.0.1:1\n  deliver: stdout\n", "receive: set exactly one of receive.group and receive.listen"},
+		{"receive deliver", "receive:\n  group: 239.255.0.1:5001\n  deliver: ftp://x\n", `receive.deliver: "ftp://x"`},
+		{"check", "checks:\n  - name: app\n    interval: 1s\n    timeout: 1s\n", "checks[0].http: set exactly one of http, tcp and args"},
+		{"check interval", "checks:\n  - name: app\n    tcp: 127.0.0.1:1\n    interval: 5\n    timeout: 1s\n", `checks[0].interval: "5" is not a duration`},
+		{"hook relative", "hooks:\n  - command: [notify]\n", `hooks[0].command: "notify": give an absolute path`},
+		{"reserved tag", "service:\n  tags: [primary]\n", `service.tags[0]: "primary" is reserved`},
+		{"log level", "log:\n  level: loud\n", `log.level: "loud"`},
+		{"priority", "election:\n  priority: 101\n", "election.priority: 101 is out of range 0..100"},
+		{"token both", "consul:\n  token: a\n  token_file: /x\n", "consul.token_file: set either"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Load(write(t, merge(minimal, tt.edit)), nil)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Load error:\n  %v\nwant it to contain\n  %s", err, tt.want)
+			}
+		})
+	}
+}
+
+// merge replaces minimal's top-level sections with those in edit.
+func merge(base, edit string) string {
+	sections := func(s string) (order []string, m map[string]string) {
+		m = map[string]string{}
+		cur := ""
+		for _, line := range strings.Split(s, "\n") {
+			if line == "" {
+				continue
+			}
+			if line[0] != ' ' {
+				cur = strings.SplitN(line, ":", 2)[0]
+				order = append(order, cur)
+			}
+			m[cur] += line + "\n"
+		}
+		return order, m
+	}
+	order, b := sections(base)
+	eorder, e := sections(edit)
+	for _, k := range eorder {
+		if _, ok := b[k]; !ok {
+			order = append(order, k)
+		}
+		b[k] = e[k]
+	}
+	var out strings.Builder
+	for _, k := range order {
+		out.WriteString(b[k])
+	}
+	return out.String()
+}
+
+func TestEnvAndFlags(t *testing.T) {
+	t.Setenv("DRIFTGATE_ELECTION_T_FENCE", "2s")
+	t.Setenv("DRIFTGATE_CONSUL_ADDRESS", "127.0.0.1:18500")
+	t.Setenv("DRIFTGATE_RELAY_TTL", "4")
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	fs.String("log-level", "info", "")
+	fs.String("node", "", "")
+	if err := fs.Parse([]string{"--log-level=debug", "--node=from-flag"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(write(t, minimal), fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Election.Timing.TFence != 2*time.Second || c.Consul.Address != "127.0.0.1:18500" || c.Relay.TTL != 4 || c.Log.Level != "debug" || c.Node != "from-flag" {
+		t.Fatalf("overrides not applied: t_fence %s consul %s ttl %d level %s node %s", c.Election.Timing.TFence, c.Consul.Address, c.Relay.TTL, c.Log.Level, c.Node)
+	}
+	t.Setenv("DRIFTGATE_ELECTION_T_WAIT", "1")
+	if _, err := Load(write(t, minimal), nil); err == nil || !strings.Contains(err.Error(), `election.t_wait: "1" is not a duration`) {
+		t.Fatalf("bad env value: %v", err)
+	}
+}
+
+// TestEveryKeyHasADefault: every scalar key has a default, which makes it
+// known to viper and so overridable from the environment; and every key is
+// documented in example.yaml.
+func TestEveryKeyHasADefault(t *testing.T) {
+	v := viper.New()
+	defaults(v)
+	for _, key := range reflectKeys(reflect.TypeOf(raw{}), "") {
+		if !v.IsSet(key) {
+			t.Errorf("key %s has no default, so DRIFTGATE_%s is ignored", key, strings.ToUpper(strings.ReplaceAll(key, ".", "_")))
+		}
+		leaf := key[strings.LastIndex(key, ".")+1:]
+		if !strings.Contains(Example, leaf+":") {
+			t.Errorf("key %s is not documented in example.yaml", key)
+		}
+	}
+}
