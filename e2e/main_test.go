@@ -69,6 +69,33 @@ func runRole(role string, args []string) error {
 			}
 		}
 		return nil
+	case "feed":
+		// feed ADDR:PORT RATE MAX: sends "1", "2", … at RATE per second
+		// until MAX datagrams or a minute has passed.
+		if len(args) != 3 {
+			return fmt.Errorf("feed: want ADDR:PORT RATE MAX")
+		}
+		rate, err := strconv.Atoi(args[1])
+		if err != nil {
+			return err
+		}
+		maxN, err := strconv.Atoi(args[2])
+		if err != nil {
+			return err
+		}
+		c, err := net.Dial("udp", args[0])
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		start := time.Now()
+		for i := 1; i <= maxN && time.Since(start) < time.Minute; i++ {
+			if due := start.Add(time.Duration(i) * time.Second / time.Duration(rate)); time.Until(due) > 0 {
+				time.Sleep(time.Until(due))
+			}
+			c.Write([]byte(strconv.Itoa(i))) // errors (no route during failover) are expected
+		}
+		return nil
 	}
 	return fmt.Errorf("unknown role %q", role)
 }

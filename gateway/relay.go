@@ -25,10 +25,11 @@ const (
 	DropTruncated  DropReason = iota // larger than the relay's buffer (MSG_TRUNC)
 	DropNotAllowed                   // sender outside the ingress allowlist
 	DropSendError                    // the kernel refused the send to a destination
+	DropNotPrimary                   // forwarding is off: this node is not the primary
 	numDrops
 )
 
-var dropNames = [numDrops]string{"truncated", "not_allowed", "send_error"}
+var dropNames = [numDrops]string{"truncated", "not_allowed", "send_error", "not_primary"}
 
 // String returns the reason as a metric label value.
 func (d DropReason) String() string { return dropNames[d] }
@@ -120,7 +121,8 @@ type Relay struct {
 	cfg       RelayConfig
 	log       *slog.Logger
 	space     atomic.Pointer[seqSpace]
-	mu        sync.Mutex // guards listeners during Bind and Close
+	stopped   atomic.Bool // forwarding off (SetForwarding(false))
+	mu        sync.Mutex  // guards listeners during Bind and Close
 	listeners []*relayListener
 }
 
@@ -152,6 +154,15 @@ func NewRelay(cfg RelayConfig, log *slog.Logger) (*Relay, error) {
 func (r *Relay) SetEpoch(epoch uint64) {
 	r.space.Store(&seqSpace{epoch: epoch})
 }
+
+// SetForwarding turns forwarding on or off; a new relay forwards. The
+// agent keeps it off unless this node is the primary, so a node that has
+// just lost the VIP never relays a datagram that still reaches it. Off,
+// datagrams are read and dropped as not_primary.
+func (r *Relay) SetForwarding(on bool) { r.stopped.Store(!on) }
+
+// Forwarding reports whether the relay forwards.
+func (r *Relay) Forwarding() bool { return !r.stopped.Load() }
 
 // Epoch returns the current epoch.
 func (r *Relay) Epoch() uint64 { return r.space.Load().epoch }
@@ -190,14 +201,15 @@ func (r *Relay) newListener(ctx context.Context, addr netip.AddrPort, ifi *net.I
 		return nil, fmt.Errorf("relay: %w", err)
 	}
 	l := &relayListener{
-		addr:  addr,
-		port:  addr.Port(),
-		conn:  conn,
-		codec: NewCodec(r.cfg.Key),
-		allow: r.cfg.Allow,
-		space: &r.space,
-		log:   r.log.With("listen", addr.String()),
-		now:   func() int64 { return time.Now().UnixNano() },
+		addr:    addr,
+		port:    addr.Port(),
+		conn:    conn,
+		codec:   NewCodec(r.cfg.Key),
+		allow:   r.cfg.Allow,
+		space:   &r.space,
+		stopped: &r.stopped,
+		log:     r.log.With("listen", addr.String()),
+		now:     func() int64 { return time.Now().UnixNano() },
 	}
 	l.log.Info("listening", "rcvbuf_requested", r.cfg.RcvBuf, "rcvbuf_granted", granted)
 	if granted < r.cfg.RcvBuf {
@@ -294,6 +306,7 @@ type relayListener struct {
 	codec   *Codec
 	allow   Allowlist
 	space   *atomic.Pointer[seqSpace]
+	stopped *atomic.Bool
 	log     *slog.Logger
 	now     func() int64
 	c       relayCounters
@@ -341,6 +354,11 @@ func (l *relayListener) run(ctx context.Context) error {
 
 // process frames and forwards datagrams 0..n-1 of the current batch.
 func (l *relayListener) process(n int) {
+	if l.stopped.Load() {
+		l.c.received.Add(uint64(n))
+		l.c.dropped[DropNotPrimary].Add(uint64(n))
+		return
+	}
 	l.keep = l.keep[:0]
 	var bytes uint64
 	for i := range n {

@@ -42,7 +42,7 @@ func newTestListener(t testing.TB, allow Allowlist, key []byte, ws ...*fakeWrite
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &relayListener{port: 5000, codec: NewCodec(key), allow: allow, space: &r.space, log: r.log, now: func() int64 { return 1234 }}
+	l := &relayListener{port: 5000, codec: NewCodec(key), allow: allow, space: &r.space, stopped: &r.stopped, log: r.log, now: func() int64 { return 1234 }}
 	for i, w := range ws {
 		l.dests = append(l.dests, dest{addr: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.11"), uint16(6000+i)), w: w})
 	}
@@ -74,7 +74,7 @@ func TestRelayProcess(t *testing.T) {
 		meta{N: 0, From: a},
 	))
 	st := l.stats()
-	want := RelayStats{Received: 5, Forwarded: 2, Bytes: 112, Dropped: map[string]uint64{"truncated": 1, "not_allowed": 1, "send_error": 1}}
+	want := RelayStats{Received: 5, Forwarded: 2, Bytes: 112, Dropped: map[string]uint64{"truncated": 1, "not_allowed": 1, "send_error": 1, "not_primary": 0}}
 	if diff := cmp.Diff(want, st, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
 		t.Fatalf("stats (-want +got):\n%s", diff)
 	}
@@ -95,6 +95,14 @@ func TestRelayProcess(t *testing.T) {
 	if diff := cmp.Diff(wantFrames, got, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
 		t.Fatalf("frames (-want +got):\n%s", diff)
 	}
+	// Forwarding off: read and dropped, nothing written.
+	r.SetForwarding(false)
+	before := len(w1.frames)
+	l.process(feed(l, meta{N: 1, From: a}, meta{N: 1, From: a}))
+	if st := l.stats(); st.Dropped["not_primary"] != 2 || len(w1.frames) != before {
+		t.Fatalf("with forwarding off: %+v, %d frames written", st, len(w1.frames)-before)
+	}
+	r.SetForwarding(true)
 	// A new epoch restarts the sequence at 1.
 	r.SetEpoch(5)
 	l.process(feed(l, meta{N: 1, From: a}))

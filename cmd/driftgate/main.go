@@ -52,7 +52,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if errors.As(err, &ue) {
 		return 2
 	}
-	return 1
+	return 1 // including errNoPrimary from status
 }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
@@ -70,7 +70,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	})
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
-	root.AddCommand(newVersionCmd(), newRelayCmd(g), newReceiveCmd(g))
+	root.AddCommand(newVersionCmd(), newRelayCmd(g), newReceiveCmd(g), newAgentCmd(g), newConfigCmd(), newStatusCmd(), newStepDownCmd(), newCleanupCmd())
 	return root
 }
 

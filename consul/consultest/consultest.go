@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,6 +64,10 @@ type Agent struct {
 	bin      string
 	tb       testing.TB
 
+	// dial, when set, reaches the agent's HTTP address (in a namespace).
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	ns   string // network namespace the agent runs in, "" for the test's
+
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	out  *netlab.SyncBuffer
@@ -73,6 +78,9 @@ type Agent struct {
 func (a *Agent) Client() *api.Client {
 	cfg := api.DefaultConfig()
 	cfg.Address = a.HTTPAddr
+	if a.dial != nil {
+		cfg.Transport = &http.Transport{DialContext: a.dial}
+	}
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		a.tb.Fatalf("consul client: %v", err)
@@ -142,7 +150,11 @@ func (a *Agent) start() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.out = &netlab.SyncBuffer{}
-	a.cmd = exec.Command(a.bin, a.args...)
+	if a.ns != "" {
+		a.cmd = exec.Command("ip", append([]string{"netns", "exec", a.ns, a.bin}, a.args...)...)
+	} else {
+		a.cmd = exec.Command(a.bin, a.args...)
+	}
 	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
 	if err := a.cmd.Start(); err != nil {
 		a.tb.Fatalf("starting consul %s: %v", a.Name, err)
@@ -240,6 +252,34 @@ func (a *Agent) WaitReady() {
 		time.Sleep(100 * time.Millisecond)
 	}
 	a.tb.Fatalf("consul agent %s not ready after 60s (last error %v); its log:\n%s", a.Name, last, a.Output())
+}
+
+// InNamespace starts an agent inside network namespace ns, bound to ip,
+// with Consul's default ports (the namespace has them to itself) and its
+// HTTP API on the namespace's 127.0.0.1:8500, reached through dial. join
+// lists servers' IPs.
+func InNamespace(tb testing.TB, ns, ip, name string, server bool, bootstrapExpect int, join []string,
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)) *Agent {
+	tb.Helper()
+	dir := tb.TempDir()
+	a := &Agent{Name: name, Server: server, tb: tb, dir: dir, bin: Binary(tb), ns: ns, dial: dial,
+		HTTPAddr: "127.0.0.1:8500", DNSAddr: "127.0.0.1:8600", SerfLAN: ip + ":8301"}
+	hcl := `ports { grpc = -1, grpc_tls = -1 }
+performance { raft_multiplier = 1 }
+leave_on_terminate = true
+disable_update_check = true
+`
+	if server {
+		hcl += fmt.Sprintf("server = true\nbootstrap_expect = %d\nsession_ttl_min = \"1s\"\n", bootstrapExpect)
+	}
+	a.args = []string{"agent", "-node=" + name, "-bind=" + ip, "-client=127.0.0.1", "-advertise=" + ip,
+		"-data-dir=" + filepath.Join(dir, "data"), "-log-level=warn", "-hcl=" + hcl}
+	for _, j := range join {
+		a.args = append(a.args, "-retry-join="+j)
+	}
+	a.start()
+	tb.Cleanup(a.Kill)
+	return a
 }
 
 // StartServer starts one server agent (it is also the local agent of the

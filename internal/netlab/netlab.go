@@ -238,6 +238,20 @@ func (h *Host) Do(fn func() error) error {
 	return fnErr
 }
 
+// DialContext dials from inside the host's namespace; the connection can
+// then be used from anywhere. Use it as an http.Transport's DialContext to
+// reach a server on the host's loopback.
+func (h *Host) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := h.Do(func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
 // Command returns a command that runs in the host's namespace.
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, name}, args...)...)

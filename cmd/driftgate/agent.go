@@ -1,0 +1,329 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"driftgate/consul"
+	"driftgate/gateway"
+	"driftgate/internal/config"
+	"driftgate/netvip"
+)
+
+// sdNotifier sends sd_notify messages; without NOTIFY_SOCKET it does nothing.
+type sdNotifier struct{}
+
+func (sdNotifier) Notify(state string) { daemon.SdNotify(false, state) }
+
+func configFlag(c *cobra.Command, path *string) {
+	c.Flags().StringVarP(path, "config", "c", config.DefaultPath, "configuration file")
+}
+
+func loadConfig(c *cobra.Command, path string) (*config.Config, error) {
+	cfg, err := config.Load(path, c.Flags())
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return cfg, nil
+}
+
+func newAgentCmd(g *globals) *cobra.Command {
+	var path string
+	c := &cobra.Command{
+		Use:   "agent [--config FILE]",
+		Short: "Run the daemon: election, VIP, relay and receiver",
+		Long: `agent takes part in the Consul election; as primary it holds the VIPs,
+announces them and relays every datagram to all servers; on every node it
+receives the feed. SIGTERM or SIGINT: a primary steps down cleanly (drops the
+VIP, releases the lock so a standby takes over at once), deregisters, exits 0.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(c, path)
+			if err != nil {
+				return err
+			}
+			g.logLevel, g.logFormat = cfg.Log.Level, cfg.Log.Format
+			log, err := g.logger(c.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			a, err := gateway.NewAgent(cfg, log.With("node", cfg.Node), sdNotifier{})
+			if err != nil {
+				return err
+			}
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+				collectors.NewBuildInfoCollector())
+			build := prometheus.NewGauge(prometheus.GaugeOpts{Name: "driftgate_build_info", Help: "Build information.",
+				ConstLabels: prometheus.Labels{"version": version, "commit": commit}})
+			build.Set(1)
+			reg.MustRegister(build)
+
+			ctx, stop := signalContext()
+			defer stop()
+			grp, gctx := errgroup.WithContext(ctx)
+			grp.Go(func() error { return a.Run(gctx) })
+			if cfg.Metrics.Address != "" {
+				srv := &http.Server{Addr: cfg.Metrics.Address, Handler: a.Handler(reg), ReadHeaderTimeout: 5 * time.Second}
+				ln, err := net.Listen("tcp", cfg.Metrics.Address)
+				if err != nil {
+					return fmt.Errorf("metrics.address %s: %w", cfg.Metrics.Address, err)
+				}
+				grp.Go(func() error {
+					if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+						return err
+					}
+					return nil
+				})
+				grp.Go(func() error {
+					<-gctx.Done()
+					sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+					defer cancel()
+					return srv.Shutdown(sctx)
+				})
+			}
+			// The watchdog is fed only while the agent's loop is healthy.
+			if wd, err := daemon.SdWatchdogEnabled(false); err == nil && wd > 0 {
+				grp.Go(func() error {
+					t := time.NewTicker(wd / 2)
+					defer t.Stop()
+					for {
+						select {
+						case <-gctx.Done():
+							return nil
+						case <-t.C:
+							if a.Healthy() {
+								daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+							}
+						}
+					}
+				})
+			}
+			return grp.Wait()
+		},
+	}
+	configFlag(c, &path)
+	c.Flags().String("node", "", "override node")
+	c.Flags().String("metrics-address", "", "override metrics.address")
+	return c
+}
+
+func newConfigCmd() *cobra.Command {
+	c := &cobra.Command{Use: "config", Short: "Check or print configuration"}
+	check := &cobra.Command{
+		Use:   "check [FILE]",
+		Short: "Validate a configuration file and print the effective configuration",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			path := config.DefaultPath
+			if len(args) == 1 {
+				path = args[0]
+			}
+			cfg, err := config.Load(path, nil)
+			if err != nil {
+				return usageError{err}
+			}
+			enc := json.NewEncoder(c.OutOrStdout())
+			enc.SetIndent("", "  ")
+			type shown struct {
+				*config.Config
+				Consul any
+			}
+			cc := cfg.Consul
+			if cc.Token != "" {
+				cc.Token = "(set)"
+			}
+			fmt.Fprintf(c.ErrOrStderr(), "%s: valid\n", path)
+			return enc.Encode(shown{Config: cfg, Consul: cc})
+		},
+	}
+	example := &cobra.Command{
+		Use:   "example",
+		Short: "Print the commented reference configuration",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			_, err := io.WriteString(c.OutOrStdout(), config.Example)
+			return err
+		},
+	}
+	c.AddCommand(check, example)
+	return c
+}
+
+func newStepDownCmd() *cobra.Command {
+	var path string
+	c := &cobra.Command{
+		Use:   "step-down [--config FILE]",
+		Short: "Ask the local primary to hand over to a standby",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(c, path)
+			if err != nil {
+				return err
+			}
+			if cfg.Metrics.Address == "" {
+				return usagef("step-down talks to the agent on metrics.address, which is off")
+			}
+			resp, err := http.Post("http://"+cfg.Metrics.Address+"/step-down", "text/plain", nil)
+			if err != nil {
+				return fmt.Errorf("asking the agent at %s: %w", cfg.Metrics.Address, err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("agent at %s: %s", cfg.Metrics.Address, strings.TrimSpace(string(body)))
+			}
+			fmt.Fprint(c.OutOrStdout(), string(body))
+			return nil
+		},
+	}
+	configFlag(c, &path)
+	return c
+}
+
+// errNoPrimary makes `status` exit 1 when no node holds the lock.
+var errNoPrimary = errors.New("no primary")
+
+func newStatusCmd() *cobra.Command {
+	var (
+		path   string
+		asJSON bool
+	)
+	c := &cobra.Command{
+		Use:   "status [--json] [--config FILE]",
+		Short: "Show the primary, epoch, every node's role and health, and this node's state",
+		Long: `status reads the election state from Consul and this node's state from its
+agent. Exit status: 0 when a primary exists, 1 when none does (or on error).`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(c, path)
+			if err != nil {
+				return err
+			}
+			ac := api.DefaultConfig()
+			ac.Address, ac.Token, ac.Datacenter = cfg.Consul.Address, cfg.Consul.Token, cfg.Consul.Datacenter
+			client, err := api.NewClient(ac)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			st, err := consul.ReadStatus(ctx, client, cfg.Consul.LeaderKey(), cfg.Service.Name)
+			if err != nil {
+				return err
+			}
+			var local *gateway.State
+			if cfg.Metrics.Address != "" {
+				if resp, err := http.Get("http://" + cfg.Metrics.Address + "/status"); err == nil {
+					var s gateway.State
+					if json.NewDecoder(resp.Body).Decode(&s) == nil {
+						local = &s
+					}
+					resp.Body.Close()
+				}
+			}
+			out := c.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				enc.Encode(struct {
+					Cluster consul.Status  `json:"cluster"`
+					Local   *gateway.State `json:"local,omitempty"`
+				}{st, local})
+			} else {
+				printStatus(out, st, local)
+			}
+			if st.Holder == "" {
+				return errNoPrimary
+			}
+			return nil
+		},
+	}
+	configFlag(c, &path)
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+func printStatus(w io.Writer, st consul.Status, local *gateway.State) {
+	if st.Holder == "" {
+		fmt.Fprintf(w, "primary: none (key %s", st.Key)
+		if st.Released {
+			fmt.Fprint(w, ", released cleanly")
+		}
+		fmt.Fprintln(w, ")")
+	} else {
+		fmt.Fprintf(w, "primary: %s  epoch %d  since %s (%s ago)  session healthy: %v\n", st.Holder, st.Epoch,
+			st.Since.Format(time.RFC3339), time.Since(st.Since).Round(time.Second), st.SessionHealthy)
+	}
+	tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tROLE\tPRIMARY TAG\tCHECKS")
+	for _, n := range st.Nodes {
+		var checks []string
+		for name, s := range n.Checks {
+			checks = append(checks, name+"="+s)
+		}
+		sort.Strings(checks)
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", n.Node, n.Role, n.Primary, strings.Join(checks, ", "))
+	}
+	tw.Flush()
+	if local != nil {
+		fmt.Fprintf(w, "this node (%s): role %s, epoch %d, forwarding %v, VIPs %v\n", local.Node, local.Role, local.Epoch, local.Forwarding, local.VIPs)
+		for _, r := range local.Relay {
+			fmt.Fprintf(w, "  relay %s: received %d forwarded %d dropped %v\n", r.Listen, r.Received, r.Forwarded, r.Dropped)
+		}
+		if r := local.Receiver; r != nil {
+			fmt.Fprintf(w, "  receiver: delivered %d lost %d duplicates %d stale %d\n", r.Delivered, r.Lost, r.Duplicates, r.StaleEpoch)
+		}
+	}
+}
+
+func newCleanupCmd() *cobra.Command {
+	var path string
+	c := &cobra.Command{
+		Use:   "cleanup [--config FILE]",
+		Short: "Remove this node's VIPs from its interfaces (after a crash; systemd's ExecStopPost)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(c, path)
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, v := range cfg.VIPs {
+				m, err := netvip.New(v.VIP)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				removed, err := m.Cleanup()
+				m.Close()
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				if removed {
+					fmt.Fprintf(c.OutOrStdout(), "removed %s\n", v)
+				}
+			}
+			return errors.Join(errs...)
+		},
+	}
+	configFlag(c, &path)
+	return c
+}

@@ -1,0 +1,326 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"driftgate/consul"
+	"driftgate/consul/consultest"
+	"driftgate/gateway"
+	"driftgate/internal/netlab"
+)
+
+const agentVIP = "198.18.0.100"
+
+// sink records the payloads (source sequence numbers) a node's receiver
+// delivers, with arrival times.
+type sink struct {
+	mu   sync.Mutex
+	seqs map[int]int // seq → deliveries
+	at   []arrival
+	conn *net.UDPConn
+}
+
+type arrival struct {
+	seq int
+	t   time.Time
+}
+
+func newSink(t *testing.T, h *netlab.Host) *sink {
+	s := &sink{seqs: map[int]int{}}
+	if err := h.Do(func() (err error) {
+		s.conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 6000})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.conn.Close() })
+	go func() {
+		buf := make([]byte, 100)
+		for {
+			n, err := s.conn.Read(buf)
+			if err != nil {
+				return
+			}
+			seq, _ := strconv.Atoi(string(buf[:n]))
+			s.mu.Lock()
+			s.seqs[seq]++
+			s.at = append(s.at, arrival{seq, time.Now()})
+			s.mu.Unlock()
+		}
+	}()
+	return s
+}
+
+// window reports, for seqs in [from, to], how many never arrived and how
+// many arrived more than once.
+func (s *sink) window(from, to int) (missing, dup int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for q := from; q <= to; q++ {
+		switch c := s.seqs[q]; {
+		case c == 0:
+			missing++
+		case c > 1:
+			dup++
+		}
+	}
+	return
+}
+
+// gapAfter is the longest pause between deliveries after t0, and the
+// highest sequence delivered so far.
+func (s *sink) gapAfter(t0 time.Time) (time.Duration, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var gap time.Duration
+	last := t0
+	high := 0
+	for _, a := range s.at {
+		high = max(high, a.seq)
+		if a.t.Before(t0) {
+			continue
+		}
+		gap = max(gap, a.t.Sub(last))
+		last = a.t
+	}
+	return gap, high
+}
+
+func (s *sink) high() int {
+	_, h := s.gapAfter(time.Now())
+	return h
+}
+
+type agentNode struct {
+	host *netlab.Host
+	cfg  string
+	cmd  interface{ Wait() error }
+	pid  int
+	out  *netlab.SyncBuffer
+	sink *sink
+	http *http.Client
+}
+
+func (n *agentNode) start(t *testing.T) {
+	cmd, out := n.host.Start(driftgate, "agent", "--config", n.cfg)
+	n.cmd, n.pid, n.out = cmd, cmd.Process.Pid, out
+}
+
+func (n *agentNode) state(t *testing.T) (gateway.State, error) {
+	var st gateway.State
+	resp, err := n.http.Get("http://127.0.0.1:9469/status")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+func writeAgentConfig(t *testing.T, name string) string {
+	cfg := fmt.Sprintf(`node: %s
+consul:
+  address: 127.0.0.1:8500
+vips:
+  - address: %s/24
+    interface: eth0
+    probe: true
+    announce: {count: 2, interval: 50ms, delay: 500ms}
+relay:
+  listen: ["%s:5000"]
+  group: 239.255.0.1:5001
+  interface: eth0
+receive:
+  group: 239.255.0.1:5001
+  interface: eth0
+  deliver: udp://127.0.0.1:6000
+election:
+  step_down_hold_off: 3s
+metrics:
+  address: 127.0.0.1:9469
+log:
+  level: info
+`, name, agentVIP, agentVIP)
+	p := filepath.Join(t.TempDir(), name+".yaml")
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func hasVIP(h *netlab.Host) bool {
+	return strings.Contains(h.IP("-4", "addr", "show", "dev", "eth0"), agentVIP+"/")
+}
+
+// TestAgentFailover runs two driftgate agents, each with its own Consul
+// client agent, against three Consul servers, all in network namespaces,
+// with a sequenced feed from a client namespace. Default election timing.
+func TestAgentFailover(t *testing.T) {
+	lab := netlab.New(t, "cs1", "cs2", "cs3", "n1", "n2", "src")
+	var serverIPs []string
+	for _, n := range []string{"cs1", "cs2", "cs3"} {
+		serverIPs = append(serverIPs, lab.Host(n).Addr4.Addr().String())
+	}
+	var agents []*consultest.Agent
+	for i, n := range []string{"cs1", "cs2", "cs3"} {
+		h := lab.Host(n)
+		agents = append(agents, consultest.InNamespace(t, h.NS, serverIPs[i], n, true, 3, serverIPs, h.DialContext))
+	}
+	nodes := map[string]*agentNode{}
+	for _, n := range []string{"n1", "n2"} {
+		h := lab.Host(n)
+		agents = append(agents, consultest.InNamespace(t, h.NS, h.Addr4.Addr().String(), n, false, 0, serverIPs, h.DialContext))
+		nodes[n] = &agentNode{host: h, cfg: writeAgentConfig(t, n), sink: newSink(t, h),
+			http: &http.Client{Transport: &http.Transport{DialContext: h.DialContext}, Timeout: 2 * time.Second}}
+	}
+	for _, a := range agents {
+		a.WaitReady()
+	}
+	client := agents[3].Client()
+	for _, n := range nodes {
+		n.start(t)
+	}
+	primary := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		st, err := consul.ReadStatus(ctx, client, "driftgate/leader", "driftgate")
+		if err != nil {
+			return ""
+		}
+		n, ok := nodes[st.Holder]
+		if !ok {
+			return ""
+		}
+		if s, err := n.state(t); err != nil || s.Role != "primary" {
+			return ""
+		}
+		return st.Holder
+	}
+	waitUntil := func(what string, d time.Duration, cond func() bool) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for !cond() {
+			if time.Since(start) > d {
+				for name, n := range nodes {
+					t.Logf("%s log:\n%s", name, n.out)
+				}
+				t.Fatalf("timed out after %v waiting for %s", d, what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return time.Since(start)
+	}
+	waitUntil("a primary", 30*time.Second, func() bool { return primary() != "" })
+
+	// Sample VIP ownership on both nodes for the whole test.
+	var overlaps, samples int
+	stopSampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-stopSampling:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			samples++
+			if hasVIP(nodes["n1"].host) && hasVIP(nodes["n2"].host) {
+				overlaps++
+			}
+		}
+	}()
+
+	// The feed: 200 datagrams/s for up to 60 s.
+	const rate = 200
+	feed := selfCommand(lab.Host("src").NS, "feed", agentVIP+":5000", strconv.Itoa(rate), strconv.Itoa(rate*60))
+	if err := feed.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { feed.Process.Kill(); feed.Wait() })
+	time.Sleep(3 * time.Second)
+	// Steady state: every node got every datagram (allow the first few
+	// while the router learned the VIP).
+	hi := min(nodes["n1"].sink.high(), nodes["n2"].sink.high())
+	for name, n := range nodes {
+		if miss, dup := n.sink.window(20, hi); miss != 0 || dup != 0 || hi < 400 {
+			t.Fatalf("steady state: %s missed %d and duplicated %d of datagrams 20..%d", name, miss, dup, hi)
+		}
+	}
+
+	// Crash: kill -9 the primary's daemon; systemd's ExecStopPost would
+	// run `driftgate cleanup`, so do that.
+	old := primary()
+	oldState, _ := nodes[old].state(t)
+	other := map[string]string{"n1": "n2", "n2": "n1"}[old]
+	crash := time.Now()
+	syscall.Kill(nodes[old].pid, syscall.SIGKILL)
+	if out, err := nodes[old].host.Command(context.Background(), driftgate, "cleanup", "--config", nodes[old].cfg).CombinedOutput(); err != nil {
+		t.Fatalf("cleanup: %v: %s", err, out)
+	}
+	took := waitUntil("the standby to take over", 30*time.Second, func() bool { return primary() == other })
+	before := nodes[other].sink.high()
+	waitUntil("frames to flow again", 10*time.Second, func() bool { return nodes[other].sink.high() > before+rate/2 })
+	gap, _ := nodes[other].sink.gapAfter(crash)
+	newState, _ := nodes[other].state(t)
+	if newState.Epoch <= oldState.Epoch {
+		t.Fatalf("epoch after failover %d, not above %d", newState.Epoch, oldState.Epoch)
+	}
+	t.Logf("kill -9 of %s: %s primary after %v; longest delivery gap at %s %v (epoch %d → %d)",
+		old, other, took.Round(time.Millisecond), other, gap.Round(time.Millisecond), oldState.Epoch, newState.Epoch)
+
+	// The killed node comes back as a standby.
+	nodes[old].start(t)
+	waitUntil("the restarted node to receive", 20*time.Second, func() bool {
+		s, err := nodes[old].state(t)
+		return err == nil && s.Role == "standby" && s.Receiver != nil && s.Receiver.Delivered > 0
+	})
+
+	// Clean step-down: the standby takes over at once.
+	stepStart := time.Now()
+	highBefore := nodes[other].sink.high()
+	if out, err := nodes[other].host.Command(context.Background(), driftgate, "step-down", "--config", nodes[other].cfg).CombinedOutput(); err != nil {
+		t.Fatalf("step-down: %v: %s", err, out)
+	}
+	took = waitUntil("the takeover", 10*time.Second, func() bool { return primary() == old })
+	time.Sleep(time.Second)
+	highAfter := nodes[old].sink.high()
+	miss, _ := nodes[old].sink.window(highBefore+1, highAfter-rate/10)
+	sgap, _ := nodes[old].sink.gapAfter(stepStart)
+	t.Logf("step-down of %s: %s primary after %v; datagrams lost at %s: %d (of %d..%d); longest delivery gap %v",
+		other, old, took.Round(time.Millisecond), old, miss, highBefore+1, highAfter-rate/10, sgap.Round(time.Millisecond))
+
+	close(stopSampling)
+	<-sampled
+	if overlaps != 0 {
+		t.Fatalf("SAFETY: both nodes had the VIP in %d of %d samples", overlaps, samples)
+	}
+	t.Logf("VIP sampled %d times every 50ms: never on both nodes", samples)
+	// Exactly one primary, and the status command agrees.
+	st, err := consul.ReadStatus(context.Background(), client, "driftgate/leader", "driftgate")
+	if err != nil || st.Holder != old {
+		t.Fatalf("status: holder %q, %v; want %s", st.Holder, err, old)
+	}
+	roles := map[string]string{}
+	for _, n := range st.Nodes {
+		roles[n.Node] = n.Role
+	}
+	keys := make([]string, 0, len(roles))
+	for k := range roles {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	t.Logf("final roles: %v", roles)
+}

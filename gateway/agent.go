@@ -1,0 +1,565 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"driftgate/consul"
+	"driftgate/internal/config"
+	"driftgate/netvip"
+)
+
+// Notifier tells the service manager about the daemon (sd_notify); nil-safe
+// implementations ignore calls when not under systemd.
+type Notifier interface {
+	Notify(state string)
+}
+
+type nopNotifier struct{}
+
+func (nopNotifier) Notify(string) {}
+
+// Agent is the driftgate daemon on one server: it takes part in the
+// election, holds the VIP and relays while primary, and receives the feed
+// always. Its role changes in one place, transition.
+type Agent struct {
+	cfg    *config.Config
+	log    *slog.Logger
+	notify Notifier
+	client *api.Client
+
+	relay *Relay
+	recv  *Receiver
+	vips  []*netvip.Manager
+	reg   *consul.Registration
+	el    *consul.Election
+	hooks *hookRunner
+
+	// primary is read by announcers before every send.
+	primary atomic.Bool
+	// holding cancels the announcers and guards of the current term.
+	holding    context.CancelFunc
+	holdingWG  sync.WaitGroup
+	stepDownCh chan string // reasons to step down, from watchers
+
+	// regMu serialises registration updates; after deregistration
+	// (regClosed) none may re-register the service.
+	regMu     sync.Mutex
+	regClosed bool
+
+	mu          sync.Mutex
+	role        Role
+	epoch       uint64
+	since       time.Time
+	transitions map[string]uint64 // "from>to" → count
+	reasons     map[string]uint64 // reason → count
+	conflicts   uint64
+	lastBind    time.Time
+	announcers  []*netvip.Announcer // of the current term
+	acquiredAt  time.Time
+	healthy     atomic.Bool
+	// takeover observes how long a new holder waited from acquiring the
+	// lock to binding the VIP (T_wait, or ~0 after a clean release).
+	takeover prometheus.Histogram
+}
+
+// NewAgent checks what can be checked without touching the system and
+// returns an agent; Run does the work.
+func NewAgent(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if n == nil {
+		n = nopNotifier{}
+	}
+	ac := api.DefaultConfig()
+	ac.Address = cfg.Consul.Address
+	ac.Token = cfg.Consul.Token
+	ac.Datacenter = cfg.Consul.Datacenter
+	if cfg.Consul.CAFile != "" || cfg.Consul.CertFile != "" {
+		ac.Scheme = "https"
+		ac.TLSConfig = api.TLSConfig{CAFile: cfg.Consul.CAFile, CertFile: cfg.Consul.CertFile, KeyFile: cfg.Consul.KeyFile}
+	}
+	client, err := api.NewClient(ac)
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", cfg.Consul.Address, err)
+	}
+	a := &Agent{cfg: cfg, log: log.With("component", "agent"), notify: n, client: client,
+		role: RoleStandby, since: time.Now(), transitions: map[string]uint64{}, reasons: map[string]uint64{},
+		stepDownCh: make(chan string, 8),
+		takeover: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "driftgate_takeover_seconds",
+			Help:    "Time from acquiring the lock to binding the VIP.",
+			Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 20}})}
+	var relayKey, recvKey []byte
+	if cfg.Relay.KeyFile != "" {
+		if relayKey, err = LoadKey(cfg.Relay.KeyFile); err != nil {
+			return nil, fmt.Errorf("relay.key_file: %w", err)
+		}
+	}
+	rc := RelayConfig{Listen: cfg.Relay.Listen, Group: cfg.Relay.Group, Iface: cfg.Relay.Interface, TTL: cfg.Relay.TTL,
+		Unicast: cfg.Relay.Unicast, Allow: cfg.Relay.Allow, Key: relayKey, RcvBuf: cfg.Relay.RcvBuf, Batch: cfg.Relay.Batch, NoGSO: !cfg.Relay.GSO}
+	if a.relay, err = NewRelay(rc, log); err != nil {
+		return nil, err
+	}
+	a.relay.SetForwarding(false)
+	if cfg.Receive.Enabled {
+		if cfg.Receive.KeyFile != "" {
+			if recvKey, err = LoadKey(cfg.Receive.KeyFile); err != nil {
+				return nil, fmt.Errorf("receive.key_file: %w", err)
+			}
+		}
+		d, err := ParseDeliver(cfg.Receive.Deliver, nil)
+		if err != nil {
+			return nil, fmt.Errorf("receive.deliver: %w", err)
+		}
+		a.recv, err = NewReceiver(ReceiverConfig{Group: cfg.Receive.Group, Iface: cfg.Receive.Interface, Listen: cfg.Receive.Listen, Key: recvKey, Deliver: d}, log)
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
+	hooks := make([]Hook, len(cfg.Hooks))
+	for i, h := range cfg.Hooks {
+		hooks[i] = Hook(h)
+	}
+	a.hooks = newHookRunner(hooks, log)
+	return a, nil
+}
+
+// Role returns the current role, epoch and since when.
+func (a *Agent) Role() (Role, uint64, time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.role, a.epoch, a.since
+}
+
+// transition is the one place the role changes. It logs, counts, tells
+// systemd and queues the hooks; none of that can block.
+func (a *Agent) transition(to Role, reason string, epoch uint64) {
+	a.mu.Lock()
+	from := a.role
+	a.role, a.epoch, a.since = to, epoch, time.Now()
+	a.transitions[from.String()+">"+to.String()]++
+	a.reasons[reason]++
+	a.mu.Unlock()
+	a.log.Info("role change", "from", from.String(), "to", to.String(), "reason", reason, "epoch", epoch)
+	a.notify.Notify(fmt.Sprintf("STATUS=%s (epoch %d): %s", to, epoch, reason))
+	vips := make([]string, len(a.cfg.VIPs))
+	for i, v := range a.cfg.VIPs {
+		vips[i] = v.Prefix.String()
+	}
+	a.hooks.enqueue(transitionEvent{From: from, To: to, Reason: reason, Epoch: epoch, Node: a.cfg.Node, VIPs: vips})
+}
+
+// Run starts the daemon and runs it until ctx is cancelled; then a primary
+// steps down cleanly (drop the VIP, release the lock), the node
+// deregisters, and Run returns nil.
+func (a *Agent) Run(ctx context.Context) error {
+	// Start-up. A VIP left by a crashed run must go before anything else:
+	// this node is not primary now.
+	for _, v := range a.cfg.VIPs {
+		m, err := netvip.New(v.VIP)
+		if err != nil {
+			return err
+		}
+		a.vips = append(a.vips, m)
+		removed, err := m.Cleanup()
+		if err != nil {
+			return fmt.Errorf("start-up clean-up: %w", err)
+		}
+		if removed {
+			a.log.Warn("removed a VIP left behind by an earlier run", "vip", v.String())
+		}
+	}
+	defer func() {
+		for _, m := range a.vips {
+			m.Close()
+		}
+	}()
+	if err := a.relay.Bind(ctx); err != nil {
+		return err
+	}
+	if a.recv != nil {
+		if err := a.recv.Bind(ctx); err != nil {
+			return err
+		}
+	}
+	var watchers []*netvip.Watcher
+	for _, v := range a.cfg.VIPs {
+		w, err := netvip.Watch(v.VIP)
+		if err != nil {
+			return err
+		}
+		watchers = append(watchers, w)
+	}
+	if err := a.register(ctx); err != nil {
+		return err
+	}
+	var err error
+	a.el, err = consul.NewElection(a.client, consul.Config{Key: a.cfg.Consul.LeaderKey(), Node: a.cfg.Node, Timing: a.cfg.Election.Timing,
+		ServiceChecks: a.reg.CheckIDs(), Priority: a.cfg.Election.Priority}, a.log)
+	if err != nil {
+		return err
+	}
+
+	// The election runs under its own context so that on shutdown it can
+	// drop and release before the rest stops.
+	elCtx, stopElection := context.WithCancel(context.Background())
+	defer stopElection()
+	tasksCtx, stopTasks := context.WithCancel(context.Background())
+	defer stopTasks()
+	g, gctx := errgroup.WithContext(tasksCtx)
+	elDone := make(chan struct{})
+	g.Go(func() error {
+		defer close(elDone)
+		return a.el.Run(elCtx, a.onElection)
+	})
+	g.Go(func() error { return a.reg.RunHeartbeat(gctx, a.cfg.Election.Timing.HeartbeatInterval) })
+	g.Go(func() error { return a.relay.Run(gctx) })
+	if a.recv != nil {
+		g.Go(func() error { return a.recv.Run(gctx) })
+	}
+	g.Go(func() error { return a.hooks.Run(gctx) })
+	for _, w := range watchers {
+		g.Go(func() error { return w.Run(gctx, a.onLink) })
+	}
+	g.Go(func() error { return a.stepDownLoop(gctx) })
+	a.healthy.Store(true)
+	a.notify.Notify("READY=1")
+	a.notify.Notify("STATUS=standby")
+
+	// Shutdown, on ctx or on a task's failure.
+	var cause error
+	select {
+	case <-ctx.Done():
+	case <-gctx.Done():
+		cause = context.Cause(gctx)
+	}
+	a.healthy.Store(false)
+	a.notify.Notify("STOPPING=1")
+	stopElection() // a primary drops (MustDrop) and releases cleanly
+	<-elDone
+	a.transition(RoleStopping, "shutdown", 0)
+	a.regMu.Lock()
+	a.regClosed = true
+	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if err := a.reg.Deregister(dctx); err != nil {
+		a.log.Warn("deregistering", "err", err)
+	}
+	cancel()
+	a.regMu.Unlock()
+	stopTasks()
+	err = g.Wait()
+	a.holdingWG.Wait()
+	if cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// register registers the node, retrying with a capped backoff: the local
+// Consul agent may start after driftgate.
+func (a *Agent) register(ctx context.Context) error {
+	const attempts = 30
+	meta := map[string]string{}
+	for i, v := range a.cfg.VIPs {
+		meta[fmt.Sprintf("vip%d", i)] = v.Prefix.String()
+	}
+	port := 0
+	if len(a.cfg.Relay.Listen) > 0 {
+		port = int(a.cfg.Relay.Listen[0].Port())
+	}
+	sc := consul.ServiceConfig{Name: a.cfg.Service.Name, ID: a.cfg.Service.Name + "-" + a.cfg.Node, Node: a.cfg.Node, Port: port,
+		Tags: a.cfg.Service.Tags, Meta: meta, Checks: a.cfg.Checks, HeartbeatTTL: a.cfg.Election.Timing.HeartbeatTTL, LinkCheck: true}
+	for n := 1; ; n++ {
+		reg, err := consul.Register(ctx, a.client, sc, a.log)
+		if err == nil {
+			a.reg = reg
+			return nil
+		}
+		if n == attempts || ctx.Err() != nil {
+			return fmt.Errorf("registering with Consul at %s (gave up after %d attempts): %w", a.cfg.Consul.Address, n, err)
+		}
+		wait := min(100*time.Millisecond<<min(n-1, 6), 5*time.Second)
+		a.log.Warn("registering with Consul failed; retrying", "err", err, "attempts_left", attempts-n, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// onElection is the election's callback; it runs on the election's
+// goroutine, and for MustDrop the VIP is gone when it returns.
+func (a *Agent) onElection(e consul.Event) {
+	switch e.Kind {
+	case consul.Acquired:
+		a.mu.Lock()
+		a.acquiredAt = time.Now()
+		a.mu.Unlock()
+		a.relay.SetEpoch(e.Epoch)
+		a.transition(RoleCandidate, "acquired the lock", e.Epoch)
+	case consul.Bind:
+		a.bind(e.Epoch)
+	case consul.MustDrop:
+		a.drop()
+		a.transition(RoleFenced, e.Reason, e.Epoch)
+		a.transition(RoleStandby, "dropped the VIP", e.Epoch)
+		go a.setRegistrationRole("standby", false)
+	case consul.Lost:
+		a.transition(RoleStandby, e.Reason, e.Epoch)
+	}
+}
+
+// bind takes the VIPs, starts forwarding and announcing.
+func (a *Agent) bind(epoch uint64) {
+	for i, m := range a.vips {
+		if err := m.Add(); err != nil {
+			a.log.Error("cannot bind the VIP; stepping down", "vip", a.cfg.VIPs[i].String(), "err", err)
+			for _, m := range a.vips[:i] {
+				m.Remove()
+			}
+			a.requestStepDown("binding the VIP failed: " + err.Error())
+			return
+		}
+	}
+	a.relay.SetEpoch(epoch) // the same as on Acquired; set again in case of a missed event
+	a.relay.SetForwarding(true)
+	a.primary.Store(true)
+	a.mu.Lock()
+	a.lastBind = time.Now()
+	if !a.acquiredAt.IsZero() {
+		a.takeover.Observe(a.lastBind.Sub(a.acquiredAt).Seconds())
+	}
+	a.announcers = nil
+	a.mu.Unlock()
+	a.transition(RolePrimary, "won the election", epoch)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	a.holding = cancel
+	for _, v := range a.cfg.VIPs {
+		ann, err := netvip.NewAnnouncer(v.VIP, v.Announce, a.primary.Load)
+		if err != nil {
+			a.log.Error("cannot announce the VIP", "vip", v.String(), "err", err)
+			continue
+		}
+		g, err := netvip.NewGuard(v.VIP)
+		if err != nil {
+			a.log.Warn("cannot watch for conflicting claims", "vip", v.String(), "err", err)
+		}
+		a.mu.Lock()
+		a.announcers = append(a.announcers, ann)
+		a.mu.Unlock()
+		a.holdingWG.Add(1)
+		go func() {
+			defer a.holdingWG.Done()
+			defer ann.Close()
+			if err := ann.Run(ctx); err != nil {
+				a.log.Warn("announcing the VIP", "vip", v.String(), "err", err)
+			}
+			<-ctx.Done()
+		}()
+		if g != nil {
+			a.holdingWG.Add(1)
+			go func() {
+				defer a.holdingWG.Done()
+				g.Run(ctx, ann, func(c netvip.Claim) {
+					a.mu.Lock()
+					a.conflicts++
+					a.mu.Unlock()
+					a.log.Warn("another host claims the VIP; re-announcing", "claim", c.String())
+				})
+			}()
+		}
+		if v.Probe {
+			a.holdingWG.Add(1)
+			go func() {
+				defer a.holdingWG.Done()
+				// After binding, only a foreign host can answer.
+				if c, err := netvip.Probe(ctx, v.VIP, 1, 200*time.Millisecond); err == nil && c != nil {
+					a.mu.Lock()
+					a.conflicts++
+					a.mu.Unlock()
+					a.log.Warn("probe: another host answers for the VIP", "claim", c.String())
+				}
+			}()
+		}
+	}
+	go a.setRegistrationRole("primary", true)
+}
+
+// drop stops forwarding and removes the VIPs, first and fast.
+func (a *Agent) drop() {
+	a.primary.Store(false)
+	a.relay.SetForwarding(false)
+	for i, m := range a.vips {
+		if err := m.Remove(); err != nil {
+			a.log.Error("removing the VIP", "vip", a.cfg.VIPs[i].String(), "err", err)
+		}
+	}
+	if a.holding != nil {
+		a.holding()
+		a.holding = nil
+	}
+}
+
+func (a *Agent) setRegistrationRole(role string, primary bool) {
+	a.regMu.Lock()
+	defer a.regMu.Unlock()
+	if a.regClosed {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.reg.SetRole(ctx, role, primary); err != nil {
+		a.log.Warn("updating the service registration", "role", role, "err", err)
+	}
+}
+
+// onLink reacts to the VIP interface's events (watcher goroutine).
+func (a *Agent) onLink(e netvip.Event) {
+	switch e.Kind {
+	case netvip.CarrierLost, netvip.LinkRemoved:
+		go a.setLink(false, e.Kind.String())
+		if a.primary.Load() {
+			a.requestStepDown(e.Iface + ": " + e.Kind.String())
+		}
+	case netvip.CarrierGained:
+		go a.setLink(true, e.Kind.String())
+	case netvip.VIPRemoved:
+		// Our own drop clears primary before removing, so this is someone else.
+		if a.primary.Load() {
+			a.requestStepDown("the VIP " + e.VIP.String() + " was removed from " + e.Iface + " by someone else")
+		}
+	}
+}
+
+func (a *Agent) setLink(up bool, note string) {
+	a.regMu.Lock()
+	defer a.regMu.Unlock()
+	if a.regClosed {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.reg.SetLink(ctx, up, note); err != nil {
+		a.log.Warn("updating the link check", "err", err)
+	}
+}
+
+func (a *Agent) requestStepDown(reason string) {
+	select {
+	case a.stepDownCh <- reason:
+	default:
+	}
+}
+
+// stepDownLoop serves step-down requests from watchers and failures.
+func (a *Agent) stepDownLoop(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case reason := <-a.stepDownCh:
+			a.log.Warn("stepping down", "reason", reason)
+			if err := a.el.StepDown(ctx, a.cfg.Election.StepDownHoldOff); err != nil && ctx.Err() == nil {
+				a.log.Warn("step-down", "err", err)
+			}
+		}
+	}
+}
+
+// StepDown makes a primary give up: it drops the VIP, releases the lock
+// cleanly so a standby takes over at once, and stays standby for the
+// configured hold-off. It fails with ErrNotPrimary on other nodes.
+func (a *Agent) StepDown(ctx context.Context) error {
+	if r, _, _ := a.Role(); r != RolePrimary && r != RoleCandidate {
+		return ErrNotPrimary
+	}
+	return a.el.StepDown(ctx, a.cfg.Election.StepDownHoldOff)
+}
+
+// ErrNotPrimary: the request needs the primary.
+var ErrNotPrimary = errors.New("this node is not the primary")
+
+// Healthy reports whether the daemon's loop runs (for /healthz and the
+// systemd watchdog).
+func (a *Agent) Healthy() bool { return a.healthy.Load() }
+
+// State is this node's view, for /status and `driftgate status`.
+type State struct {
+	Node        string            `json:"node"`
+	Role        string            `json:"role"`
+	Epoch       uint64            `json:"epoch"`
+	Since       time.Time         `json:"since"`
+	Phase       string            `json:"election_phase"`
+	LastConfirm time.Time         `json:"last_confirm,omitzero"`
+	Deadline    time.Time         `json:"lease_deadline,omitzero"`
+	VIPs        map[string]bool   `json:"vips"` // present on this host
+	Forwarding  bool              `json:"forwarding"`
+	Relay       []RelayStats      `json:"relay"`
+	Receiver    *ReceiverStats    `json:"receiver,omitempty"`
+	Transitions map[string]uint64 `json:"transitions"`
+	Reasons     map[string]uint64 `json:"reasons"`
+	Conflicts   uint64            `json:"conflicts"`
+	Hooks       map[string]uint64 `json:"hooks"`
+}
+
+// State returns a snapshot of this node.
+func (a *Agent) State() State {
+	a.mu.Lock()
+	st := State{Node: a.cfg.Node, Role: a.role.String(), Epoch: a.epoch, Since: a.since,
+		Transitions: clone(a.transitions), Reasons: clone(a.reasons), Conflicts: a.conflicts, VIPs: map[string]bool{}}
+	a.mu.Unlock()
+	if a.el != nil {
+		s := a.el.Snapshot()
+		st.Phase, st.LastConfirm, st.Deadline = s.Phase.String(), s.LastConfirm, s.Deadline
+	}
+	for i, m := range a.vips {
+		ok, _ := m.Present()
+		st.VIPs[a.cfg.VIPs[i].Prefix.String()] = ok
+	}
+	st.Forwarding = a.relay.Forwarding()
+	st.Relay = a.relay.Stats()
+	if a.recv != nil {
+		rs := a.recv.Stats()
+		st.Receiver = &rs
+	}
+	st.Hooks = map[string]uint64{"ran": a.hooks.ran.Load(), "failed": a.hooks.failed.Load(), "dropped": a.hooks.dropped.Load()}
+	return st
+}
+
+func (a *Agent) announcementsSent() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var n uint64
+	for _, ann := range a.announcers {
+		n += ann.Sent()
+	}
+	return n
+}
+
+func clone(m map[string]uint64) map[string]uint64 {
+	out := make(map[string]uint64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// ListenAddrs returns the relay's listen addresses.
+func (a *Agent) ListenAddrs() []netip.AddrPort { return a.cfg.Relay.Listen }

@@ -1,0 +1,94 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Hook is a command run on every role change.
+type Hook struct {
+	Name    string
+	Command []string
+	Timeout time.Duration
+}
+
+// transitionEvent is what hooks are told.
+type transitionEvent struct {
+	From, To Role
+	Reason   string
+	Epoch    uint64
+	Node     string
+	VIPs     []string
+}
+
+// hookRunner runs hooks in order for each transition, on its own goroutine:
+// a slow or failing hook never delays the role loop. If transitions come
+// faster than hooks finish, the oldest queued ones are dropped and counted.
+type hookRunner struct {
+	hooks   []Hook
+	log     *slog.Logger
+	queue   chan transitionEvent
+	failed  atomic.Uint64
+	ran     atomic.Uint64
+	dropped atomic.Uint64
+}
+
+func newHookRunner(hooks []Hook, log *slog.Logger) *hookRunner {
+	return &hookRunner{hooks: hooks, log: log.With("component", "hooks"), queue: make(chan transitionEvent, 64)}
+}
+
+// enqueue never blocks.
+func (h *hookRunner) enqueue(e transitionEvent) {
+	if len(h.hooks) == 0 {
+		return
+	}
+	select {
+	case h.queue <- e:
+	default:
+		h.dropped.Add(1)
+		h.log.Warn("hook queue full; transition not passed to hooks", "to", e.To.String())
+	}
+}
+
+// Run runs queued hooks until ctx is cancelled, then returns nil.
+func (h *hookRunner) Run(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e := <-h.queue:
+			for _, hk := range h.hooks {
+				h.run(ctx, hk, e)
+			}
+		}
+	}
+}
+
+func (h *hookRunner) run(ctx context.Context, hk Hook, e transitionEvent) {
+	ctx, cancel := context.WithTimeout(ctx, hk.Timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, hk.Command[0], hk.Command[1:]...)
+	cmd.Env = append(os.Environ(),
+		"DRIFTGATE_ROLE="+e.To.String(),
+		"DRIFTGATE_PREVIOUS_ROLE="+e.From.String(),
+		"DRIFTGATE_REASON="+e.Reason,
+		fmt.Sprintf("DRIFTGATE_EPOCH=%d", e.Epoch),
+		"DRIFTGATE_NODE="+e.Node,
+		"DRIFTGATE_VIPS="+strings.Join(e.VIPs, " "),
+	)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	h.ran.Add(1)
+	if err != nil {
+		h.failed.Add(1)
+		h.log.Warn("hook failed", "hook", hk.Name, "role", e.To.String(), "err", err, "took", time.Since(start).Round(time.Millisecond), "output", strings.TrimSpace(string(out)))
+		return
+	}
+	h.log.Debug("hook ran", "hook", hk.Name, "role", e.To.String(), "took", time.Since(start).Round(time.Millisecond))
+}
