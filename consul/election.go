@@ -232,7 +232,7 @@ func (e *Election) createSession(ctx context.Context) (string, error) {
 		checks[i] = api.ServiceCheck{ID: id}
 	}
 	se := &api.SessionEntry{
-		Name:          "driftgate " + e.cfg.Node,
+		Name:          sessionName(e.cfg.Node),
 		LockDelay:     e.cfg.Timing.LockDelay,
 		Behavior:      api.SessionBehaviorRelease,
 		NodeChecks:    e.cfg.NodeChecks,
@@ -574,4 +574,46 @@ func (e *Election) release(sess string, epoch uint64, clean bool) error {
 		return fmt.Errorf("releasing %s: not held by this session", e.cfg.Key)
 	}
 	return nil
+}
+
+// sessionName names this node's election sessions, so that a clean-up
+// after a crash can find them.
+func sessionName(node string) string { return "driftgate " + node }
+
+// ReleaseAbandoned is for after the daemon died (systemd's ExecStopPost, or
+// start-up): if the leader key is still held by a session of this node's
+// daemon on this Consul agent, it releases the key and destroys the session,
+// so a standby need not wait for the heartbeat check to fence it. clean
+// may be true only if the dead daemon had bound the VIP (it was found on
+// the interface) and it has since been removed: then no node holds the VIP
+// and the next holder may bind at once. It reports whether it released.
+func ReleaseAbandoned(ctx context.Context, c *api.Client, key, node string, clean bool) (bool, error) {
+	q := (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx)
+	pair, _, err := c.KV().Get(key, q)
+	if err != nil {
+		return false, fmt.Errorf("reading %s: %w", key, err)
+	}
+	if pair == nil || pair.Session == "" {
+		return false, nil
+	}
+	info, _, err := c.Session().Info(pair.Session, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return false, fmt.Errorf("reading session %s: %w", pair.Session, err)
+	}
+	self, err := c.Agent().NodeName()
+	if err != nil {
+		return false, fmt.Errorf("asking the local agent its node name: %w", err)
+	}
+	if info == nil || info.Name != sessionName(node) || info.Node != self {
+		return false, nil // another node's, or already gone
+	}
+	v := leaderValue{Node: node, Released: clean, Epoch: pair.ModifyIndex}
+	ok, _, err := c.KV().Release(&api.KVPair{Key: key, Value: v.encode(), Session: pair.Session}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return false, fmt.Errorf("releasing %s: %w", key, err)
+	}
+	if _, err := c.Session().Destroy(pair.Session, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return ok, fmt.Errorf("destroying session %s: %w", pair.Session, err)
+	}
+	return ok, nil
 }

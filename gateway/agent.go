@@ -82,17 +82,9 @@ func NewAgent(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) 
 	if n == nil {
 		n = nopNotifier{}
 	}
-	ac := api.DefaultConfig()
-	ac.Address = cfg.Consul.Address
-	ac.Token = cfg.Consul.Token
-	ac.Datacenter = cfg.Consul.Datacenter
-	if cfg.Consul.CAFile != "" || cfg.Consul.CertFile != "" {
-		ac.Scheme = "https"
-		ac.TLSConfig = api.TLSConfig{CAFile: cfg.Consul.CAFile, CertFile: cfg.Consul.CertFile, KeyFile: cfg.Consul.KeyFile}
-	}
-	client, err := api.NewClient(ac)
+	client, err := ConsulClient(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("consul client for %s: %w", cfg.Consul.Address, err)
+		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: log.With("component", "agent"), notify: n, client: client,
 		role: RoleStandby, since: time.Now(), transitions: map[string]uint64{}, reasons: map[string]uint64{},
@@ -136,6 +128,23 @@ func NewAgent(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) 
 	return a, nil
 }
 
+// ConsulClient builds a client for the configured Consul agent.
+func ConsulClient(cfg *config.Config) (*api.Client, error) {
+	ac := api.DefaultConfig()
+	ac.Address = cfg.Consul.Address
+	ac.Token = cfg.Consul.Token
+	ac.Datacenter = cfg.Consul.Datacenter
+	if cfg.Consul.CAFile != "" || cfg.Consul.CertFile != "" {
+		ac.Scheme = "https"
+		ac.TLSConfig = api.TLSConfig{CAFile: cfg.Consul.CAFile, CertFile: cfg.Consul.CertFile, KeyFile: cfg.Consul.KeyFile}
+	}
+	c, err := api.NewClient(ac)
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", cfg.Consul.Address, err)
+	}
+	return c, nil
+}
+
 // Role returns the current role, epoch and since when.
 func (a *Agent) Role() (Role, uint64, time.Time) {
 	a.mu.Lock()
@@ -165,8 +174,14 @@ func (a *Agent) transition(to Role, reason string, epoch uint64) {
 // steps down cleanly (drop the VIP, release the lock), the node
 // deregisters, and Run returns nil.
 func (a *Agent) Run(ctx context.Context) error {
+	unlock, err := LockInstance(a.cfg.Node)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	// Start-up. A VIP left by a crashed run must go before anything else:
 	// this node is not primary now.
+	anyRemoved := false
 	for _, v := range a.cfg.VIPs {
 		m, err := netvip.New(v.VIP)
 		if err != nil {
@@ -178,9 +193,19 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("start-up clean-up: %w", err)
 		}
 		if removed {
+			anyRemoved = true
 			a.log.Warn("removed a VIP left behind by an earlier run", "vip", v.String())
 		}
 	}
+	// And a lock the dead run still holds goes too, so the standby need
+	// not wait for the heartbeat check (clean if the dead run had bound).
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if ok, err := consul.ReleaseAbandoned(rctx, a.client, a.cfg.Consul.LeaderKey(), a.cfg.Node, anyRemoved); err != nil {
+		a.log.Warn("checking for a lock left by an earlier run", "err", err)
+	} else if ok {
+		a.log.Warn("released the leader lock left by an earlier run", "clean", anyRemoved)
+	}
+	cancel()
 	defer func() {
 		for _, m := range a.vips {
 			m.Close()
@@ -205,7 +230,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.register(ctx); err != nil {
 		return err
 	}
-	var err error
 	a.el, err = consul.NewElection(a.client, consul.Config{Key: a.cfg.Consul.LeaderKey(), Node: a.cfg.Node, Timing: a.cfg.Election.Timing,
 		ServiceChecks: a.reg.CheckIDs(), Priority: a.cfg.Election.Priority}, a.log)
 	if err != nil {

@@ -216,9 +216,7 @@ agent. Exit status: 0 when a primary exists, 1 when none does (or on error).`,
 			if err != nil {
 				return err
 			}
-			ac := api.DefaultConfig()
-			ac.Address, ac.Token, ac.Datacenter = cfg.Consul.Address, cfg.Consul.Token, cfg.Consul.Datacenter
-			client, err := api.NewClient(ac)
+			client, err := consulClient(cfg)
 			if err != nil {
 				return err
 			}
@@ -304,7 +302,13 @@ func newCleanupCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			unlock, err := gateway.LockInstance(cfg.Node)
+			if err != nil {
+				return fmt.Errorf("refusing to clean up: %w", err)
+			}
+			defer unlock()
 			var errs []error
+			removedAny := false
 			for _, v := range cfg.VIPs {
 				m, err := netvip.New(v.VIP)
 				if err != nil {
@@ -318,7 +322,27 @@ func newCleanupCmd() *cobra.Command {
 					continue
 				}
 				if removed {
+					removedAny = true
 					fmt.Fprintf(c.OutOrStdout(), "removed %s\n", v)
+				}
+			}
+			// The VIP is gone from this host. If the dead agent still
+			// holds the lock, release it — cleanly if it had bound the
+			// VIP — so a standby takes over now rather than after the
+			// heartbeat check fences it.
+			if len(errs) == 0 {
+				client, err := consulClient(cfg)
+				if err == nil {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					var ok bool
+					ok, err = consul.ReleaseAbandoned(ctx, client, cfg.Consul.LeaderKey(), cfg.Node, removedAny)
+					cancel()
+					if ok {
+						fmt.Fprintf(c.OutOrStdout(), "released %s (clean: %v)\n", cfg.Consul.LeaderKey(), removedAny)
+					}
+				}
+				if err != nil {
+					errs = append(errs, fmt.Errorf("releasing the leader lock: %w", err))
 				}
 			}
 			return errors.Join(errs...)
@@ -326,4 +350,9 @@ func newCleanupCmd() *cobra.Command {
 	}
 	configFlag(c, &path)
 	return c
+}
+
+// consulClient builds a Consul API client from the configuration.
+func consulClient(cfg *config.Config) (*api.Client, error) {
+	return gateway.ConsulClient(cfg)
 }
