@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -130,6 +129,12 @@ func (n *agentNode) state(t *testing.T) (gateway.State, error) {
 }
 
 func writeAgentConfig(t *testing.T, name string) string {
+	dir := t.TempDir()
+	hook := filepath.Join(dir, "hook.sh")
+	script := "#!/bin/sh\n" + `echo "$DRIFTGATE_NODE $DRIFTGATE_PREVIOUS_ROLE>$DRIFTGATE_ROLE $DRIFTGATE_EPOCH $DRIFTGATE_VIPS" >> "$0.log"` + "\n"
+	if err := os.WriteFile(hook, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cfg := fmt.Sprintf(`node: %s
 consul:
   address: 127.0.0.1:8500
@@ -147,13 +152,17 @@ receive:
   interface: eth0
   deliver: udp://127.0.0.1:6000
 election:
-  step_down_hold_off: 3s
+  step_down_hold_off: 1s
 metrics:
   address: 127.0.0.1:9469
+hooks:
+  - name: record
+    command: ["%s"]
+    timeout: 2s
 log:
   level: info
-`, name, agentVIP, agentVIP)
-	p := filepath.Join(t.TempDir(), name+".yaml")
+`, name, agentVIP, agentVIP, hook)
+	p := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -308,19 +317,34 @@ func TestAgentFailover(t *testing.T) {
 		t.Fatalf("SAFETY: both nodes had the VIP in %d of %d samples", overlaps, samples)
 	}
 	t.Logf("VIP sampled %d times every 50ms: never on both nodes", samples)
-	// Exactly one primary, and the status command agrees.
+	// Exactly one primary, and the status command agrees (exit 0).
+	out, err := nodes[other].host.Command(context.Background(), driftgate, "status", "--config", nodes[other].cfg).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "primary: "+old) {
+		t.Fatalf("driftgate status: %v\n%s", err, out)
+	}
+	t.Logf("driftgate status on %s:\n%s", other, out)
+
+	// Hooks ran on every transition, with role, epoch and VIP.
+	hookLog, _ := os.ReadFile(filepath.Join(filepath.Dir(nodes[old].cfg), "hook.sh.log"))
+	if !strings.Contains(string(hookLog), old+" candidate>primary ") || !strings.Contains(string(hookLog), agentVIP+"/24") {
+		t.Fatalf("hook log of %s lacks the takeover:\n%s", old, hookLog)
+	}
+
+	// SIGTERM of the primary: it steps down cleanly (the standby takes
+	// over at once), deregisters and exits 0. First let the standby's
+	// step-down hold-off end.
+	time.Sleep(1500 * time.Millisecond)
+	nodes[old].host.Command(context.Background(), "kill", "-TERM", strconv.Itoa(nodes[old].pid)).Run()
+	if err := nodes[old].cmd.Wait(); err != nil {
+		t.Fatalf("agent exit after SIGTERM: %v\n%s", err, nodes[old].out)
+	}
+	took = waitUntil("the takeover after SIGTERM", 10*time.Second, func() bool { return primary() == other })
+	if hasVIP(nodes[old].host) {
+		t.Fatal("the stopped agent left its VIP")
+	}
 	st, err := consul.ReadStatus(context.Background(), client, "driftgate/leader", "driftgate")
-	if err != nil || st.Holder != old {
-		t.Fatalf("status: holder %q, %v; want %s", st.Holder, err, old)
+	if err != nil || len(st.Nodes) != 1 || st.Nodes[0].Node != other {
+		t.Fatalf("after SIGTERM: registered nodes %+v, %v; want only %s", st.Nodes, err, other)
 	}
-	roles := map[string]string{}
-	for _, n := range st.Nodes {
-		roles[n.Node] = n.Role
-	}
-	keys := make([]string, 0, len(roles))
-	for k := range roles {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	t.Logf("final roles: %v", roles)
+	t.Logf("SIGTERM of %s: exit 0, %s primary %v after the signal", old, other, took.Round(time.Millisecond))
 }
