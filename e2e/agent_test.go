@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"driftgate/consul"
 	"driftgate/consul/consultest"
 	"driftgate/gateway"
@@ -128,7 +130,7 @@ func (n *agentNode) state(t *testing.T) (gateway.State, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
-func writeAgentConfig(t *testing.T, name string) string {
+func writeAgentConfig(t *testing.T, name string, h *netlab.Host, unicast bool) string {
 	dir := t.TempDir()
 	hook := filepath.Join(dir, "hook.sh")
 	script := "#!/bin/sh\n" + `echo "$DRIFTGATE_NODE $DRIFTGATE_PREVIOUS_ROLE>$DRIFTGATE_ROLE $DRIFTGATE_EPOCH $DRIFTGATE_VIPS" >> "$0.log"` + "\n"
@@ -143,14 +145,7 @@ vips:
     interface: eth0
     probe: true
     announce: {count: 2, interval: 50ms, delay: 500ms}
-relay:
-  listen: ["%s:5000"]
-  group: 239.255.0.1:5001
-  interface: eth0
-receive:
-  group: 239.255.0.1:5001
-  interface: eth0
-  deliver: udp://127.0.0.1:6000
+%s
 election:
   step_down_hold_off: 1s
 metrics:
@@ -161,7 +156,7 @@ hooks:
     timeout: 2s
 log:
   level: info
-`, name, agentVIP, agentVIP, hook)
+`, name, agentVIP, relayReceive(h, unicast), hook)
 	p := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -169,14 +164,41 @@ log:
 	return p
 }
 
+// relayReceive is the relay and receive sections: multicast, or unicast
+// fan-out to the receivers registered in Consul.
+func relayReceive(h *netlab.Host, unicast bool) string {
+	if unicast {
+		return fmt.Sprintf(`relay:
+  listen: ["%s:5000"]
+  unicast_from_consul: true
+receive:
+  listen: %s:5002
+  deliver: udp://127.0.0.1:6000`, agentVIP, h.Addr4.Addr())
+	}
+	return fmt.Sprintf(`relay:
+  listen: ["%s:5000"]
+  group: 239.255.0.1:5001
+  interface: eth0
+receive:
+  group: 239.255.0.1:5001
+  interface: eth0
+  deliver: udp://127.0.0.1:6000`, agentVIP)
+}
+
 func hasVIP(h *netlab.Host) bool {
 	return strings.Contains(h.IP("-4", "addr", "show", "dev", "eth0"), agentVIP+"/")
 }
 
-// TestAgentFailover runs two driftgate agents, each with its own Consul
-// client agent, against three Consul servers, all in network namespaces,
-// with a sequenced feed from a client namespace. Default election timing.
-func TestAgentFailover(t *testing.T) {
+// agentCluster is two driftgate agents, each with its own Consul client
+// agent, three Consul servers, and a feed source, all in namespaces.
+type agentCluster struct {
+	t      *testing.T
+	lab    *netlab.Lab
+	nodes  map[string]*agentNode
+	client *api.Client
+}
+
+func startAgentCluster(t *testing.T, unicast bool) *agentCluster {
 	lab := netlab.New(t, "cs1", "cs2", "cs3", "n1", "n2", "src")
 	var serverIPs []string
 	for _, n := range []string{"cs1", "cs2", "cs3"} {
@@ -191,46 +213,97 @@ func TestAgentFailover(t *testing.T) {
 	for _, n := range []string{"n1", "n2"} {
 		h := lab.Host(n)
 		agents = append(agents, consultest.InNamespace(t, h.NS, h.Addr4.Addr().String(), n, false, 0, serverIPs, h.DialContext))
-		nodes[n] = &agentNode{host: h, cfg: writeAgentConfig(t, n), sink: newSink(t, h),
+		nodes[n] = &agentNode{host: h, cfg: writeAgentConfig(t, n, h, unicast), sink: newSink(t, h),
 			http: &http.Client{Transport: &http.Transport{DialContext: h.DialContext}, Timeout: 2 * time.Second}}
 	}
 	for _, a := range agents {
 		a.WaitReady()
 	}
-	client := agents[3].Client()
 	for _, n := range nodes {
 		n.start(t)
 	}
-	primary := func() string {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		st, err := consul.ReadStatus(ctx, client, "driftgate/leader", "driftgate")
-		if err != nil {
-			return ""
-		}
-		n, ok := nodes[st.Holder]
-		if !ok {
-			return ""
-		}
-		if s, err := n.state(t); err != nil || s.Role != "primary" {
-			return ""
-		}
-		return st.Holder
+	return &agentCluster{t: t, lab: lab, nodes: nodes, client: agents[3].Client()}
+}
+
+// primary is the node that holds the lock and says it is primary, or "".
+func (c *agentCluster) primary() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st, err := consul.ReadStatus(ctx, c.client, "driftgate/leader", "driftgate")
+	if err != nil {
+		return ""
 	}
-	waitUntil := func(what string, d time.Duration, cond func() bool) time.Duration {
-		t.Helper()
-		start := time.Now()
-		for !cond() {
-			if time.Since(start) > d {
-				for name, n := range nodes {
-					t.Logf("%s log:\n%s", name, n.out)
-				}
-				t.Fatalf("timed out after %v waiting for %s", d, what)
+	n, ok := c.nodes[st.Holder]
+	if !ok {
+		return ""
+	}
+	if s, err := n.state(c.t); err != nil || s.Role != "primary" {
+		return ""
+	}
+	return st.Holder
+}
+
+func (c *agentCluster) waitUntil(what string, d time.Duration, cond func() bool) time.Duration {
+	c.t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > d {
+			for name, n := range c.nodes {
+				c.t.Logf("%s log:\n%s", name, n.out)
 			}
-			time.Sleep(20 * time.Millisecond)
+			c.t.Fatalf("timed out after %v waiting for %s", d, what)
 		}
-		return time.Since(start)
+		time.Sleep(20 * time.Millisecond)
 	}
+	return time.Since(start)
+}
+
+// startFeed sends a sequenced feed to the VIP from the src namespace.
+func (c *agentCluster) startFeed(rate int) {
+	feed := selfCommand(c.lab.Host("src").NS, "feed", agentVIP+":5000", strconv.Itoa(rate), strconv.Itoa(rate*60))
+	if err := feed.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { feed.Process.Kill(); feed.Wait() })
+}
+
+// steady checks that every node delivered every datagram from 20 on.
+func (c *agentCluster) steady(minHigh int) {
+	c.t.Helper()
+	hi := min(c.nodes["n1"].sink.high(), c.nodes["n2"].sink.high())
+	for name, n := range c.nodes {
+		if miss, dup := n.sink.window(20, hi); miss != 0 || dup != 0 || hi < minHigh {
+			c.t.Fatalf("steady state: %s missed %d and duplicated %d of datagrams 20..%d", name, miss, dup, hi)
+		}
+	}
+}
+
+// TestAgentUnicastFromConsul: without multicast, the primary's relay sends
+// to the receivers registered in Consul, itself included.
+func TestAgentUnicastFromConsul(t *testing.T) {
+	c := startAgentCluster(t, true)
+	c.waitUntil("a primary", 30*time.Second, func() bool { return c.primary() != "" })
+	c.startFeed(200)
+	time.Sleep(3 * time.Second)
+	c.steady(400)
+	old := c.primary()
+	other := map[string]string{"n1": "n2", "n2": "n1"}[old]
+	if out, err := c.nodes[old].host.Command(context.Background(), driftgate, "step-down", "--config", c.nodes[old].cfg).CombinedOutput(); err != nil {
+		t.Fatalf("step-down: %v: %s", err, out)
+	}
+	c.waitUntil("the takeover", 10*time.Second, func() bool { return c.primary() == other })
+	before := c.nodes[old].sink.high()
+	c.waitUntil("the old primary to receive from the new one", 10*time.Second, func() bool { return c.nodes[old].sink.high() > before+100 })
+	t.Logf("unicast fan-out: both nodes received every datagram; after step-down %s relays to both", other)
+}
+
+// TestAgentFailover runs the agent cluster with multicast and a sequenced
+// feed: steady state, kill -9 of the primary (with the clean-up systemd
+// runs), restart, step-down, hooks, status and SIGTERM. Default timing.
+func TestAgentFailover(t *testing.T) {
+	c := startAgentCluster(t, false)
+	nodes, client := c.nodes, c.client
+	primary, waitUntil := c.primary, c.waitUntil
 	waitUntil("a primary", 30*time.Second, func() bool { return primary() != "" })
 
 	// Sample VIP ownership on both nodes for the whole test.
@@ -252,22 +325,13 @@ func TestAgentFailover(t *testing.T) {
 		}
 	}()
 
-	// The feed: 200 datagrams/s for up to 60 s.
+	// The feed: 200 datagrams/s for up to 60 s. Steady state: every node
+	// got every datagram (the first few may go while the router learns
+	// the VIP).
 	const rate = 200
-	feed := selfCommand(lab.Host("src").NS, "feed", agentVIP+":5000", strconv.Itoa(rate), strconv.Itoa(rate*60))
-	if err := feed.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { feed.Process.Kill(); feed.Wait() })
+	c.startFeed(rate)
 	time.Sleep(3 * time.Second)
-	// Steady state: every node got every datagram (allow the first few
-	// while the router learned the VIP).
-	hi := min(nodes["n1"].sink.high(), nodes["n2"].sink.high())
-	for name, n := range nodes {
-		if miss, dup := n.sink.window(20, hi); miss != 0 || dup != 0 || hi < 400 {
-			t.Fatalf("steady state: %s missed %d and duplicated %d of datagrams 20..%d", name, miss, dup, hi)
-		}
-	}
+	c.steady(400)
 
 	// Crash: kill -9 the primary's daemon; systemd's ExecStopPost would
 	// run `driftgate cleanup`, so do that.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,7 +100,8 @@ func NewAgent(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) 
 		}
 	}
 	rc := RelayConfig{Listen: cfg.Relay.Listen, Group: cfg.Relay.Group, Iface: cfg.Relay.Interface, TTL: cfg.Relay.TTL,
-		Unicast: cfg.Relay.Unicast, Allow: cfg.Relay.Allow, Key: relayKey, RcvBuf: cfg.Relay.RcvBuf, Batch: cfg.Relay.Batch, NoGSO: !cfg.Relay.GSO}
+		Unicast: cfg.Relay.Unicast, Allow: cfg.Relay.Allow, Key: relayKey, RcvBuf: cfg.Relay.RcvBuf, Batch: cfg.Relay.Batch, NoGSO: !cfg.Relay.GSO,
+		DynamicUnicast: cfg.Relay.UnicastFromConsul}
 	if a.relay, err = NewRelay(rc, log); err != nil {
 		return nil, err
 	}
@@ -258,6 +260,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		g.Go(func() error { return w.Run(gctx, a.onLink) })
 	}
 	g.Go(func() error { return a.stepDownLoop(gctx) })
+	if a.cfg.Relay.UnicastFromConsul {
+		g.Go(func() error { return a.watchReceivers(gctx) })
+	}
 	a.healthy.Store(true)
 	a.notify.Notify("READY=1")
 	a.notify.Notify("STATUS=standby")
@@ -301,6 +306,11 @@ func (a *Agent) register(ctx context.Context) error {
 	meta := map[string]string{}
 	for i, v := range a.cfg.VIPs {
 		meta[fmt.Sprintf("vip%d", i)] = v.Prefix.String()
+	}
+	if a.cfg.Receive.Enabled && a.cfg.Receive.Listen.IsValid() {
+		// Where this node receives unicast frames, for relays that fan
+		// out to the service's instances (relay.unicast_from_consul).
+		meta[receiveMetaKey] = a.cfg.Receive.Listen.String()
 	}
 	port := 0
 	if len(a.cfg.Relay.Listen) > 0 {
@@ -587,3 +597,56 @@ func clone(m map[string]uint64) map[string]uint64 {
 
 // ListenAddrs returns the relay's listen addresses.
 func (a *Agent) ListenAddrs() []netip.AddrPort { return a.cfg.Relay.Listen }
+
+// receiveMetaKey is the service meta key with a node's unicast receiver.
+const receiveMetaKey = "receive"
+
+// watchReceivers keeps the relay's dynamic unicast destinations equal to
+// the receivers of the service's healthy instances, with blocking queries:
+// the fan-out for networks that forbid multicast.
+func (a *Agent) watchReceivers(ctx context.Context) error {
+	var idx uint64
+	var current []netip.AddrPort
+	failures := 0
+	for {
+		q := (&api.QueryOptions{WaitIndex: idx, WaitTime: 5 * time.Minute}).WithContext(ctx)
+		entries, meta, err := a.client.Health().Service(a.cfg.Service.Name, "", true, q)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			failures++
+			wait := min(100*time.Millisecond<<min(failures-1, 6), 5*time.Second)
+			a.log.Warn("watching the service's receivers", "err", err, "retry_in", wait)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+			idx = 0
+			continue
+		}
+		failures = 0
+		if meta.LastIndex < idx {
+			idx = 0
+		} else {
+			idx = meta.LastIndex
+		}
+		var dests []netip.AddrPort
+		for _, e := range entries {
+			if ap, err := netip.ParseAddrPort(e.Service.Meta[receiveMetaKey]); err == nil {
+				dests = append(dests, ap)
+			}
+		}
+		slices.SortFunc(dests, func(x, y netip.AddrPort) int { return x.Compare(y) })
+		if slices.Equal(dests, current) {
+			continue
+		}
+		if err := a.relay.SetUnicast(dests); err != nil {
+			a.log.Error("updating the relay's receivers", "err", err)
+			continue
+		}
+		current = dests
+		a.log.Info("relay receivers from Consul", "receivers", fmt.Sprint(dests))
+	}
+}

@@ -256,3 +256,53 @@ func TestKeyFile(t *testing.T) {
 		t.Fatal("missing file: no error")
 	}
 }
+
+// TestSetUnicast: destinations added and removed at run time.
+func TestSetUnicast(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	in := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t, "127.0.0.1"))
+	relay, err := NewRelay(RelayConfig{Listen: []netip.AddrPort{in}, DynamicUnicast: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cols []*collector
+	var outs []netip.AddrPort
+	for range 2 {
+		out := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t, "127.0.0.1"))
+		col := &collector{}
+		recv, err := NewReceiver(ReceiverConfig{Listen: out, Deliver: col}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := recv.Bind(ctx); err != nil {
+			t.Fatal(err)
+		}
+		go recv.Run(ctx)
+		cols, outs = append(cols, col), append(outs, out)
+	}
+	if err := relay.Bind(ctx); err != nil {
+		t.Fatal(err)
+	}
+	go relay.Run(ctx)
+	src, _ := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(in))
+	defer src.Close()
+	send := func(msg string) {
+		before := relay.Stats()[0].Received
+		src.Write([]byte(msg))
+		waitFor(t, "relay to read", func() bool { return relay.Stats()[0].Received > before })
+	}
+	send("nobody") // no destination yet
+	if err := relay.SetUnicast(outs); err != nil {
+		t.Fatal(err)
+	}
+	send("both")
+	waitFor(t, "both receivers", func() bool { return cols[0].count() == 1 && cols[1].count() == 1 })
+	relay.SetUnicast(outs[1:])
+	send("second only")
+	waitFor(t, "the second receiver", func() bool { return cols[1].count() == 2 })
+	time.Sleep(50 * time.Millisecond)
+	if cols[0].count() != 1 {
+		t.Fatalf("removed destination still got frames: %d", cols[0].count())
+	}
+}

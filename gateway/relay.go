@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,6 +75,9 @@ type RelayConfig struct {
 	RcvBuf  int              // receive buffer; 0 = DefaultRcvBuf
 	Batch   int              // datagrams per syscall; 0 = DefaultBatch
 	NoGSO   bool             // never use UDP_SEGMENT
+	// DynamicUnicast: destinations come later through SetUnicast, so a
+	// configuration without group and unicast destinations is valid.
+	DynamicUnicast bool
 }
 
 func (c *RelayConfig) validate() error {
@@ -85,7 +89,7 @@ func (c *RelayConfig) validate() error {
 			return fmt.Errorf("relay: listen[%d] %q: need an address and a non-zero port", i, l)
 		}
 	}
-	if !c.Group.IsValid() && len(c.Unicast) == 0 {
+	if !c.Group.IsValid() && len(c.Unicast) == 0 && !c.DynamicUnicast {
 		return errors.New("relay: no destination: set a multicast group or unicast receivers")
 	}
 	if c.Group.IsValid() && (!c.Group.Addr().IsMulticast() || c.Group.Port() == 0) {
@@ -122,8 +126,9 @@ type Relay struct {
 	log       *slog.Logger
 	space     atomic.Pointer[seqSpace]
 	stopped   atomic.Bool // forwarding off (SetForwarding(false))
-	mu        sync.Mutex  // guards listeners during Bind and Close
+	mu        sync.Mutex  // guards listeners and dynamic
 	listeners []*relayListener
+	dynamic   []netip.AddrPort // from SetUnicast, applied to listeners bound later
 }
 
 // NewRelay checks cfg and returns a relay; it opens nothing. Call Bind to
@@ -221,31 +226,50 @@ func (r *Relay) newListener(ctx context.Context, addr netip.AddrPort, ifi *net.I
 		return nil, fmt.Errorf("relay: %s: %w", addr, err)
 	}
 	l.in = in
-	// One sender per address family, created on demand; multicast options
-	// matter only on the group's family but are harmless on the other.
-	senders := map[bool]*sender{}
-	mc := mcastOpts{ifi: ifi, ttl: r.cfg.TTL, loop: true}
+	l.mc, l.batch, l.gso = mcastOpts{ifi: ifi, ttl: r.cfg.TTL, loop: true}, r.cfg.Batch, !r.cfg.NoGSO
+	if err := l.setDests(r.allDests()); err != nil {
+		l.close()
+		return nil, err
+	}
+	l.alloc(r.cfg.Batch)
+	return l, nil
+}
+
+// staticDests are the configured destinations: the group first.
+func (r *Relay) staticDests() []netip.AddrPort {
 	dests := append([]netip.AddrPort(nil), r.cfg.Unicast...)
 	if r.cfg.Group.IsValid() {
 		dests = append([]netip.AddrPort{r.cfg.Group}, dests...)
 	}
-	for _, d := range dests {
-		v6 := d.Addr().Is6() && !d.Addr().Is4In6()
-		s, ok := senders[v6]
-		if !ok {
-			s, err = newSender(v6, r.cfg.Batch, !r.cfg.NoGSO, mc)
-			if err != nil {
-				l.close()
-				return nil, fmt.Errorf("relay: %w", err)
-			}
-			senders[v6] = s
-			l.senders = append(l.senders, s)
-			l.log.Debug("send socket ready", "ipv6", v6, "gso", s.gso)
+	return dests
+}
+
+// SetUnicast replaces the dynamic unicast destinations (the agent's
+// receivers found in Consul); the configured group and unicast
+// destinations stay. It takes effect from the next batch.
+func (r *Relay) SetUnicast(dyn []netip.AddrPort) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dynamic = slices.Clone(dyn)
+	all := r.allDests()
+	for _, l := range r.listeners {
+		if err := l.setDests(all); err != nil {
+			return err
 		}
-		l.dests = append(l.dests, dest{addr: netip.AddrPortFrom(d.Addr().Unmap(), d.Port()), w: s.w})
 	}
-	l.alloc(r.cfg.Batch)
-	return l, nil
+	return nil
+}
+
+// allDests is the static destinations and then the dynamic ones not among
+// them. Callers hold r.mu.
+func (r *Relay) allDests() []netip.AddrPort {
+	all := r.staticDests()
+	for _, d := range r.dynamic {
+		if !slices.Contains(all, d) {
+			all = append(all, d)
+		}
+	}
+	return all
 }
 
 // Run forwards until ctx is cancelled, then closes the sockets and returns
@@ -297,12 +321,19 @@ type dest struct {
 
 // relayListener is one listening socket and the loop that serves it.
 type relayListener struct {
-	addr    netip.AddrPort
-	port    uint16
-	conn    *net.UDPConn
-	in      batchReader
-	senders []*sender
-	dests   []dest
+	addr netip.AddrPort
+	port uint16
+	conn *net.UDPConn
+	in   batchReader
+	// One sender per address family (0: IPv4, 1: IPv6), created when a
+	// destination of that family first appears; multicast options matter
+	// only on the group's family but are harmless on the other.
+	senders [2]*sender
+	mc      mcastOpts
+	batch   int
+	gso     bool
+	// dests is replaced whole by setDests and read once per batch.
+	dests   atomic.Pointer[[]dest]
 	codec   *Codec
 	allow   Allowlist
 	space   *atomic.Pointer[seqSpace]
@@ -322,6 +353,29 @@ type relayListener struct {
 
 	lastErrLog time.Time
 	errsSince  int
+}
+
+// setDests publishes a new destination list, opening a sender for a new
+// address family. Callers serialise (Relay.mu or Bind).
+func (l *relayListener) setDests(addrs []netip.AddrPort) error {
+	ds := make([]dest, 0, len(addrs))
+	for _, d := range addrs {
+		fam := 0
+		if d.Addr().Is6() && !d.Addr().Is4In6() {
+			fam = 1
+		}
+		if l.senders[fam] == nil {
+			s, err := newSender(fam == 1, l.batch, l.gso, l.mc)
+			if err != nil {
+				return fmt.Errorf("relay: %w", err)
+			}
+			l.senders[fam] = s
+			l.log.Debug("send socket ready", "ipv6", fam == 1, "gso", s.gso)
+		}
+		ds = append(ds, dest{addr: netip.AddrPortFrom(d.Addr().Unmap(), d.Port()), w: l.senders[fam].w})
+	}
+	l.dests.Store(&ds)
+	return nil
 }
 
 func (l *relayListener) alloc(batch int) {
@@ -391,7 +445,7 @@ func (l *relayListener) process(n int) {
 		l.out = append(l.out, l.frames[i][:fl])
 	}
 	failedAny := 0
-	for _, d := range l.dests {
+	for _, d := range *l.dests.Load() {
 		failed, err := d.w.WriteBatch(l.out, d.addr)
 		if failed > 0 {
 			failedAny = max(failedAny, failed)
@@ -432,6 +486,8 @@ func (l *relayListener) close() {
 		l.conn.Close()
 	}
 	for _, s := range l.senders {
-		s.conn.Close()
+		if s != nil {
+			s.conn.Close()
+		}
 	}
 }

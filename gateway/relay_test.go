@@ -43,9 +43,11 @@ func newTestListener(t testing.TB, allow Allowlist, key []byte, ws ...*fakeWrite
 		t.Fatal(err)
 	}
 	l := &relayListener{port: 5000, codec: NewCodec(key), allow: allow, space: &r.space, stopped: &r.stopped, log: r.log, now: func() int64 { return 1234 }}
+	var ds []dest
 	for i, w := range ws {
-		l.dests = append(l.dests, dest{addr: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.11"), uint16(6000+i)), w: w})
+		ds = append(ds, dest{addr: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.11"), uint16(6000+i)), w: w})
 	}
+	l.dests.Store(&ds)
 	l.alloc(8)
 	return l, r
 }

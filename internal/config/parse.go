@@ -284,6 +284,10 @@ func parse(r *raw) (*Config, error) {
 		}
 	}
 
+	if c.Relay.UnicastFromConsul && c.Receive.Enabled && c.Receive.Listen.IsValid() && c.Receive.Listen.Addr().IsUnspecified() {
+		return nil, fmt.Errorf("receive.listen: %s: with relay.unicast_from_consul give this node's own address, which other nodes' relays send to", c.Receive.Listen)
+	}
+
 	// checks
 	for i, rch := range r.Checks {
 		path := fmt.Sprintf("checks[%d]", i)
