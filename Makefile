@@ -16,7 +16,8 @@ help:
 	@echo "bench        micro-benchmarks with -benchmem, then relay vs socat vs naive Go relay"
 	@echo "fuzz         fuzz the frame decoder for FUZZTIME (default 30s)"
 	@echo "lint         gofmt, go vet, staticcheck, go mod tidy check"
-	@echo "demo         relay demo: a relay tees datagrams to receivers in network namespaces (root)"
+	@echo "demo         the agent cluster in network namespaces, live view, kill -9 and step-down measured (root)"
+	@echo "demo-relay   the relay alone tees datagrams to receivers in network namespaces (root)"
 	@echo "package      deb and rpm packages (not yet)"
 	@echo "clean        remove build output"
 
@@ -80,7 +81,14 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 	$(GO) mod tidy -diff
 
-demo: deps build
+# The agent demo: three Consul servers and two driftgate servers in network
+# namespaces, a live view, a kill -9 and a step-down, measured. Root.
+demo: deps consul build
+	$(GO) test -c -o bin/e2e.test ./e2e/
+	cd e2e && DRIFTGATE_DEMO=1 ../bin/e2e.test -test.run '^TestDemo$$' -test.v -test.timeout 10m
+
+# The relay alone: a relay tees datagrams to receivers in three namespaces.
+demo-relay: deps build
 	./e2e/demo-relay.sh $(BIN)
 
 package:

@@ -100,6 +100,12 @@ func (s *sink) gapAfter(t0 time.Time) (time.Duration, int) {
 	return gap, high
 }
 
+func (s *sink) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.at)
+}
+
 func (s *sink) high() int {
 	_, h := s.gapAfter(time.Now())
 	return h
