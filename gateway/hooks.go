@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -74,6 +75,11 @@ func (h *hookRunner) run(ctx context.Context, hk Hook, e transitionEvent) {
 	ctx, cancel := context.WithTimeout(ctx, hk.Timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, hk.Command[0], hk.Command[1:]...)
+	// On timeout kill the hook's whole process group: a shell script's
+	// children would otherwise keep its output open and the runner waiting.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
 	cmd.Env = append(os.Environ(),
 		"DRIFTGATE_ROLE="+e.To.String(),
 		"DRIFTGATE_PREVIOUS_ROLE="+e.From.String(),

@@ -141,16 +141,8 @@ func newConfigCmd() *cobra.Command {
 			}
 			enc := json.NewEncoder(c.OutOrStdout())
 			enc.SetIndent("", "  ")
-			type shown struct {
-				*config.Config
-				Consul any
-			}
-			cc := cfg.Consul
-			if cc.Token != "" {
-				cc.Token = "(set)"
-			}
 			fmt.Fprintf(c.ErrOrStderr(), "%s: valid\n", path)
-			return enc.Encode(shown{Config: cfg, Consul: cc})
+			return enc.Encode(cfg.Effective())
 		},
 	}
 	example := &cobra.Command{

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/json"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -184,5 +185,25 @@ func TestEveryKeyHasADefault(t *testing.T) {
 		if !strings.Contains(Example, leaf+":") {
 			t.Errorf("key %s is not documented in example.yaml", key)
 		}
+	}
+}
+
+func TestEffective(t *testing.T) {
+	c, err := Load(write(t, Example), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Consul.Token = "secret"
+	b, err := json.Marshal(c.Effective())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"TFence":"3s"`, `"Prefix":"198.18.0.100/24"`, `"Group":"239.255.0.1:5001"`, `"Token":"(set)"`, `"Listen":["198.18.0.100:5000"]`, `"Interval":"100ms"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("effective config lacks %s:\n%s", want, b)
+		}
+	}
+	if strings.Contains(string(b), "secret") {
+		t.Error("the token is shown")
 	}
 }

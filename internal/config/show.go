@@ -1,0 +1,70 @@
+package config
+
+import (
+	"net/netip"
+	"reflect"
+	"time"
+)
+
+// Effective renders the configuration for people: durations and addresses
+// as the strings one writes in the file, the token hidden. The result
+// marshals to JSON.
+func (c *Config) Effective() any {
+	cc := *c
+	if cc.Consul.Token != "" {
+		cc.Consul.Token = "(set)"
+	}
+	return render(reflect.ValueOf(cc))
+}
+
+var (
+	durationType = reflect.TypeOf(time.Duration(0))
+	stringerType = reflect.TypeOf((*interface{ String() string })(nil)).Elem()
+	addrPortType = reflect.TypeOf(netip.AddrPort{})
+)
+
+func render(v reflect.Value) any {
+	switch {
+	case v.Type() == durationType:
+		return time.Duration(v.Int()).String()
+	case v.Type() == addrPortType && !v.Interface().(netip.AddrPort).IsValid():
+		return ""
+	case v.Kind() != reflect.Struct && v.Type().Implements(stringerType):
+		return v.Interface().(interface{ String() string }).String()
+	case v.Kind() == reflect.Struct && v.Type().PkgPath() == "net/netip":
+		return v.Interface().(interface{ String() string }).String()
+	}
+	switch v.Kind() {
+	case reflect.Struct:
+		m := map[string]any{}
+		for i := range v.NumField() {
+			f := v.Type().Field(i)
+			if !f.IsExported() {
+				continue
+			}
+			if f.Anonymous {
+				if sub, ok := render(v.Field(i)).(map[string]any); ok {
+					for k, x := range sub {
+						m[k] = x
+					}
+					continue
+				}
+			}
+			m[f.Name] = render(v.Field(i))
+		}
+		return m
+	case reflect.Slice:
+		out := make([]any, v.Len())
+		for i := range out {
+			out[i] = render(v.Index(i))
+		}
+		return out
+	case reflect.Map:
+		m := map[string]any{}
+		for _, k := range v.MapKeys() {
+			m[k.String()] = render(v.MapIndex(k))
+		}
+		return m
+	}
+	return v.Interface()
+}
