@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -308,7 +309,7 @@ func TestAgentUnicastFromConsul(t *testing.T) {
 // runs), restart, step-down, hooks, status and SIGTERM. Default timing.
 func TestAgentFailover(t *testing.T) {
 	c := startAgentCluster(t, false)
-	nodes, client := c.nodes, c.client
+	nodes, client, lab := c.nodes, c.client, c.lab
 	primary, waitUntil := c.primary, c.waitUntil
 	waitUntil("a primary", 30*time.Second, func() bool { return primary() != "" })
 
@@ -380,6 +381,48 @@ func TestAgentFailover(t *testing.T) {
 	sgap, _ := nodes[old].sink.gapAfter(stepStart)
 	t.Logf("step-down of %s: %s primary after %v; datagrams lost at %s: %d (of %d..%d); longest delivery gap %v",
 		other, old, took.Round(time.Millisecond), old, miss, highBefore+1, highAfter-rate/10, sgap.Round(time.Millisecond))
+
+	// An operator deletes the VIP on the primary: it gives up at once.
+	time.Sleep(1500 * time.Millisecond) // the step-down hold-off of the other node ends
+	nodes[old].host.IP("addr", "del", agentVIP+"/24", "dev", "eth0")
+	took = waitUntil("the takeover after the VIP was deleted", 10*time.Second, func() bool { return primary() == other })
+	t.Logf("VIP deleted by hand on %s: %s primary after %v", old, other, took.Round(time.Millisecond))
+
+	// The primary's link goes down (its switch port): it drops the VIP at
+	// once; it cannot reach Consul either, so the standby takes over when
+	// Consul fences it (serfHealth) and t_wait has passed.
+	time.Sleep(1500 * time.Millisecond)
+	port := nodes[other].host.Port
+	if out, err := exec.Command("ip", "-n", lab.BridgeNS, "link", "set", port, "down").CombinedOutput(); err != nil {
+		t.Fatalf("port down: %v: %s", err, out)
+	}
+	linkDown := time.Now()
+	waitUntil("the primary to drop its VIP on link loss", 5*time.Second, func() bool { return !hasVIP(nodes[other].host) })
+	dropped := time.Since(linkDown)
+	took = waitUntil("the takeover after link loss", 60*time.Second, func() bool { return primary() == old })
+	t.Logf("link down on %s: VIP dropped after %v, %s primary after %v", other, dropped.Round(time.Millisecond), old, took.Round(time.Millisecond))
+	if out, err := exec.Command("ip", "-n", lab.BridgeNS, "link", "set", port, "up").CombinedOutput(); err != nil {
+		t.Fatalf("port up: %v: %s", err, out)
+	}
+	// It may contend again once Consul sees its node alive (serf retries
+	// failed members every 30 s by default).
+	back := waitUntil("the node with the restored link to be healthy in Consul", 90*time.Second, func() bool {
+		st, err := consul.ReadStatus(context.Background(), client, "driftgate/leader", "driftgate")
+		if err != nil {
+			return false
+		}
+		for _, n := range st.Nodes {
+			if n.Node == other && n.Checks["Serf Health Status"] == "passing" && n.Checks["driftgate link"] == "passing" {
+				return true
+			}
+		}
+		return false
+	})
+	waitUntil("the node with the restored link to contend again", 10*time.Second, func() bool {
+		s, err := nodes[other].state(t)
+		return err == nil && s.Role == "standby" && s.Phase == "contending"
+	})
+	t.Logf("link restored on %s: healthy in Consul again after %v", other, back.Round(time.Millisecond))
 
 	close(stopSampling)
 	<-sampled

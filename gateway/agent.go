@@ -67,6 +67,7 @@ type Agent struct {
 	conflicts   uint64
 	lastBind    time.Time
 	announcers  []*netvip.Announcer // of the current term
+	annBefore   uint64              // announcements of earlier terms
 	acquiredAt  time.Time
 	healthy     atomic.Bool
 	// takeover observes how long a new holder waited from acquiring the
@@ -379,6 +380,9 @@ func (a *Agent) bind(epoch uint64) {
 	if !a.acquiredAt.IsZero() {
 		a.takeover.Observe(a.lastBind.Sub(a.acquiredAt).Seconds())
 	}
+	for _, ann := range a.announcers {
+		a.annBefore += ann.Sent()
+	}
 	a.announcers = nil
 	a.mu.Unlock()
 	a.transition(RolePrimary, "won the election", epoch)
@@ -577,10 +581,12 @@ func (a *Agent) State() State {
 	return st
 }
 
+// announcementsSent counts every announcement since start: a Prometheus
+// counter must never go down between terms.
 func (a *Agent) announcementsSent() uint64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var n uint64
+	n := a.annBefore
 	for _, ann := range a.announcers {
 		n += ann.Sent()
 	}

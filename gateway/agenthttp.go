@@ -69,7 +69,7 @@ func (a *Agent) collector() prometheus.Collector {
 		transitions:   d("role_transitions_total", "Role changes.", "from", "to"),
 		reasons:       d("role_transition_reasons_total", "Role changes by reason.", "reason"),
 		conflicts:     d("vip_conflicts_total", "Other hosts seen claiming the VIP."),
-		announcements: d("vip_announcements_total", "Gratuitous ARP / neighbour advertisements sent in the current term."),
+		announcements: d("vip_announcements_total", "Gratuitous ARP / neighbour advertisements sent."),
 		vipPresent:    d("vip_present", "1 if the VIP is on this host.", "vip"),
 		relayPackets:  d("relay_packets_total", "Relay datagrams by result.", "listen", "result"),
 		relayBytes:    d("relay_bytes_total", "Relay payload bytes received.", "listen"),
