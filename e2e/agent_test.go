@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -295,6 +296,19 @@ func TestAgentUnicastFromConsul(t *testing.T) {
 	c.steady(400)
 	old := c.primary()
 	other := map[string]string{"n1": "n2", "n2": "n1"}[old]
+	// The primary's metrics say so.
+	resp, err := c.nodes[old].http.Get("http://127.0.0.1:9469/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`driftgate_role{role="primary"} 1`, `driftgate_relay_packets_total{listen="198.18.0.100:5000",result="forwarded"}`,
+		`driftgate_receiver_frames_total{result="delivered"}`, `driftgate_vip_present{vip="198.18.0.100/24"} 1`, "driftgate_build_info{", "driftgate_takeover_seconds_count 1"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics of %s lack %s", old, want)
+		}
+	}
 	if out, err := c.nodes[old].host.Command(context.Background(), driftgate, "step-down", "--config", c.nodes[old].cfg).CombinedOutput(); err != nil {
 		t.Fatalf("step-down: %v: %s", err, out)
 	}
