@@ -123,8 +123,15 @@ type agentNode struct {
 	http *http.Client
 }
 
+// start runs the agent as the packaged unit does: not root, with only
+// CAP_NET_ADMIN and CAP_NET_RAW (ambient, and the bounding set), its
+// runtime directory given by RUNTIME_DIRECTORY.
 func (n *agentNode) start(t *testing.T) {
-	cmd, out := n.host.Start(driftgate, "agent", "--config", n.cfg)
+	dir := filepath.Dir(n.cfg)
+	cmd, out := n.host.Start("env", "RUNTIME_DIRECTORY="+filepath.Join(dir, "run"),
+		"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+		"--inh-caps=-all,+net_admin,+net_raw", "--ambient-caps=-all,+net_admin,+net_raw", "--bounding-set=-all,+net_admin,+net_raw",
+		"--", driftgate, "agent", "--config", n.cfg)
 	n.cmd, n.pid, n.out = cmd, cmd.Process.Pid, out
 }
 
@@ -140,6 +147,14 @@ func (n *agentNode) state(t *testing.T) (gateway.State, error) {
 
 func writeAgentConfig(t *testing.T, name string, h *netlab.Host, unicast bool) string {
 	dir := t.TempDir()
+	// The agent runs as nobody: it reads the config, runs the hook and
+	// the hook writes its log here.
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil { // the test's temp root
+		t.Fatal(err)
+	}
 	hook := filepath.Join(dir, "hook.sh")
 	script := "#!/bin/sh\n" + `echo "$DRIFTGATE_NODE $DRIFTGATE_PREVIOUS_ROLE>$DRIFTGATE_ROLE $DRIFTGATE_EPOCH $DRIFTGATE_VIPS" >> "$0.log"` + "\n"
 	if err := os.WriteFile(hook, []byte(script), 0o755); err != nil {
@@ -166,7 +181,7 @@ log:
   level: info
 `, name, agentVIP, relayReceive(h, unicast), hook)
 	p := filepath.Join(dir, name+".yaml")
-	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -230,7 +245,8 @@ func startAgentCluster(t *testing.T, unicast bool) *agentCluster {
 	for _, n := range nodes {
 		n.start(t)
 	}
-	return &agentCluster{t: t, lab: lab, nodes: nodes, client: agents[3].Client()}
+	// Status comes from a server: a node's own agent may be cut off.
+	return &agentCluster{t: t, lab: lab, nodes: nodes, client: agents[0].Client()}
 }
 
 // primary is the node that holds the lock and says it is primary, or "".

@@ -29,6 +29,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// World-readable: the agent tests run it as nobody.
+	os.Chmod(dir, 0o755)
 	driftgate = filepath.Join(dir, "driftgate")
 	build := exec.Command("go", "build", "-o", driftgate, "../cmd/driftgate")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
