@@ -1,13 +1,13 @@
 # driftgate — run `make help` for the targets.
 SHELL := /bin/bash
 GO ?= go
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev)
+VERSION ?= $(PKG_VERSION)
 COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 STATICCHECK_VERSION := v0.8.2
 BIN := bin/driftgate
 
-.PHONY: deps help consul build test test-unit test-e2e bench bench-micro bench-compare lint demo package clean fuzz
+.PHONY: deps help consul nfpm test-package build test test-unit test-e2e bench bench-micro bench-compare lint demo package clean fuzz
 
 help:
 	@echo "build        build $(BIN) (version $(VERSION))"
@@ -18,7 +18,8 @@ help:
 	@echo "lint         gofmt, go vet, staticcheck, go mod tidy check"
 	@echo "demo         the agent cluster in network namespaces, live view, kill -9 and step-down measured (root)"
 	@echo "demo-relay   the relay alone tees datagrams to receivers in network namespaces (root)"
-	@echo "package      deb and rpm packages (not yet)"
+	@echo "package      dist/driftgate_<version>_amd64.deb and dist/driftgate-<version>.x86_64.rpm"
+	@echo "test-package build, lintian, rpm -qp, systemd-analyze verify, install and purge (root)"
 	@echo "clean        remove build output"
 
 # Debian packages the tests and demo use; installed when missing and root.
@@ -91,8 +92,28 @@ demo: deps consul build
 demo-relay: deps build
 	./e2e/demo-relay.sh $(BIN)
 
-package:
-	@echo "make package: deb/rpm packaging is not built yet (issue 7)"; exit 1
+# Packages. The version is the one `driftgate version` prints: a tag vX.Y.Z
+# gives X.Y.Z, otherwise 0.0.0~dev.<commits>.g<hash> (sorts before any release).
+PKG_VERSION := $(shell v=$$(git describe --tags --match 'v[0-9]*' --exact-match 2>/dev/null | sed 's/^v//'); if [ -n "$$v" ]; then echo $$v; else echo 0.0.0~dev.$$(git rev-list --count HEAD 2>/dev/null || echo 0).g$$(git rev-parse --short HEAD 2>/dev/null || echo 0); fi)
+NFPM_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/driftgate/nfpm-v2.45.2
+nfpm: $(NFPM_CACHE)/nfpm
+$(NFPM_CACHE)/nfpm:
+	mkdir -p $(NFPM_CACHE)
+	cd internal/tools/nfpm && $(GO) build -o $(NFPM_CACHE)/nfpm github.com/goreleaser/nfpm/v2/cmd/nfpm
+
+package: $(NFPM_CACHE)/nfpm
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(PKG_VERSION) -X main.commit=$(COMMIT)' -o dist/bin/driftgate ./cmd/driftgate
+	mkdir -p dist
+	sed "s/@VERSION@/$(PKG_VERSION)/; s/@DATE@/$$(date -R -d @$$(git log -1 --format=%ct 2>/dev/null || date +%s))/" packaging/changelog.Debian | gzip -9n > dist/changelog.Debian.gz
+	VERSION=$(PKG_VERSION) $(NFPM_CACHE)/nfpm package --config packaging/nfpm.yaml --packager deb --target dist/
+	VERSION=$(PKG_VERSION) $(NFPM_CACHE)/nfpm package --config packaging/nfpm.yaml --packager rpm --target dist/
+	@# RPM release 1 is in the package; the file is named by version alone.
+	mv dist/driftgate-$(PKG_VERSION)-1.x86_64.rpm dist/driftgate-$(PKG_VERSION).x86_64.rpm
+	@ls -l dist/*.deb dist/*.rpm
+
+# Build, lint, inspect, install and purge the packages (root; CI runs it).
+test-package: package
+	./packaging/test-package.sh $(PKG_VERSION)
 
 clean:
 	rm -rf bin dist

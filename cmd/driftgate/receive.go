@@ -62,6 +62,11 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 			}
 			ctx, stop := signalContext()
 			defer stop()
+			if err := r.Bind(ctx); err != nil {
+				cfg.Deliver.Close()
+				return err
+			}
+			sdNotifier{}.Notify("READY=1") // for Type=notify units; a no-op elsewhere
 			if err := r.Run(ctx); err != nil {
 				return err
 			}

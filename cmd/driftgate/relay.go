@@ -60,6 +60,10 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 			}
 			ctx, stop := signalContext()
 			defer stop()
+			if err := r.Bind(ctx); err != nil {
+				return err
+			}
+			sdNotifier{}.Notify("READY=1")
 			if err := r.Run(ctx); err != nil {
 				return err
 			}
