@@ -166,13 +166,16 @@ func (r *Registration) registerService(ctx context.Context) error {
 }
 
 // SetRole records the node's role in the service meta and keeps the
-// primary tag on the holder only.
+// primary tag on the holder only. Not safe for concurrent use: the agent
+// calls it from one goroutine.
 func (r *Registration) SetRole(ctx context.Context, role string, primary bool) error {
-	if r.role == role && r.primary == primary {
-		return nil
-	}
+	prevRole, prevPrimary := r.role, r.primary
 	r.role, r.primary = role, primary
-	return r.registerService(ctx)
+	if err := r.registerService(ctx); err != nil {
+		r.role, r.primary = prevRole, prevPrimary
+		return err
+	}
+	return nil
 }
 
 // SetLink passes or fails the link check.

@@ -53,10 +53,10 @@ type Agent struct {
 	holdingWG  sync.WaitGroup
 	stepDownCh chan string // reasons to step down, from watchers
 
-	// regMu serialises registration updates; after deregistration
-	// (regClosed) none may re-register the service.
-	regMu     sync.Mutex
-	regClosed bool
+	// regKick wakes the registrar, which applies want (under mu) to the
+	// Consul registration: latest state wins, in order, on one goroutine.
+	regKick chan struct{}
+	want    regWant
 
 	mu          sync.Mutex
 	role        Role
@@ -90,7 +90,8 @@ func NewAgent(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) 
 	}
 	a := &Agent{cfg: cfg, log: log.With("component", "agent"), notify: n, client: client,
 		role: RoleStandby, since: time.Now(), transitions: map[string]uint64{}, reasons: map[string]uint64{},
-		stepDownCh: make(chan string, 8),
+		stepDownCh: make(chan string, 8), regKick: make(chan struct{}, 1),
+		want: regWant{role: "standby", linkUp: true},
 		takeover: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "driftgate_takeover_seconds",
 			Help:    "Time from acquiring the lock to binding the VIP.",
 			Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 20}})}
@@ -261,6 +262,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		g.Go(func() error { return w.Run(gctx, a.onLink) })
 	}
 	g.Go(func() error { return a.stepDownLoop(gctx) })
+	// The registrar stops before deregistration, so nothing re-registers.
+	regCtx, stopRegistrar := context.WithCancel(gctx)
+	defer stopRegistrar()
+	regDone := make(chan struct{})
+	g.Go(func() error {
+		defer close(regDone)
+		return a.registrar(regCtx)
+	})
 	if a.cfg.Relay.UnicastFromConsul {
 		g.Go(func() error { return a.watchReceivers(gctx) })
 	}
@@ -280,14 +289,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	stopElection() // a primary drops (MustDrop) and releases cleanly
 	<-elDone
 	a.transition(RoleStopping, "shutdown", 0)
-	a.regMu.Lock()
-	a.regClosed = true
+	stopRegistrar()
+	<-regDone
 	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	if err := a.reg.Deregister(dctx); err != nil {
 		a.log.Warn("deregistering", "err", err)
 	}
 	cancel()
-	a.regMu.Unlock()
 	stopTasks()
 	err = g.Wait()
 	a.holdingWG.Wait()
@@ -354,7 +362,7 @@ func (a *Agent) onElection(e consul.Event) {
 		a.drop()
 		a.transition(RoleFenced, e.Reason, e.Epoch)
 		a.transition(RoleStandby, "dropped the VIP", e.Epoch)
-		go a.setRegistrationRole("standby", false)
+		a.wantRegistration(func(w *regWant) { w.role, w.primary = "standby", false })
 	case consul.Lost:
 		a.transition(RoleStandby, e.Reason, e.Epoch)
 	}
@@ -437,7 +445,7 @@ func (a *Agent) bind(epoch uint64) {
 			}()
 		}
 	}
-	go a.setRegistrationRole("primary", true)
+	a.wantRegistration(func(w *regWant) { w.role, w.primary = "primary", true })
 }
 
 // drop stops forwarding and removes the VIPs, first and fast.
@@ -455,16 +463,63 @@ func (a *Agent) drop() {
 	}
 }
 
-func (a *Agent) setRegistrationRole(role string, primary bool) {
-	a.regMu.Lock()
-	defer a.regMu.Unlock()
-	if a.regClosed {
-		return
+// regWant is the registration the agent wants Consul to have.
+type regWant struct {
+	role     string
+	primary  bool
+	linkUp   bool
+	linkNote string
+}
+
+// wantRegistration records a wish and wakes the registrar; it never blocks.
+func (a *Agent) wantRegistration(f func(*regWant)) {
+	a.mu.Lock()
+	f(&a.want)
+	a.mu.Unlock()
+	select {
+	case a.regKick <- struct{}{}:
+	default:
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := a.reg.SetRole(ctx, role, primary); err != nil {
-		a.log.Warn("updating the service registration", "role", role, "err", err)
+}
+
+// registrar applies the wanted registration; a failed update is retried a
+// second later with whatever is wanted by then. After a failure the state
+// in Consul is unknown (a request that timed out may have been applied),
+// so it is written again even if it looks unchanged.
+func (a *Agent) registrar(ctx context.Context) error {
+	var applied regWant
+	roleKnown, linkKnown := true, true
+	applied = regWant{role: "standby", linkUp: true}
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.regKick:
+		case <-retry:
+		}
+		retry = nil
+		a.mu.Lock()
+		w := a.want
+		a.mu.Unlock()
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if !roleKnown || w.role != applied.role || w.primary != applied.primary {
+			if err := a.reg.SetRole(rctx, w.role, w.primary); err != nil {
+				a.log.Warn("updating the service registration", "role", w.role, "err", err)
+				roleKnown, retry = false, time.After(time.Second)
+			} else {
+				roleKnown, applied.role, applied.primary = true, w.role, w.primary
+			}
+		}
+		if !linkKnown || w.linkUp != applied.linkUp {
+			if err := a.reg.SetLink(rctx, w.linkUp, w.linkNote); err != nil {
+				a.log.Warn("updating the link check", "err", err)
+				linkKnown, retry = false, time.After(time.Second)
+			} else {
+				linkKnown, applied.linkUp = true, w.linkUp
+			}
+		}
+		cancel()
 	}
 }
 
@@ -472,30 +527,17 @@ func (a *Agent) setRegistrationRole(role string, primary bool) {
 func (a *Agent) onLink(e netvip.Event) {
 	switch e.Kind {
 	case netvip.CarrierLost, netvip.LinkRemoved:
-		go a.setLink(false, e.Kind.String())
+		a.wantRegistration(func(w *regWant) { w.linkUp, w.linkNote = false, e.Kind.String() })
 		if a.primary.Load() {
 			a.requestStepDown(e.Iface + ": " + e.Kind.String())
 		}
 	case netvip.CarrierGained:
-		go a.setLink(true, e.Kind.String())
+		a.wantRegistration(func(w *regWant) { w.linkUp, w.linkNote = true, e.Kind.String() })
 	case netvip.VIPRemoved:
 		// Our own drop clears primary before removing, so this is someone else.
 		if a.primary.Load() {
 			a.requestStepDown("the VIP " + e.VIP.String() + " was removed from " + e.Iface + " by someone else")
 		}
-	}
-}
-
-func (a *Agent) setLink(up bool, note string) {
-	a.regMu.Lock()
-	defer a.regMu.Unlock()
-	if a.regClosed {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := a.reg.SetLink(ctx, up, note); err != nil {
-		a.log.Warn("updating the link check", "err", err)
 	}
 }
 
