@@ -14,7 +14,7 @@ help:
 	@echo "test         unit, integration and namespace tests with the race detector (root for the namespace tests)"
 	@echo "test-e2e     only the multi-host tests in network namespaces (root)"
 	@echo "bench        micro-benchmarks with -benchmem, then relay vs socat vs naive Go relay"
-	@echo "fuzz         fuzz the frame decoder for FUZZTIME (default 30s)"
+	@echo "fuzz         fuzz the frame decoder and the config loader for FUZZTIME each (default 30s)"
 	@echo "lint         gofmt, go vet, staticcheck, go mod tidy check"
 	@echo "demo         the agent cluster in network namespaces, live view, kill -9 and step-down measured (root)"
 	@echo "demo-relay   the relay alone tees datagrams to receivers in network namespaces (root)"
@@ -75,6 +75,7 @@ bench-compare: build
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./gateway/
+	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) ./internal/config/
 
 lint:
 	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed:"; echo "$$fmt"; exit 1; fi

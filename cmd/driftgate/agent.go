@@ -172,7 +172,8 @@ func newStepDownCmd() *cobra.Command {
 			if cfg.Metrics.Address == "" {
 				return usagef("step-down talks to the agent on metrics.address, which is off")
 			}
-			resp, err := http.Post("http://"+cfg.Metrics.Address+"/step-down", "text/plain", nil)
+			hc := &http.Client{Timeout: 15 * time.Second}
+			resp, err := hc.Post("http://"+cfg.Metrics.Address+"/step-down", "text/plain", nil)
 			if err != nil {
 				return fmt.Errorf("asking the agent at %s: %w", cfg.Metrics.Address, err)
 			}
@@ -220,7 +221,8 @@ agent. Exit status: 0 when a primary exists, 1 when none does (or on error).`,
 			}
 			var local *gateway.State
 			if cfg.Metrics.Address != "" {
-				if resp, err := http.Get("http://" + cfg.Metrics.Address + "/status"); err == nil {
+				hc := &http.Client{Timeout: 2 * time.Second}
+				if resp, err := hc.Get("http://" + cfg.Metrics.Address + "/status"); err == nil {
 					var s gateway.State
 					if json.NewDecoder(resp.Body).Decode(&s) == nil {
 						local = &s

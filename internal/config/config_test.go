@@ -207,3 +207,21 @@ func TestEffective(t *testing.T) {
 		t.Error("the token is shown")
 	}
 }
+
+// FuzzLoad: any file either loads or fails with an error; never a panic.
+func FuzzLoad(f *testing.F) {
+	f.Add(Example)
+	f.Add(minimal)
+	f.Add("election:\n  t_fence: 3\n")
+	f.Add("vips: [{address: 198.18.0.100/24, interface: eth0, announce: {count: -1}}]\n")
+	f.Fuzz(func(t *testing.T, body string) {
+		p := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Load(p, nil)
+		if err == nil && (c.Node == "" || len(c.VIPs) == 0 || len(c.Relay.Listen) == 0) {
+			t.Fatalf("loaded an incomplete configuration: %+v", c)
+		}
+	})
+}
