@@ -124,12 +124,9 @@ type agentNode struct {
 }
 
 // start runs the agent as the packaged unit does: not root, with only
-// CAP_NET_ADMIN and CAP_NET_RAW (ambient, and the bounding set), its
-// runtime directory given by RUNTIME_DIRECTORY.
+// CAP_NET_ADMIN and CAP_NET_RAW (ambient, and the bounding set).
 func (n *agentNode) start(t *testing.T) {
-	dir := filepath.Dir(n.cfg)
-	cmd, out := n.host.Start("env", "RUNTIME_DIRECTORY="+filepath.Join(dir, "run"),
-		"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+	cmd, out := n.host.Start("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
 		"--inh-caps=-all,+net_admin,+net_raw", "--ambient-caps=-all,+net_admin,+net_raw", "--bounding-set=-all,+net_admin,+net_raw",
 		"--", driftgate, "agent", "--config", n.cfg)
 	n.cmd, n.pid, n.out = cmd, cmd.Process.Pid, out
@@ -453,6 +450,21 @@ func TestAgentFailover(t *testing.T) {
 		return err == nil && s.Role == "standby" && s.Phase == "contending"
 	})
 	t.Logf("link restored on %s: healthy in Consul again after %v", other, back.Round(time.Millisecond))
+
+	// Bad input never costs the primary its VIP: an agent started with a
+	// broken configuration fails before touching anything (exit 2), and a
+	// second agent for the node refuses to run; so does a clean-up.
+	bad := filepath.Join(filepath.Dir(nodes[old].cfg), "bad.yaml")
+	os.WriteFile(bad, []byte("node: "+old+"\nelection:\n  t_fence: 3\n"), 0o644)
+	for _, args := range [][]string{{"agent", "--config", bad}, {"agent", "--config", nodes[old].cfg}, {"cleanup", "--config", nodes[old].cfg}} {
+		cmd := nodes[old].host.Command(context.Background(), driftgate, args...)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !hasVIP(nodes[old].host) || primary() != old ||
+			(args[0] == "agent" && args[2] != bad && !strings.Contains(string(out), "another driftgate agent for this node is running")) {
+			t.Fatalf("driftgate %v on the primary: %v, VIP still there: %v\n%s", args, err, hasVIP(nodes[old].host), out)
+		}
+		t.Logf("driftgate %s on the primary fails (%v): %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
 
 	close(stopSampling)
 	<-sampled

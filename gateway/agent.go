@@ -46,6 +46,8 @@ type Agent struct {
 	el    *consul.Election
 	hooks *hookRunner
 
+	unlock func() // releases the instance lock
+
 	// primary is read by announcers before every send.
 	primary atomic.Bool
 	// holding cancels the announcers and guards of the current term.
@@ -149,6 +151,18 @@ func ConsulClient(cfg *config.Config) (*api.Client, error) {
 	return c, nil
 }
 
+// Lock takes the node's instance lock (see LockInstance); Run takes it if
+// the caller did not. Callers that open other resources first (the metrics
+// listener) take it before them, so a second agent fails with a clear error.
+func (a *Agent) Lock() (release func(), err error) {
+	unlock, err := LockInstance(a.cfg.Node)
+	if err != nil {
+		return nil, err
+	}
+	a.unlock = unlock
+	return unlock, nil
+}
+
 // Role returns the current role, epoch and since when.
 func (a *Agent) Role() (Role, uint64, time.Time) {
 	a.mu.Lock()
@@ -178,11 +192,13 @@ func (a *Agent) transition(to Role, reason string, epoch uint64) {
 // steps down cleanly (drop the VIP, release the lock), the node
 // deregisters, and Run returns nil.
 func (a *Agent) Run(ctx context.Context) error {
-	unlock, err := LockInstance(a.cfg.Node)
-	if err != nil {
-		return err
+	if a.unlock == nil {
+		if _, err := a.Lock(); err != nil {
+			return err
+		}
 	}
-	defer unlock()
+	defer a.unlock()
+	var err error
 	// Start-up. A VIP left by a crashed run must go before anything else:
 	// this node is not primary now.
 	anyRemoved := false

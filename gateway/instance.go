@@ -3,8 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
+	"net"
 
 	"golang.org/x/sys/unix"
 )
@@ -12,35 +11,21 @@ import (
 // ErrAlreadyRunning means another agent for the node holds the instance lock.
 var ErrAlreadyRunning = errors.New("another driftgate agent for this node is running")
 
-// runtimeDir is where instance locks live: $RUNTIME_DIRECTORY (systemd's
-// RuntimeDirectory=), else /run/driftgate.
-func runtimeDir() string {
-	if d := os.Getenv("RUNTIME_DIRECTORY"); d != "" {
-		return d
-	}
-	return "/run/driftgate"
-}
-
-// LockInstance takes the node's instance lock (flock), so that a second
-// agent — which would remove the running one's VIP at start-up — or a
-// clean-up while the agent runs fails instead. The lock goes with the
-// process, so a crash never leaves it behind.
+// LockInstance takes the node's instance lock, so that a second agent —
+// which would remove the running one's VIP at start-up — or a clean-up
+// while the agent runs fails instead. The lock is an abstract unix socket
+// (@driftgate-agent-NODE): it needs no writable directory, whoever starts
+// the second agent (systemd or an operator by hand), and it goes with the
+// process, so a crash never leaves it behind. It is per network namespace,
+// like the VIP it protects.
 func LockInstance(node string) (release func(), err error) {
-	dir := runtimeDir()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("instance lock: %w", err)
-	}
-	path := filepath.Join(dir, "agent-"+node+".lock")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	name := "@driftgate-agent-" + node
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: name, Net: "unix"})
 	if err != nil {
-		return nil, fmt.Errorf("instance lock: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w (lock %s held)", ErrAlreadyRunning, path)
+		if errors.Is(err, unix.EADDRINUSE) {
+			return nil, fmt.Errorf("%w (%s is bound)", ErrAlreadyRunning, name)
 		}
-		return nil, fmt.Errorf("instance lock %s: %w", path, err)
+		return nil, fmt.Errorf("instance lock %s: %w", name, err)
 	}
-	return func() { f.Close() }, nil
+	return func() { l.Close() }, nil
 }

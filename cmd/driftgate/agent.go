@@ -67,6 +67,11 @@ VIP, releases the lock so a standby takes over at once), deregisters, exits 0.`,
 			if err != nil {
 				return err
 			}
+			unlock, err := a.Lock()
+			if err != nil {
+				return err
+			}
+			defer unlock()
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 				collectors.NewBuildInfoCollector())
