@@ -32,6 +32,7 @@ const (
 
 var eventNames = map[EventKind]string{Acquired: "acquired", Bind: "bind", MustDrop: "must_drop", Lost: "lost"}
 
+// String returns the event kind for logs.
 func (k EventKind) String() string { return eventNames[k] }
 
 // Event is one report from the election.
@@ -88,6 +89,7 @@ const (
 
 var phaseNames = map[Phase]string{PhaseContending: "contending", PhaseWaiting: "waiting", PhaseHolding: "holding", PhaseHoldOff: "hold_off"}
 
+// String returns the phase for status and logs.
 func (p Phase) String() string { return phaseNames[p] }
 
 // Snapshot is the election's current state.

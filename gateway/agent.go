@@ -589,7 +589,7 @@ func (a *Agent) StepDown(ctx context.Context) error {
 	return a.el.StepDown(ctx, a.cfg.Election.StepDownHoldOff)
 }
 
-// ErrNotPrimary: the request needs the primary.
+// ErrNotPrimary is returned by StepDown on a node that is not the primary.
 var ErrNotPrimary = errors.New("this node is not the primary")
 
 // Healthy reports whether the daemon's loop runs (for /healthz and the

@@ -16,6 +16,7 @@ const (
 
 var roleNames = [...]string{"invalid", "standby", "candidate", "primary", "fenced", "stopping"}
 
+// String returns the role as used in logs, metrics and hooks.
 func (r Role) String() string {
 	if int(r) < len(roleNames) {
 		return roleNames[r]

@@ -28,7 +28,7 @@ type AnnounceConfig struct {
 	Refresh time.Duration
 }
 
-// DefaultAnnounceConfig: a burst of 3 at 100 ms, another after 2 s, no refresh.
+// DefaultAnnounceConfig returns a burst of 3 at 100 ms, another after 2 s, no refresh.
 func DefaultAnnounceConfig() AnnounceConfig {
 	return AnnounceConfig{Count: 3, Interval: 100 * time.Millisecond, Delay: 2 * time.Second}
 }

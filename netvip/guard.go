@@ -23,6 +23,7 @@ type Claim struct {
 	Kind string
 }
 
+// String describes the claim for logs.
 func (c Claim) String() string { return fmt.Sprintf("%s claimed by %s (%s)", c.VIP, c.MAC, c.Kind) }
 
 // Probe asks the LAN whether another host already answers for the VIP,

@@ -23,6 +23,7 @@ type VIP struct {
 	Label string
 }
 
+// String returns "ADDRESS/LEN on IFACE".
 func (v VIP) String() string { return v.Prefix.String() + " on " + v.Iface }
 
 func (v VIP) label() string {

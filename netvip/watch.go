@@ -27,6 +27,7 @@ var eventNames = map[EventKind]string{
 	VIPRemoved: "vip_removed", VIPAdded: "vip_added", LinkRemoved: "link_removed",
 }
 
+// String returns the event kind for logs and metrics.
 func (k EventKind) String() string { return eventNames[k] }
 
 // Event is one change on the VIP's interface.

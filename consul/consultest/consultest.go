@@ -196,8 +196,9 @@ func (a *Agent) Stop() {
 	}
 }
 
-// Pause freezes the agent (SIGSTOP); Resume thaws it.
+// Pause freezes the agent (SIGSTOP).
 func (a *Agent) Pause()  { a.signal(syscall.SIGSTOP) }
+// Resume thaws a paused agent (SIGCONT).
 func (a *Agent) Resume() { a.signal(syscall.SIGCONT) }
 
 // Restart starts a stopped agent again with the same data directory.

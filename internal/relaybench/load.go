@@ -17,6 +17,7 @@ type Sizes struct {
 	Min, Max int // equal for a fixed size
 }
 
+// String describes the sizes, e.g. "64B" or "64-1400B".
 func (s Sizes) String() string {
 	if s.Min == s.Max {
 		return fmt.Sprintf("%dB", s.Min)
