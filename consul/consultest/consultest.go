@@ -197,7 +197,8 @@ func (a *Agent) Stop() {
 }
 
 // Pause freezes the agent (SIGSTOP).
-func (a *Agent) Pause()  { a.signal(syscall.SIGSTOP) }
+func (a *Agent) Pause() { a.signal(syscall.SIGSTOP) }
+
 // Resume thaws a paused agent (SIGCONT).
 func (a *Agent) Resume() { a.signal(syscall.SIGCONT) }
 
