@@ -18,6 +18,7 @@ help:
 	@echo "lint         gofmt, go vet, staticcheck, go mod tidy check"
 	@echo "demo         the agent cluster in network namespaces, live view, kill -9 and step-down measured (root)"
 	@echo "demo-relay   the relay alone tees datagrams to receivers in network namespaces (root)"
+	@echo "compare-keepalived  keepalived and driftgate failover and split-brain, side by side (root)"
 	@echo "package      dist/driftgate_<version>_amd64.deb and dist/driftgate-<version>.x86_64.rpm"
 	@echo "test-package build, lintian, rpm -qp, systemd-analyze verify, install and purge (root)"
 	@echo "clean        remove build output"
@@ -88,6 +89,13 @@ lint:
 demo: deps consul build
 	$(GO) test -c -o bin/e2e.test ./e2e/
 	cd e2e && DRIFTGATE_DEMO=1 ../bin/e2e.test -test.run '^TestDemo$$' -test.v -test.timeout 10m
+
+# keepalived (VRRP) and driftgate measured side by side in one topology:
+# failover on kill -9 and on clean stop, VIP overlap, LAN partition. Root.
+compare-keepalived: deps consul build
+	command -v keepalived >/dev/null || (apt-get update -qq && apt-get install -y -qq keepalived)
+	$(GO) test -c -o bin/e2e.test ./e2e/
+	cd e2e && DRIFTGATE_COMPARE=1 ../bin/e2e.test -test.run '^TestCompareKeepalived$$' -test.v -test.timeout 10m
 
 # The relay alone: a relay tees datagrams to receivers in three namespaces.
 demo-relay: deps build

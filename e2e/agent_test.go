@@ -42,9 +42,14 @@ type arrival struct {
 }
 
 func newSink(t *testing.T, h *netlab.Host) *sink {
+	return newSinkAt(t, h, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 6000})
+}
+
+// newSinkAt records datagrams arriving at addr in h's namespace.
+func newSinkAt(t *testing.T, h *netlab.Host, addr *net.UDPAddr) *sink {
 	s := &sink{seqs: map[int]int{}}
 	if err := h.Do(func() (err error) {
-		s.conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 6000})
+		s.conn, err = net.ListenUDP("udp4", addr)
 		return err
 	}); err != nil {
 		t.Fatal(err)
