@@ -37,14 +37,14 @@ func startSelf(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer) {
 // TestSignalSummary runs relay and receive as processes, sends traffic,
 // stops both with a signal and checks the summary lines and exit status 0.
 func TestSignalSummary(t *testing.T) {
-	rx, rxOut := startSelf(t, "receive", "--listen", "127.0.0.1:25101", "--deliver", "udp://127.0.0.1:25102")
-	rl, rlOut := startSelf(t, "relay", "--listen", "127.0.0.1:25100", "--unicast", "127.0.0.1:25101", "--epoch", "9")
-	app, err := net.ListenPacket("udp", "127.0.0.1:25102")
+	rx, rxOut := startSelf(t, "receive", "--listen", "127.0.0.1:19101", "--deliver", "udp://127.0.0.1:19102")
+	rl, rlOut := startSelf(t, "relay", "--listen", "127.0.0.1:19100", "--unicast", "127.0.0.1:19101", "--epoch", "9")
+	app, err := net.ListenPacket("udp", "127.0.0.1:19102")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer app.Close()
-	src, err := net.Dial("udp", "127.0.0.1:25100")
+	src, err := net.Dial("udp", "127.0.0.1:19100")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestSignalSummary(t *testing.T) {
 			t.Errorf("%s exited with %v, want status 0", name, err)
 		}
 	}
-	if !strings.Contains(rlOut.String(), "relay 127.0.0.1:25100: received=") || !strings.Contains(rlOut.String(), "send_error=0") {
+	if !strings.Contains(rlOut.String(), "relay 127.0.0.1:19100: received=") || !strings.Contains(rlOut.String(), "send_error=0") {
 		t.Errorf("relay summary missing:\n%s", rlOut)
 	}
 	if !strings.Contains(rxOut.String(), "receive: received=") || !strings.Contains(rxOut.String(), "epoch=9") {

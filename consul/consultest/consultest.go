@@ -11,6 +11,7 @@ package consultest
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -88,28 +89,41 @@ func (a *Agent) Client() *api.Client {
 	return c
 }
 
-// freePorts returns n ports that were free for both TCP and UDP.
+// handedOut remembers ports given to agents of this process: a port freed
+// by the probe below is free until its agent binds it, and must not be
+// handed out twice meanwhile.
+var (
+	portsMu   sync.Mutex
+	handedOut = map[int]bool{}
+)
+
+// freePorts returns n ports that were free for both TCP and UDP. They are
+// drawn from 20000–31999, below Linux's ephemeral range (32768–60999), so
+// the kernel does not give them to outgoing connections in the meantime.
 func freePorts(tb testing.TB, n int) []int {
 	tb.Helper()
+	portsMu.Lock()
+	defer portsMu.Unlock()
 	var ports []int
-	var closers []func()
-	defer func() {
-		for _, c := range closers {
-			c()
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 10000 {
+			tb.Fatal("consultest: no free ports in 20000-31999")
 		}
-	}()
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		p := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(p))
-		if err != nil {
-			l.Close()
+		p := 20000 + rand.IntN(12000)
+		if handedOut[p] {
 			continue
 		}
-		closers = append(closers, func() { l.Close(); u.Close() })
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(p))
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		handedOut[p] = true
 		ports = append(ports, p)
 	}
 	return ports
