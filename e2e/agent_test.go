@@ -346,23 +346,7 @@ func TestAgentFailover(t *testing.T) {
 	waitUntil("a primary", 30*time.Second, func() bool { return primary() != "" })
 
 	// Sample VIP ownership on both nodes for the whole test.
-	var overlaps, samples int
-	stopSampling := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		for {
-			select {
-			case <-stopSampling:
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			samples++
-			if hasVIP(nodes["n1"].host) && hasVIP(nodes["n2"].host) {
-				overlaps++
-			}
-		}
-	}()
+	ov := sampleOverlap(t, nodes["n1"].host, nodes["n2"].host)
 
 	// The feed: 200 datagrams/s for up to 60 s. Steady state: every node
 	// got every datagram (the first few may go while the router learns
@@ -471,8 +455,7 @@ func TestAgentFailover(t *testing.T) {
 		t.Logf("driftgate %s on the primary fails (%v): %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 
-	close(stopSampling)
-	<-sampled
+	samples, overlaps := ov.end()
 	if overlaps != 0 {
 		t.Fatalf("SAFETY: both nodes had the VIP in %d of %d samples", overlaps, samples)
 	}

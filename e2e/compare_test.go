@@ -50,50 +50,6 @@ func firstAfter(s *sink, t0 time.Time) time.Duration {
 	return -1
 }
 
-// overlapSampler counts samples in which more than one host has the VIP.
-type overlapSampler struct {
-	stop          chan struct{}
-	done          chan struct{}
-	samples, dual int
-	hosts         []*netlab.Host
-}
-
-func sampleOverlap(t *testing.T, hosts ...*netlab.Host) *overlapSampler {
-	o := &overlapSampler{stop: make(chan struct{}), done: make(chan struct{}), hosts: hosts}
-	t.Cleanup(func() { o.end() }) // before the lab goes: registered after it
-	go func() {
-		defer close(o.done)
-		for {
-			select {
-			case <-o.stop:
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			n := 0
-			for _, h := range o.hosts {
-				if hasVIP(h) {
-					n++
-				}
-			}
-			o.samples++
-			if n > 1 {
-				o.dual++
-			}
-		}
-	}()
-	return o
-}
-
-func (o *overlapSampler) end() (samples, dual int) {
-	select {
-	case <-o.stop:
-	default:
-		close(o.stop)
-	}
-	<-o.done
-	return o.samples, o.dual
-}
-
 // killAll SIGKILLs every process in h's namespace.
 func killAll(h *netlab.Host) {
 	out, _ := exec.Command("ip", "netns", "pids", h.NS).Output()
