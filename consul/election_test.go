@@ -105,15 +105,17 @@ func startNode(t *testing.T, c *api.Client, vip *vipTracker, key, name string, o
 	go reg.RunHeartbeat(hctx, o.timing.HeartbeatInterval)
 	go func() {
 		n.done <- el.Run(ectx, func(e Event) {
+			// Record the event before the tracker shows it: tests that
+			// see a new holder in the tracker read its Bind event next.
+			n.mu.Lock()
+			n.events = append(n.events, e)
+			n.mu.Unlock()
 			switch e.Kind {
 			case Bind:
 				vip.bind(name)
 			case MustDrop:
 				vip.drop(name)
 			}
-			n.mu.Lock()
-			n.events = append(n.events, e)
-			n.mu.Unlock()
 		})
 	}()
 	t.Cleanup(func() { n.stop(t) })
