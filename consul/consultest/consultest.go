@@ -143,6 +143,7 @@ func newAgent(tb testing.TB, name string, server bool, bootstrapExpect int, join
 performance { raft_multiplier = 1 }
 leave_on_terminate = true
 disable_update_check = true
+retry_interval = "1s"
 enable_script_checks = true
 `, p[0], p[1], p[2], p[3], p[4])
 	if server {
@@ -284,6 +285,7 @@ func InNamespace(tb testing.TB, ns, ip, name string, server bool, bootstrapExpec
 performance { raft_multiplier = 1 }
 leave_on_terminate = true
 disable_update_check = true
+retry_interval = "1s"
 `
 	if server {
 		hcl += fmt.Sprintf("server = true\nbootstrap_expect = %d\nsession_ttl_min = \"1s\"\n", bootstrapExpect)
@@ -324,8 +326,9 @@ func StartCluster(tb testing.TB, servers int, nodes ...string) *Cluster {
 		join = append(join, a.SerfLAN)
 		c.Servers = append(c.Servers, a)
 	}
-	// Later servers joined earlier ones; the first joins the others too,
-	// so it does not depend on being contacted.
+	// Later servers join earlier ones, clients join all servers; a join
+	// that finds its peer not yet listening is retried every second
+	// (retry_interval; Consul's default of 30 s made start-up slow).
 	for _, n := range nodes {
 		c.Clients[n] = newAgent(tb, n, false, 0, join)
 	}
