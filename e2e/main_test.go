@@ -45,32 +45,9 @@ func TestMain(m *testing.M) {
 
 // runRole runs a helper inside a namespace.
 //
-//	send ADDR:PORT COUNT  sends COUNT datagrams "msg-N" (N from 1), paced
-//	                      so a bridge of veths never drops them.
+//	feed ADDR:PORT RATE MAX  sends "1", "2", … at RATE per second.
 func runRole(role string, args []string) error {
 	switch role {
-	case "send":
-		if len(args) != 2 {
-			return fmt.Errorf("send: want ADDR:PORT COUNT")
-		}
-		n, err := strconv.Atoi(args[1])
-		if err != nil {
-			return err
-		}
-		c, err := net.Dial("udp", args[0])
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		for i := 1; i <= n; i++ {
-			if _, err := fmt.Fprintf(c, "msg-%d", i); err != nil {
-				return fmt.Errorf("send %d: %w", i, err)
-			}
-			if i%100 == 0 {
-				time.Sleep(time.Millisecond)
-			}
-		}
-		return nil
 	case "feed":
 		// feed ADDR:PORT RATE MAX: sends "1", "2", … at RATE per second
 		// until MAX datagrams or a minute has passed.

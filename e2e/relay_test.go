@@ -78,7 +78,7 @@ func TestRelayMulticastNamespaces(t *testing.T) {
 
 			const n = 500
 			src := lab.Host("src")
-			if out, err := selfCommand(src.NS, "send", listen, strconv.Itoa(n)).CombinedOutput(); err != nil {
+			if out, err := selfCommand(src.NS, "feed", listen, "20000", strconv.Itoa(n)).CombinedOutput(); err != nil {
 				t.Fatalf("sender: %v: %s", err, out)
 			}
 			srcAddr := src.Addr4.Addr()
@@ -101,7 +101,7 @@ func TestRelayMulticastNamespaces(t *testing.T) {
 				for i, f := range frames {
 					payload, _ := hex.DecodeString(f.Payload)
 					src, err := netip.ParseAddrPort(f.Source)
-					if err != nil || src.Addr() != srcAddr || f.Epoch != 5 || f.Seq != uint64(i+1) || f.IngressPort != 5000 || string(payload) != fmt.Sprintf("msg-%d", i+1) {
+					if err != nil || src.Addr() != srcAddr || f.Epoch != 5 || f.Seq != uint64(i+1) || f.IngressPort != 5000 || string(payload) != strconv.Itoa(i+1) {
 						t.Fatalf("receiver %s frame %d: %+v (payload %q), want epoch 5 seq %d from %s", name, i, f, payload, i+1, srcAddr)
 					}
 				}

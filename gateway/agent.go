@@ -67,7 +67,6 @@ type Agent struct {
 	transitions map[string]uint64 // "from>to" → count
 	reasons     map[string]uint64 // reason → count
 	conflicts   uint64
-	lastBind    time.Time
 	announcers  []*netvip.Announcer // of the current term
 	annBefore   uint64              // announcements of earlier terms
 	acquiredAt  time.Time
@@ -400,9 +399,8 @@ func (a *Agent) bind(epoch uint64) {
 	a.relay.SetForwarding(true)
 	a.primary.Store(true)
 	a.mu.Lock()
-	a.lastBind = time.Now()
 	if !a.acquiredAt.IsZero() {
-		a.takeover.Observe(a.lastBind.Sub(a.acquiredAt).Seconds())
+		a.takeover.Observe(time.Since(a.acquiredAt).Seconds())
 	}
 	for _, ann := range a.announcers {
 		a.annBefore += ann.Sent()
@@ -658,9 +656,6 @@ func clone(m map[string]uint64) map[string]uint64 {
 	}
 	return out
 }
-
-// ListenAddrs returns the relay's listen addresses.
-func (a *Agent) ListenAddrs() []netip.AddrPort { return a.cfg.Relay.Listen }
 
 // receiveMetaKey is the service meta key with a node's unicast receiver.
 const receiveMetaKey = "receive"

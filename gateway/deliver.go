@@ -141,16 +141,4 @@ func (d *jsonDeliverer) Deliver(f *Frame, _ []byte) error {
 func (d *jsonDeliverer) Flush() error { return d.w.Flush() }
 func (d *jsonDeliverer) Close() error { return d.w.Flush() }
 
-// FuncDeliverer adapts a function; tests and embedding programs use it.
-type FuncDeliverer func(f *Frame, raw []byte) error
-
-// Deliver calls the function.
-func (fn FuncDeliverer) Deliver(f *Frame, raw []byte) error { return fn(f, raw) }
-
-// Flush does nothing.
-func (FuncDeliverer) Flush() error { return nil }
-
-// Close does nothing.
-func (FuncDeliverer) Close() error { return nil }
-
 var errNoDeliverer = errors.New("receiver: no deliverer")

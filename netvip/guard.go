@@ -33,16 +33,9 @@ func (c Claim) String() string { return fmt.Sprintf("%s claimed by %s (%s)", c.V
 // `count` probes `wait` apart and listens `wait` after the last; it returns
 // the first answering host's claim, or nil. Call it before adding the VIP.
 func Probe(ctx context.Context, v VIP, count int, wait time.Duration) (*Claim, error) {
-	if err := v.Validate(); err != nil {
-		return nil, fmt.Errorf("vip %s: %w", v.Prefix, err)
-	}
-	ifi, err := net.InterfaceByName(v.Iface)
+	l, err := openListener(v, "probe")
 	if err != nil {
-		return nil, fmt.Errorf("probing VIP %s: interface %s: %w", v.Prefix, v.Iface, err)
-	}
-	l, err := openListener(ifi, v)
-	if err != nil {
-		return nil, rawErr("opening probe socket for VIP "+v.String(), err)
+		return nil, err
 	}
 	defer l.close()
 	deadline := time.Now().Add(time.Duration(count) * wait)
@@ -102,16 +95,9 @@ type Guard struct {
 
 // NewGuard opens the listening socket (CAP_NET_RAW).
 func NewGuard(v VIP) (*Guard, error) {
-	if err := v.Validate(); err != nil {
-		return nil, fmt.Errorf("vip %s: %w", v.Prefix, err)
-	}
-	ifi, err := net.InterfaceByName(v.Iface)
+	l, err := openListener(v, "guard")
 	if err != nil {
-		return nil, fmt.Errorf("guarding VIP %s: interface %s: %w", v.Prefix, v.Iface, err)
-	}
-	l, err := openListener(ifi, v)
-	if err != nil {
-		return nil, rawErr("opening guard socket for VIP "+v.String(), err)
+		return nil, err
 	}
 	return &Guard{vip: v, l: l}, nil
 }
@@ -157,15 +143,26 @@ type listener struct {
 	ndp *ndpConn
 }
 
-func openListener(ifi *net.Interface, v VIP) (*listener, error) {
+// openListener checks v and opens the ARP or NDP socket on its interface;
+// what ("probe", "guard") names the user in errors.
+func openListener(v VIP, what string) (*listener, error) {
+	if err := v.Validate(); err != nil {
+		return nil, fmt.Errorf("vip %s: %w", v.Prefix, err)
+	}
+	ifi, err := net.InterfaceByName(v.Iface)
+	if err != nil {
+		return nil, fmt.Errorf("%s for VIP %s: interface %s: %w", what, v.Prefix, v.Iface, err)
+	}
 	l := &listener{vip: v.Prefix.Addr(), mac: ifi.HardwareAddr}
-	var err error
 	if l.vip.Is4() {
 		l.arp, err = dialARP(ifi)
 	} else {
 		l.ndp, err = listenNDP(ifi)
 	}
-	return l, err
+	if err != nil {
+		return nil, rawErr(fmt.Sprintf("opening %s socket for VIP %s", what, v), err)
+	}
+	return l, nil
 }
 
 func (l *listener) close() {

@@ -280,9 +280,6 @@ func putSockaddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) uint32 {
 	return unix.SizeofSockaddrInet6
 }
 
-// GSO reports whether WriteBatch uses UDP_SEGMENT.
-func (m *Conn) GSO() bool { return m.gso }
-
 // GSOFallbacks counts GSO sends the kernel refused that were resent singly.
 func (m *Conn) GSOFallbacks() uint64 { return m.gsoFallbacks }
 
