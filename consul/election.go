@@ -28,9 +28,12 @@ const (
 	MustDrop
 	// Lost: the term ended before Bind; there is nothing to drop.
 	Lost
+	// Renewed: a bound holder's lease was extended to Deadline (after each
+	// confirmation), so the caller can extend a kernel-side lease too.
+	Renewed
 )
 
-var eventNames = map[EventKind]string{Acquired: "acquired", Bind: "bind", MustDrop: "must_drop", Lost: "lost"}
+var eventNames = map[EventKind]string{Acquired: "acquired", Bind: "bind", MustDrop: "must_drop", Lost: "lost", Renewed: "renewed"}
 
 // String returns the event kind for logs.
 func (k EventKind) String() string { return eventNames[k] }
@@ -41,6 +44,9 @@ type Event struct {
 	Epoch  uint64
 	Reason string // for MustDrop and Lost
 	Time   time.Time
+	// Deadline, for Bind and Renewed, is when the lease ends: the VIP
+	// must be gone by then unless a Renewed event extends it.
+	Deadline time.Time
 }
 
 // Config configures an Election.
@@ -506,7 +512,7 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 			bound = true
 			e.setSnap(func(s *Snapshot) { s.Phase = PhaseHolding })
 			e.log.Info("bind the VIP", "epoch", acq.epoch)
-			emit(Event{Kind: Bind, Epoch: acq.epoch, Time: time.Now()})
+			emit(Event{Kind: Bind, Epoch: acq.epoch, Time: time.Now(), Deadline: deadline})
 		case <-tick.C:
 			if !inflight {
 				inflight = true
@@ -525,6 +531,9 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 			deadline = r.sent.Add(t.TFence)
 			deadlineT.Reset(time.Until(deadline))
 			e.setSnap(func(s *Snapshot) { s.LastConfirm, s.Deadline = r.sent, deadline })
+			if bound {
+				emit(Event{Kind: Renewed, Epoch: acq.epoch, Time: time.Now(), Deadline: deadline})
+			}
 		case req := <-e.stepDown:
 			end("step-down")
 			err := e.release(sess, acq.epoch, bound)

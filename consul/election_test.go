@@ -74,8 +74,9 @@ type node struct {
 	stopEl context.CancelFunc
 	done   chan error
 
-	mu     sync.Mutex
-	events []Event
+	mu       sync.Mutex
+	events   []Event
+	renewals int // Renewed events, not kept in events
 }
 
 type nodeOpts struct {
@@ -105,6 +106,19 @@ func startNode(t *testing.T, c *api.Client, vip *vipTracker, key, name string, o
 	go reg.RunHeartbeat(hctx, o.timing.HeartbeatInterval)
 	go func() {
 		n.done <- el.Run(ectx, func(e Event) {
+			if e.Kind == Bind || e.Kind == Renewed {
+				// The lease a kernel-side lifetime follows: in the future,
+				// and at most T_fence away.
+				if left := e.Deadline.Sub(e.Time); left <= 0 || left > o.timing.TFence {
+					t.Errorf("%s: %v event with the lease ending in %v (t_fence %v)", name, e.Kind, left, o.timing.TFence)
+				}
+				if e.Kind == Renewed {
+					n.mu.Lock()
+					n.renewals++
+					n.mu.Unlock()
+					return
+				}
+			}
 			// Record the event before the tracker shows it: tests that
 			// see a new holder in the tracker read its Bind event next.
 			n.mu.Lock()
@@ -268,6 +282,15 @@ func TestElectionsAndEpochs(t *testing.T) {
 	var worst time.Duration
 	for _, d := range handovers {
 		worst = max(worst, d)
+	}
+	renewals := 0
+	for _, n := range ns {
+		n.mu.Lock()
+		renewals += n.renewals
+		n.mu.Unlock()
+	}
+	if renewals < 10 {
+		t.Fatalf("%d Renewed events in ten terms of about a second each; holders confirm every %v", renewals, testTiming().ConfirmInterval)
 	}
 	t.Logf("epochs %v; step-down hand-over times %v (worst %v)", epochs, handovers, worst)
 	if worst > 100*time.Millisecond {

@@ -34,7 +34,13 @@ type Timing struct {
 	// LockDelay is Consul's session lock-delay. It is not a fence (racing
 	// acquires skip it); it only adds margin and must not exceed TWait.
 	LockDelay time.Duration
-	// SessionTTL is an optional session TTL (0: none), 10s..24h.
+	// SessionTTL is the session's TTL (0: none), 10s..24h, renewed every
+	// TTL/2. Its checks cannot fence a holder that is cut off from the
+	// Consul servers while its agent still gossips with the other agents:
+	// the agent cannot report them critical and serfHealth stays passing.
+	// The holder drops the VIP after TFence, but without a TTL its session
+	// keeps the lock, and nobody takes over, until the cut heals. Consul
+	// ends a session that was not renewed after up to 2·TTL.
 	SessionTTL time.Duration
 }
 
@@ -52,6 +58,7 @@ func DefaultTiming() Timing {
 		HeartbeatTTL:      2 * time.Second,
 		HeartbeatInterval: 500 * time.Millisecond,
 		LockDelay:         time.Second,
+		SessionTTL:        10 * time.Second,
 	}
 }
 

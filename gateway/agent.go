@@ -372,7 +372,9 @@ func (a *Agent) onElection(e consul.Event) {
 		a.relay.SetEpoch(e.Epoch)
 		a.transition(RoleCandidate, "acquired the lock", e.Epoch)
 	case consul.Bind:
-		a.bind(e.Epoch)
+		a.bind(e.Epoch, e.Deadline)
+	case consul.Renewed:
+		a.renew(e.Deadline)
 	case consul.MustDrop:
 		a.drop()
 		a.transition(RoleFenced, e.Reason, e.Epoch)
@@ -383,10 +385,11 @@ func (a *Agent) onElection(e consul.Event) {
 	}
 }
 
-// bind takes the VIPs, starts forwarding and announcing.
-func (a *Agent) bind(epoch uint64) {
+// bind takes the VIPs until the lease deadline, starts forwarding and
+// announcing.
+func (a *Agent) bind(epoch uint64, deadline time.Time) {
 	for i, m := range a.vips {
-		if err := m.Add(); err != nil {
+		if err := m.Add(deadline); err != nil {
 			a.log.Error("cannot bind the VIP; stepping down", "vip", a.cfg.VIPs[i].String(), "err", err)
 			for _, m := range a.vips[:i] {
 				m.Remove()
@@ -460,6 +463,29 @@ func (a *Agent) bind(epoch uint64) {
 		}
 	}
 	a.wantRegistration(func(w *regWant) { w.role, w.primary = "primary", true })
+}
+
+// renew extends the VIPs' kernel lifetimes to the new lease deadline. The
+// kernel removes a VIP whose lifetime ends, so a daemon that is frozen
+// (SIGSTOP, a hung disk, a VM pause) or killed without clean-up cannot keep
+// it past its lease: the one case the daemon's own deadline cannot cover.
+// A renewal too close to the deadline is skipped: the lifetime set before
+// ends earlier still.
+func (a *Agent) renew(deadline time.Time) {
+	if !a.primary.Load() {
+		return
+	}
+	for i, m := range a.vips {
+		if err := m.Add(deadline); err != nil {
+			if errors.Is(err, netvip.ErrLeaseTooShort) {
+				a.log.Debug("not extending the VIP's lifetime", "vip", a.cfg.VIPs[i].String(), "err", err)
+				continue
+			}
+			// If renewals keep failing the kernel removes the VIP and
+			// the watcher steps down.
+			a.log.Warn("extending the VIP's lifetime", "vip", a.cfg.VIPs[i].String(), "err", err)
+		}
+	}
 }
 
 // drop stops forwarding and removes the VIPs, first and fast.

@@ -20,7 +20,7 @@ func TestMain(m *testing.M) {
 	case "add":
 		mgr, err := New(VIP{Prefix: netip.MustParsePrefix("198.18.0.100/24"), Iface: "eth0"})
 		if err == nil {
-			err = mgr.Add()
+			err = mgr.Add(time.Time{})
 		}
 		fmt.Println(err)
 	case "announce":

@@ -72,16 +72,17 @@ func TestAddRemove(t *testing.T) {
 			var m *Manager
 			in(t, a, func() (err error) { m, err = New(VIP{Prefix: fam.vip, Iface: "eth0"}); return err })
 			defer m.Close()
+			add := func() error { return m.Add(time.Time{}) }
 			steps := []struct {
 				name string
 				do   func() error
 				want bool
 			}{
-				{"add", m.Add, true},
-				{"add again", m.Add, true},
+				{"add", add, true},
+				{"add again", add, true},
 				{"remove", m.Remove, false},
 				{"remove again", m.Remove, false},
-				{"add after remove", m.Add, true},
+				{"add after remove", add, true},
 			}
 			for _, s := range steps {
 				if err := s.do(); err != nil {
@@ -130,6 +131,56 @@ func TestAddRemove(t *testing.T) {
 	}
 }
 
+// TestLease: the kernel removes a VIP whose lease ran out, before the lease
+// ends; renewing extends it; a lease under the kernel's resolution is
+// refused without touching the address.
+func TestLease(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			t.Parallel()
+			lab := netlab.New(t, "a")
+			var m *Manager
+			in(t, lab.Host("a"), func() (err error) { m, err = New(VIP{Prefix: fam.vip, Iface: "eth0"}); return err })
+			defer m.Close()
+			present := func() bool {
+				got, err := m.Present()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return got
+			}
+			const lease = 2600 * time.Millisecond // lifetime 2 s
+			if err := m.Add(time.Now().Add(lease)); err != nil {
+				t.Fatal(err)
+			}
+			// Renew twice, 700 ms apart: the lease now ends 1.4 s later.
+			for range 2 {
+				time.Sleep(700 * time.Millisecond)
+				if err := m.Add(time.Now().Add(lease)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			renewed := time.Now()
+			end := renewed.Add(lease)
+			if err := m.Add(time.Now().Add(1200 * time.Millisecond)); !errors.Is(err, ErrLeaseTooShort) {
+				t.Fatalf("Add with 1.2 s left: %v, want ErrLeaseTooShort", err)
+			}
+			time.Sleep(1500 * time.Millisecond)
+			if !present() {
+				t.Fatalf("VIP gone %v after the last renewal; the lifetime is 2 s", time.Since(renewed))
+			}
+			for present() {
+				if time.Now().After(end) {
+					t.Fatalf("VIP still there when its lease ended (%v after the last renewal)", time.Since(renewed))
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			t.Logf("the kernel removed the VIP %v after the last renewal, %v before the lease ended",
+				time.Since(renewed).Round(time.Millisecond), time.Until(end).Round(time.Millisecond))
+		})
+	}
+}
+
 func TestMissingInterface(t *testing.T) {
 	lab := netlab.New(t, "a")
 	var m *Manager
@@ -138,7 +189,7 @@ func TestMissingInterface(t *testing.T) {
 		return err
 	})
 	defer m.Close()
-	err := m.Add()
+	err := m.Add(time.Time{})
 	if !errors.Is(err, ErrNoInterface) || !strings.Contains(err.Error(), "adding VIP 198.18.0.100/24 on nosuch0") {
 		t.Fatalf("Add on missing interface: %v", err)
 	}
@@ -221,7 +272,7 @@ func TestAnnounceMovesTraffic(t *testing.T) {
 			var mb, ma *Manager
 			in(t, b, func() (err error) { mb, err = New(vip); return err })
 			in(t, a, func() (err error) { ma, err = New(vip); return err })
-			if err := mb.Add(); err != nil {
+			if err := mb.Add(time.Time{}); err != nil {
 				t.Fatal(err)
 			}
 			lb, la := udpListen(t, b, v6), udpListen(t, a, v6)
@@ -234,7 +285,7 @@ func TestAnnounceMovesTraffic(t *testing.T) {
 			if err := mb.Remove(); err != nil {
 				t.Fatal(err)
 			}
-			if err := ma.Add(); err != nil {
+			if err := ma.Add(time.Time{}); err != nil {
 				t.Fatal(err)
 			}
 			var ann *Announcer
@@ -303,7 +354,7 @@ func TestProbe(t *testing.T) {
 			}
 			var mb *Manager
 			in(t, b, func() (err error) { mb, err = New(vip); return err })
-			if err := mb.Add(); err != nil {
+			if err := mb.Add(time.Time{}); err != nil {
 				t.Fatal(err)
 			}
 			c := probe()
@@ -329,7 +380,7 @@ func TestGuard(t *testing.T) {
 				if ma, err = New(vip); err != nil {
 					return err
 				}
-				if err = ma.Add(); err != nil {
+				if err = ma.Add(time.Time{}); err != nil {
 					return err
 				}
 				if ann, err = NewAnnouncer(vip, AnnounceConfig{Count: 1, Interval: 10 * time.Millisecond}, func() bool { return true }); err != nil {
@@ -393,7 +444,7 @@ func TestWatch(t *testing.T) {
 		if m, err = New(vip); err != nil {
 			return err
 		}
-		if err = m.Add(); err != nil {
+		if err = m.Add(time.Time{}); err != nil {
 			return err
 		}
 		w, err = Watch(vip)
@@ -433,7 +484,7 @@ func TestWatch(t *testing.T) {
 	expect(CarrierGained)
 	a.IP("addr", "del", vip.Prefix.String(), "dev", "eth0")
 	expect(VIPRemoved)
-	if err := m.Add(); err != nil {
+	if err := m.Add(time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	expect(VIPAdded)

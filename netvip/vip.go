@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -97,16 +98,39 @@ func (m *Manager) link() (netlink.Link, error) {
 	return l, nil
 }
 
+// ExpirySlack is how late the kernel may remove an address after its valid
+// lifetime ends: it checks lifetimes from a work item rounded to 250 ms
+// (ADDRCONF_TIMER_FUZZ), plus scheduling. A lease is cut short by this much.
+const ExpirySlack = 500 * time.Millisecond
+
+// ErrLeaseTooShort: the time left before the lease ends, less ExpirySlack,
+// is under the kernel's one-second lifetime resolution.
+var ErrLeaseTooShort = errors.New("lease too short for a kernel address lifetime (whole seconds)")
+
+// lifetime turns a lease end into the address's valid lifetime in whole
+// seconds, rounded down so the kernel removes the address before the lease
+// ends even if the kernel is ExpirySlack late. A zero time is no lease.
+func lifetime(until, now time.Time) (int, error) {
+	if until.IsZero() {
+		return math.MaxUint32, nil // INFINITY_LIFE_TIME
+	}
+	secs := until.Sub(now.Add(ExpirySlack)) / time.Second
+	if secs < 1 {
+		return 0, fmt.Errorf("%w: %s left", ErrLeaseTooShort, until.Sub(now).Round(time.Millisecond))
+	}
+	return int(min(secs, math.MaxUint32-1)), nil
+}
+
 // addr is the netlink form of the VIP. Preferred lifetime 0 marks it
 // deprecated, so the kernel never picks it as the source of outgoing
 // traffic, which must not break when the VIP moves; the valid lifetime is
-// infinite, so it never expires. IPv6 skips duplicate address detection:
-// the election, not DAD, decides who owns it, and DAD would delay it by ~1 s.
-func (m *Manager) addr(link netlink.Link) *netlink.Addr {
+// the lease (see Add). IPv6 skips duplicate address detection: the
+// election, not DAD, decides who owns it, and DAD would delay it by ~1 s.
+func (m *Manager) addr(link netlink.Link, validLft int) *netlink.Addr {
 	a := &netlink.Addr{
 		IPNet:       &net.IPNet{IP: m.vip.Prefix.Addr().AsSlice(), Mask: net.CIDRMask(m.vip.Prefix.Bits(), m.vip.Prefix.Addr().BitLen())},
 		PreferedLft: 0,
-		ValidLft:    math.MaxUint32, // INFINITY_LIFE_TIME
+		ValidLft:    validLft,
 		LinkIndex:   link.Attrs().Index,
 	}
 	if m.vip.Prefix.Addr().Is4() {
@@ -117,15 +141,24 @@ func (m *Manager) addr(link netlink.Link) *netlink.Addr {
 	return a
 }
 
-// Add puts the VIP on the interface. Adding a VIP that is already there
-// succeeds (netlink replace). An IPv6 VIP the kernel still marked
-// "dadfailed" is removed and added again.
-func (m *Manager) Add() error {
+// Add puts the VIP on the interface until the lease ends: the kernel
+// removes the address by itself then, so a holder that is frozen or killed
+// (and cannot drop the VIP) still loses it before a successor binds it.
+// Calling Add again with a later time extends the lease. A zero until
+// means no lease: the address stays until removed. Adding a VIP that is
+// already there succeeds (netlink replace). An IPv6 VIP the kernel still
+// marked "dadfailed" is removed and added again. ErrLeaseTooShort means
+// nothing was changed.
+func (m *Manager) Add(until time.Time) error {
+	lft, err := lifetime(until, time.Now())
+	if err != nil {
+		return m.opErr("adding", err)
+	}
 	link, err := m.link()
 	if err != nil {
 		return m.opErr("adding", err)
 	}
-	a := m.addr(link)
+	a := m.addr(link, lft)
 	if err := m.h.AddrReplace(link, a); err != nil {
 		return m.opErr("adding", err)
 	}
@@ -154,7 +187,7 @@ func (m *Manager) Remove() error {
 	if err != nil {
 		return m.opErr("removing", err)
 	}
-	if err := m.h.AddrDel(link, m.addr(link)); err != nil {
+	if err := m.h.AddrDel(link, m.addr(link, 0)); err != nil {
 		if errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
 			return nil
 		}

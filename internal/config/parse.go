@@ -164,6 +164,13 @@ func parse(r *raw) (*Config, error) {
 	if err := t.Validate(); err != nil {
 		return nil, pathErr("election", err)
 	}
+	// The kernel holds a bound VIP for a lifetime of whole seconds, set
+	// after each confirmation, which may take request_timeout, and cut by
+	// the kernel's expiry slack (netvip.Manager.Add).
+	if least := t.RequestTimeout + time.Second + netvip.ExpirySlack; t.TFence < least {
+		return nil, fmt.Errorf("election.t_fence: %s is below request_timeout + 1s + %s = %s: the VIP's kernel lifetime, whole seconds set after each confirmation, could not end within the lease",
+			t.TFence, netvip.ExpirySlack, least)
+	}
 	if e.Priority < 0 || e.Priority > 100 {
 		return nil, fmt.Errorf("election.priority: %d is out of range 0..100", e.Priority)
 	}
