@@ -179,7 +179,13 @@ func (e *Election) StepDown(ctx context.Context, holdOff time.Duration) error {
 func (e *Election) Run(ctx context.Context, emit func(Event)) error {
 	var holdOff time.Duration
 	attempt := 0
+	// Sessions of ended terms that could not be destroyed (Consul was
+	// unreachable). One may still hold the key although this node dropped
+	// the VIP long ago: left alone, it would keep everyone waiting for its
+	// TTL or a check to end it after Consul is reachable again.
+	var stale []string
 	for ctx.Err() == nil {
+		stale = e.destroySessions(stale)
 		if holdOff > 0 {
 			e.setSnap(func(s *Snapshot) { *s = Snapshot{Phase: PhaseHoldOff} })
 			e.log.Info("holding off before contending again", "for", holdOff)
@@ -205,9 +211,20 @@ func (e *Election) Run(ctx context.Context, emit func(Event)) error {
 		attempt = 0
 		e.setSnap(func(s *Snapshot) { s.Session = sess })
 		holdOff = e.term(ctx, sess, emit)
-		e.destroySession(sess)
+		stale = e.destroySessions(append(stale, sess))
 	}
 	return nil
+}
+
+// destroySessions destroys each session and returns those it could not.
+func (e *Election) destroySessions(ids []string) []string {
+	var left []string
+	for _, id := range ids {
+		if !e.destroySession(id) {
+			left = append(left, id)
+		}
+	}
+	return left
 }
 
 // backoff for retry n: 100ms doubling, capped at 5s.
@@ -262,12 +279,16 @@ func (e *Election) createSession(ctx context.Context) (string, error) {
 	return id, nil
 }
 
-func (e *Election) destroySession(id string) {
+// destroySession reports whether the session is gone (destroying one that
+// Consul already ended succeeds).
+func (e *Election) destroySession(id string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timing.RequestTimeout)
 	defer cancel()
 	if _, err := e.c.Session().Destroy(id, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		e.log.Debug("destroying session", "session", id, "err", err)
+		return false
 	}
+	return true
 }
 
 // errSessionGone ends a term whose session no longer exists.
