@@ -147,7 +147,22 @@ func (n *agentNode) state(t *testing.T) (gateway.State, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
-func writeAgentConfig(t *testing.T, name string, h *netlab.Host, unicast bool) string {
+// clusterSpec shapes an agent cluster.
+type clusterSpec struct {
+	nodes   []string // driftgate nodes; default n1, n2
+	extra   []string // more hosts without Consul or driftgate; "src" is always there
+	unicast bool     // relay by unicast to receivers found in Consul, not multicast
+	// deliver is the receivers' delivery URL; default udp://127.0.0.1:6000
+	// (a sink records it).
+	deliver func(node string) string
+	// config is appended to every node's configuration.
+	config string
+	// beforeAgents, if set, runs once the namespaces exist, before any
+	// agent starts.
+	beforeAgents func(*netlab.Lab)
+}
+
+func writeAgentConfig(t *testing.T, name string, h *netlab.Host, spec clusterSpec) string {
 	dir := t.TempDir()
 	// The agent runs as nobody: it reads the config, runs the hook and
 	// the hook writes its log here.
@@ -162,6 +177,10 @@ func writeAgentConfig(t *testing.T, name string, h *netlab.Host, unicast bool) s
 	if err := os.WriteFile(hook, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	deliver := "udp://127.0.0.1:6000"
+	if spec.deliver != nil {
+		deliver = spec.deliver(name)
+	}
 	cfg := fmt.Sprintf(`node: %s
 consul:
   address: 127.0.0.1:8500
@@ -171,6 +190,7 @@ vips:
     probe: true
     announce: {count: 2, interval: 50ms, delay: 500ms}
 %s
+  deliver: %s
 election:
   step_down_hold_off: 1s
 metrics:
@@ -181,7 +201,7 @@ hooks:
     timeout: 2s
 log:
   level: info
-`, name, agentVIP, relayReceive(h, unicast), hook)
+%s`, name, agentVIP, relayReceive(h, spec.unicast), deliver, hook, spec.config)
 	p := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -197,8 +217,7 @@ func relayReceive(h *netlab.Host, unicast bool) string {
   listen: ["%s:5000"]
   unicast_from_consul: true
 receive:
-  listen: %s:5002
-  deliver: udp://127.0.0.1:6000`, agentVIP, h.Addr4.Addr())
+  listen: %s:5002`, agentVIP, h.Addr4.Addr())
 	}
 	return fmt.Sprintf(`relay:
   listen: ["%s:5000"]
@@ -206,49 +225,68 @@ receive:
   interface: eth0
 receive:
   group: 239.255.0.1:5001
-  interface: eth0
-  deliver: udp://127.0.0.1:6000`, agentVIP)
+  interface: eth0`, agentVIP)
 }
 
 func hasVIP(h *netlab.Host) bool {
 	return strings.Contains(h.IP("-4", "addr", "show", "dev", "eth0"), agentVIP+"/")
 }
 
-// agentCluster is two driftgate agents, each with its own Consul client
-// agent, three Consul servers, and a feed source, all in namespaces.
+// agentCluster is driftgate agents, each with its own Consul client agent,
+// three Consul servers, and a feed source, all in namespaces.
 type agentCluster struct {
-	t      *testing.T
-	lab    *netlab.Lab
-	nodes  map[string]*agentNode
-	client *api.Client
+	t       *testing.T
+	lab     *netlab.Lab
+	nodes   map[string]*agentNode
+	servers []*consultest.Agent          // cs1..cs3
+	consul  map[string]*consultest.Agent // each node's client agent
+	client  *api.Client
 }
 
 func startAgentCluster(t *testing.T, unicast bool) *agentCluster {
-	lab := netlab.New(t, "cs1", "cs2", "cs3", "n1", "n2", "src")
+	return startCluster(t, clusterSpec{unicast: unicast})
+}
+
+func startCluster(t *testing.T, spec clusterSpec) *agentCluster {
+	if len(spec.nodes) == 0 {
+		spec.nodes = []string{"n1", "n2"}
+	}
+	names := append([]string{"cs1", "cs2", "cs3"}, spec.nodes...)
+	lab := netlab.New(t, append(append(names, "src"), spec.extra...)...)
+	c := &agentCluster{t: t, lab: lab, nodes: map[string]*agentNode{}, consul: map[string]*consultest.Agent{}}
+	if spec.beforeAgents != nil {
+		spec.beforeAgents(lab)
+	}
 	var serverIPs []string
-	for _, n := range []string{"cs1", "cs2", "cs3"} {
+	for _, n := range names[:3] {
 		serverIPs = append(serverIPs, lab.Host(n).Addr4.Addr().String())
 	}
-	var agents []*consultest.Agent
-	for i, n := range []string{"cs1", "cs2", "cs3"} {
+	for i, n := range names[:3] {
 		h := lab.Host(n)
-		agents = append(agents, consultest.InNamespace(t, h.NS, serverIPs[i], n, true, 3, serverIPs, h.DialContext))
+		c.servers = append(c.servers, consultest.InNamespace(t, h.NS, serverIPs[i], n, true, 3, serverIPs, h.DialContext))
 	}
-	nodes := map[string]*agentNode{}
-	for _, n := range []string{"n1", "n2"} {
+	for _, n := range spec.nodes {
 		h := lab.Host(n)
-		agents = append(agents, consultest.InNamespace(t, h.NS, h.Addr4.Addr().String(), n, false, 0, serverIPs, h.DialContext))
-		nodes[n] = &agentNode{host: h, cfg: writeAgentConfig(t, n, h, unicast), sink: newSink(t, h),
+		c.consul[n] = consultest.InNamespace(t, h.NS, h.Addr4.Addr().String(), n, false, 0, serverIPs, h.DialContext)
+		node := &agentNode{host: h, cfg: writeAgentConfig(t, n, h, spec),
 			http: &http.Client{Transport: &http.Transport{DialContext: h.DialContext}, Timeout: 2 * time.Second}}
+		if spec.deliver == nil {
+			node.sink = newSink(t, h)
+		}
+		c.nodes[n] = node
 	}
-	for _, a := range agents {
+	for _, a := range c.servers {
 		a.WaitReady()
 	}
-	for _, n := range nodes {
+	for _, a := range c.consul {
+		a.WaitReady()
+	}
+	for _, n := range c.nodes {
 		n.start(t)
 	}
 	// Status comes from a server: a node's own agent may be cut off.
-	return &agentCluster{t: t, lab: lab, nodes: nodes, client: agents[0].Client()}
+	c.client = c.servers[0].Client()
+	return c
 }
 
 // primary is the node that holds the lock and says it is primary, or "".

@@ -3,12 +3,15 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/mdlayher/arp"
 )
 
 // driftgate is the path of the binary under test, built once by TestMain.
@@ -50,7 +53,7 @@ func runRole(role string, args []string) error {
 	switch role {
 	case "feed":
 		// feed ADDR:PORT RATE MAX: sends "1", "2", … at RATE per second
-		// until MAX datagrams or a minute has passed.
+		// until MAX datagrams have gone or MAX/RATE + 10 s have passed.
 		if len(args) != 3 {
 			return fmt.Errorf("feed: want ADDR:PORT RATE MAX")
 		}
@@ -68,11 +71,49 @@ func runRole(role string, args []string) error {
 		}
 		defer c.Close()
 		start := time.Now()
-		for i := 1; i <= maxN && time.Since(start) < time.Minute; i++ {
+		limit := time.Duration(maxN/rate+10) * time.Second
+		for i := 1; i <= maxN && time.Since(start) < limit; i++ {
 			if due := start.Add(time.Duration(i) * time.Second / time.Duration(rate)); time.Until(due) > 0 {
 				time.Sleep(time.Until(due))
 			}
 			c.Write([]byte(strconv.Itoa(i))) // errors (no route during failover) are expected
+		}
+		return nil
+	case "garp":
+		// garp IFACE IP COUNT: claims IP for this host's MAC with COUNT
+		// gratuitous ARP replies, 100 ms apart (a rogue host).
+		if len(args) != 3 {
+			return fmt.Errorf("garp: want IFACE IP COUNT")
+		}
+		ifi, err := net.InterfaceByName(args[0])
+		if err != nil {
+			return err
+		}
+		ip, err := netip.ParseAddr(args[1])
+		if err != nil {
+			return err
+		}
+		n, err := strconv.Atoi(args[2])
+		if err != nil {
+			return err
+		}
+		c, err := arp.Dial(ifi)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+		p, err := arp.NewPacket(arp.OperationReply, ifi.HardwareAddr, ip, bcast, ip)
+		if err != nil {
+			return err
+		}
+		for i := range n {
+			if i > 0 {
+				time.Sleep(100 * time.Millisecond)
+			}
+			if err := c.WriteTo(p, bcast); err != nil {
+				return err
+			}
 		}
 		return nil
 	}

@@ -306,3 +306,110 @@ func TestSetUnicast(t *testing.T) {
 		t.Fatalf("removed destination still got frames: %d", cols[0].count())
 	}
 }
+
+// TestLoopbackBadInputUnderLoad: while a keyed relay forwards a sequenced
+// feed to a receiver, three other senders load it with bad input: oversized
+// datagrams and datagrams from a sender outside the allowlist at the
+// relay, and junk at the receiver (random bytes, frames broken in each
+// checked field, frames signed with another key, up to 65507 bytes). Every
+// bad datagram is counted under its reason; none is forwarded or
+// delivered; every good datagram is delivered exactly once.
+func TestLoopbackBadInputUnderLoad(t *testing.T) {
+	key := bytes.Repeat([]byte{0x42}, 32)
+	relay, recv, col, in := startRelayReceiver(t, "127.0.0.1", key, key, Allowlist{netip.MustParsePrefix("127.0.0.1/32")})
+	dial := func(from string, to netip.AddrPort) *net.UDPConn {
+		c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP(from)}, net.UDPAddrFromAddrPort(to))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	good, big, foreign, junk := dial("127.0.0.1", in), dial("127.0.0.1", in), dial("127.0.0.2", in), dial("127.0.0.1", recv.cfg.Listen)
+
+	// The junk: one of each kind per round, each with a payload that says
+	// "junk" in case it were ever delivered.
+	other := NewCodec(bytes.Repeat([]byte{0x43}, 32))
+	plain := NewCodec(nil)
+	hdr := Header{Epoch: 7, Seq: 1, Source: netip.MustParseAddrPort("198.18.0.9:9")}
+	signedByOther := other.AppendFrame(nil, hdr, []byte("junk"))
+	unsigned := plain.AppendFrame(nil, hdr, []byte("junk"))
+	mutate := func(b []byte, f func([]byte)) []byte { b = bytes.Clone(b); f(b); return b }
+	kinds := []struct {
+		reason string
+		b      []byte
+	}{
+		{"short", []byte("junk")},
+		{"bad_magic", append([]byte("XX"), signedByOther[2:]...)},
+		{"bad_version", mutate(signedByOther, func(b []byte) { b[2] = 2 })},
+		{"unknown_flags", mutate(signedByOther, func(b []byte) { b[3] |= 0x80 })},
+		{"bad_header_length", mutate(signedByOther, func(b []byte) { b[4], b[5] = 0, 51 })},
+		{"length_mismatch", append(bytes.Clone(signedByOther), 'x')},
+		{"tag_missing", unsigned},
+		{"tag_bad", signedByOther},
+		{"bad_magic", bytes.Repeat([]byte("junk"), 65507/4)},
+	}
+	const rounds, goodN = 500, 5000
+	errs := make(chan error, 4)
+	var wg sync.WaitGroup
+	send := func(c *net.UDPConn, n int, payload func(i int) []byte) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range n {
+				if _, err := c.Write(payload(i)); err != nil {
+					errs <- err
+					return
+				}
+				if i%50 == 49 {
+					time.Sleep(time.Millisecond) // paced so no socket buffer overflows: counts are exact
+				}
+			}
+		}()
+	}
+	start := time.Now()
+	send(good, goodN, func(i int) []byte { return fmt.Appendf(nil, "good-%d", i) })
+	send(big, rounds, func(int) []byte { return make([]byte, MaxRelayPayload+1) })
+	send(foreign, rounds, func(int) []byte { return []byte("junk from outside the allowlist") })
+	send(junk, rounds*len(kinds), func(i int) []byte { return kinds[i%len(kinds)].b })
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	want := map[string]uint64{}
+	for _, k := range kinds {
+		want[k.reason] += rounds
+	}
+	waitFor(t, "every datagram to be counted", func() bool {
+		rs := relay.Stats()[0]
+		return rs.Forwarded == goodN && rs.Dropped["truncated"] == rounds && rs.Dropped["not_allowed"] == rounds &&
+			recv.Stats().Delivered == goodN && cmp.Diff(want, nonZero(recv.Stats().Rejected)) == ""
+	})
+	if diff := cmp.Diff(want, nonZero(recv.Stats().Rejected)); diff != "" {
+		t.Fatalf("receiver rejections (-want +got):\n%s", diff)
+	}
+	seen := map[string]bool{}
+	col.mu.Lock()
+	for _, f := range col.frames {
+		p := string(f.Payload)
+		if !bytes.HasPrefix(f.Payload, []byte("good-")) || seen[p] {
+			t.Errorf("delivered %q (duplicate: %v)", p, seen[p])
+		}
+		seen[p] = true
+	}
+	col.mu.Unlock()
+	t.Logf("%d good datagrams delivered once each among %d bad ones in %v; relay %+v; receiver rejected %v",
+		goodN, rounds*(2+len(kinds)), time.Since(start).Round(time.Millisecond), relay.Stats()[0].Dropped, recv.Stats().Rejected)
+}
+
+// nonZero drops zero counts, so a map compares with cmp.Diff.
+func nonZero(m map[string]uint64) map[string]uint64 {
+	out := map[string]uint64{}
+	for k, v := range m {
+		if v != 0 {
+			out[k] = v
+		}
+	}
+	return out
+}
