@@ -124,9 +124,13 @@ type agentNode struct {
 	cmd  interface{ Wait() error }
 	pid  int
 	out  *netlab.SyncBuffer
+	past string // what earlier runs logged
 	sink *sink
 	http *http.Client
 }
+
+// log is everything the node's agents logged, this run and earlier ones.
+func (n *agentNode) log() string { return n.past + n.out.String() }
 
 // start runs the agent as the packaged unit does: not root, with only
 // CAP_NET_ADMIN and CAP_NET_RAW (ambient, and the bounding set).
@@ -134,6 +138,9 @@ func (n *agentNode) start(t *testing.T) {
 	cmd, out := n.host.Start("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
 		"--inh-caps=-all,+net_admin,+net_raw", "--ambient-caps=-all,+net_admin,+net_raw", "--bounding-set=-all,+net_admin,+net_raw",
 		"--", driftgate, "agent", "--config", n.cfg)
+	if n.out != nil {
+		n.past += n.out.String() + "--- restarted ---\n"
+	}
 	n.cmd, n.pid, n.out = cmd, cmd.Process.Pid, out
 }
 

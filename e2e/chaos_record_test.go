@@ -313,3 +313,21 @@ func minTime(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+// vipMoves describes the VIP changes between from and to, with times
+// relative to from: "n1 off +2.71s, n2 on +5.52s".
+func (r *recorder) vipMoves(from, to time.Time) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var parts []string
+	for _, m := range r.marks {
+		if m.t.Before(from) || m.t.After(to) || (m.what != "vip+" && m.what != "vip-") {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %s +%v", m.who, map[string]string{"vip+": "on", "vip-": "off"}[m.what], m.t.Sub(from).Round(time.Millisecond)))
+	}
+	if len(parts) == 0 {
+		return "VIP stayed"
+	}
+	return "VIP " + strings.Join(parts, ", ")
+}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -78,6 +79,9 @@ type chaos struct {
 	checks map[string]*checkTarget
 	exited map[string]chan struct{} // closed when the node's daemon exits
 	mu     sync.Mutex
+	// One client per server, made once: every client has its own
+	// connection pool, and Consul refuses an address more than 200.
+	clients []*api.Client
 }
 
 func faults() []fault {
@@ -95,7 +99,7 @@ func faults() []fault {
 				c.cleanup(v) // systemd's ExecStopPost
 				return func() { c.startDaemon(v) }
 			}},
-		{name: "daemon SIGKILL, no clean-up", on: "primary", hold: between(200*time.Millisecond, 2*time.Second),
+		{name: "daemon SIGKILL without clean-up", on: "primary", hold: between(200*time.Millisecond, 2*time.Second),
 			inject: func(c *chaos, v string) func() {
 				c.kill(v)
 				return func() { c.startDaemon(v) }
@@ -246,9 +250,16 @@ func TestChaos(t *testing.T) {
 
 	var done []trial
 	defer func() {
+		if dir := os.Getenv("DRIFTGATE_CHAOS_LOGS"); dir != "" {
+			os.MkdirAll(dir, 0o755)
+			for n, node := range c.nodes {
+				os.WriteFile(filepath.Join(dir, n+".log"), []byte(node.log()), 0o644)
+			}
+			os.WriteFile(filepath.Join(dir, "timeline.txt"), []byte(c.rec.timeline(c.rec.start, 24*time.Hour)), 0o644)
+		}
 		if t.Failed() {
 			for n, node := range c.nodes {
-				t.Logf("%s log (last 6000 bytes):\n%s", n, tail(node.out.String(), 6000))
+				t.Logf("%s log (last 6000 bytes):\n%s", n, tail(node.log(), 6000))
 			}
 		}
 	}()
@@ -270,8 +281,8 @@ func TestChaos(t *testing.T) {
 		tr.recovered = c.waitRecovered(tr.heal, recoveryLimit, fmt.Sprintf("recovery from %q on %s", f.name, tr.victim))
 		c.rec.add("", "recovered", fmt.Sprintf("%s: %v after the heal", f.name, tr.recovered.Sub(tr.heal).Round(time.Millisecond)))
 		done = append(done, tr)
-		t.Logf("trial %d/%d: %s on %s for %v: whole again %v after the heal", i+1, len(order), f.name, tr.victim,
-			hold.Round(time.Millisecond), tr.recovered.Sub(tr.heal).Round(time.Millisecond))
+		t.Logf("trial %d/%d: %s on %s for %v: %s; whole again %v after the heal", i+1, len(order), f.name, tr.victim,
+			hold.Round(time.Millisecond), c.rec.vipMoves(tr.inject, tr.recovered), tr.recovered.Sub(tr.heal).Round(time.Millisecond))
 	}
 	time.Sleep(2 * time.Second) // a last quiet stretch
 	end := time.Now()
@@ -360,6 +371,9 @@ func startChaos(t *testing.T, nNodes int) *chaos {
 	c.agentCluster = startCluster(t, spec)
 	c.rec = rec
 	c.rogue = c.lab.Host("rogue")
+	for _, s := range c.servers {
+		c.clients = append(c.clients, s.Client())
+	}
 	for n := range c.nodes {
 		c.watchExit(n)
 	}
@@ -452,8 +466,7 @@ func (c *chaos) server(name string) *consultest.Agent {
 
 // anyServer is a client of the first Consul server that answers.
 func (c *chaos) anyServer() *api.Client {
-	for _, s := range c.servers {
-		cl := s.Client()
+	for _, cl := range c.clients {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := cl.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
 		cancel()
@@ -461,7 +474,7 @@ func (c *chaos) anyServer() *api.Client {
 			return cl
 		}
 	}
-	return c.servers[0].Client()
+	return c.clients[0]
 }
 
 // pickVictim names the primary node, or the host of the Consul leader.

@@ -55,6 +55,11 @@ type Agent struct {
 	holdingWG  sync.WaitGroup
 	stepDownCh chan string // reasons to step down, from watchers
 
+	// leaseMu orders the kernel-lifetime renewals, including the one
+	// leaseTimer makes, against drop.
+	leaseMu    sync.Mutex
+	leaseTimer *time.Timer
+
 	// regKick wakes the registrar, which applies want (under mu) to the
 	// Consul registration: latest state wins, in order, on one goroutine.
 	regKick chan struct{}
@@ -469,15 +474,43 @@ func (a *Agent) bind(epoch uint64, deadline time.Time) {
 // kernel removes a VIP whose lifetime ends, so a daemon that is frozen
 // (SIGSTOP, a hung disk, a VM pause) or killed without clean-up cannot keep
 // it past its lease: the one case the daemon's own deadline cannot cover.
-// A renewal too close to the deadline is skipped: the lifetime set before
-// ends earlier still.
+//
+// Lifetimes are whole seconds, rounded down, so one set now may end up to a
+// second before the deadline, and a Consul hiccup shorter than T_fence
+// would cost the VIP. So renew also schedules one more renewal for the
+// instant when the time left to the deadline is just over a whole second
+// count; the next confirmation cancels it, and if none comes, it moves the
+// kernel's expiry to within ExpirySlack + 50 ms of the deadline.
 func (a *Agent) renew(deadline time.Time) {
+	a.leaseMu.Lock()
+	defer a.leaseMu.Unlock()
+	if a.leaseTimer != nil {
+		a.leaseTimer.Stop()
+		a.leaseTimer = nil
+	}
 	if !a.primary.Load() {
 		return
 	}
+	a.setLifetimes(deadline)
+	left := time.Until(deadline) - netvip.ExpirySlack
+	if at := left%time.Second - 50*time.Millisecond; left > time.Second && at > 0 {
+		a.leaseTimer = time.AfterFunc(at, func() {
+			a.leaseMu.Lock()
+			defer a.leaseMu.Unlock()
+			if a.primary.Load() {
+				a.setLifetimes(deadline)
+			}
+		})
+	}
+}
+
+// setLifetimes sets the VIPs' kernel lifetimes for a lease ending at
+// deadline; called with leaseMu held.
+func (a *Agent) setLifetimes(deadline time.Time) {
 	for i, m := range a.vips {
 		if err := m.Add(deadline); err != nil {
 			if errors.Is(err, netvip.ErrLeaseTooShort) {
+				// The lifetime set before ends earlier still.
 				a.log.Debug("not extending the VIP's lifetime", "vip", a.cfg.VIPs[i].String(), "err", err)
 				continue
 			}
@@ -492,6 +525,14 @@ func (a *Agent) renew(deadline time.Time) {
 func (a *Agent) drop() {
 	a.primary.Store(false)
 	a.relay.SetForwarding(false)
+	// A renewal in progress finishes before the VIPs go; later ones see
+	// primary false.
+	a.leaseMu.Lock()
+	if a.leaseTimer != nil {
+		a.leaseTimer.Stop()
+		a.leaseTimer = nil
+	}
+	a.leaseMu.Unlock()
 	for i, m := range a.vips {
 		if err := m.Remove(); err != nil {
 			a.log.Error("removing the VIP", "vip", a.cfg.VIPs[i].String(), "err", err)
