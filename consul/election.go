@@ -121,8 +121,14 @@ type Election struct {
 
 type stepDownReq struct {
 	holdOff time.Duration
-	done    chan error
+	// epoch is the term the request was made in, 0 if none: a request
+	// that reaches a later term is stale and must not end it.
+	epoch uint64
+	done  chan error
 }
+
+// ErrNotHolding: a step-down was asked for a term that has already ended.
+var ErrNotHolding = errors.New("the term to step down from has ended")
 
 // NewElection checks cfg. It opens nothing; Run does the work.
 func NewElection(c *api.Client, cfg Config, log *slog.Logger) (*Election, error) {
@@ -158,6 +164,9 @@ func (e *Election) setSnap(f func(*Snapshot)) {
 // lock is released, or ctx ends.
 func (e *Election) StepDown(ctx context.Context, holdOff time.Duration) error {
 	req := stepDownReq{holdOff: holdOff, done: make(chan error, 1)}
+	if s := e.Snapshot(); s.Phase == PhaseWaiting || s.Phase == PhaseHolding {
+		req.epoch = s.Epoch
+	}
 	select {
 	case e.stepDown <- req:
 	case <-ctx.Done():
@@ -556,6 +565,12 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 				emit(Event{Kind: Renewed, Epoch: acq.epoch, Time: time.Now(), Deadline: deadline})
 			}
 		case req := <-e.stepDown:
+			if req.epoch != acq.epoch {
+				// Asked of an earlier term (or while contending) and
+				// delivered only now: a reason that no longer holds.
+				req.done <- ErrNotHolding
+				continue
+			}
 			end("step-down")
 			err := e.release(sess, acq.epoch, bound)
 			req.done <- err

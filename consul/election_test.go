@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -504,5 +505,36 @@ func TestConsulUnreachable(t *testing.T) {
 				t.Fatalf("SAFETY: new holder bound at %v, before the old one dropped at %v", bind.Time, drop.Time)
 			}
 		})
+	}
+}
+
+// TestStaleStepDown: a step-down asked while the node does not hold the
+// lock waits for the election to take it, and must not end the term the
+// node wins later.
+func TestStaleStepDown(t *testing.T) {
+	c := sharedServer(t)
+	vip := &vipTracker{t: t}
+	a := startNode(t, c, vip, "test/stale", "a", nodeOpts{})
+	waitFor(t, "a to hold", 10*time.Second, func() bool { return vip.current() == "a" })
+	b := startNode(t, c, vip, "test/stale", "b", nodeOpts{})
+	waitFor(t, "b to contend", 5*time.Second, func() bool { return b.el.Snapshot().Phase == PhaseContending })
+	stale := make(chan error, 1)
+	go func() { stale <- b.el.StepDown(t.Context(), time.Second) }()
+	time.Sleep(200 * time.Millisecond) // the request is waiting: b is blocked in a read
+	if err := a.el.StepDown(t.Context(), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to take over", 5*time.Second, func() bool { return vip.current() == "b" })
+	select {
+	case err := <-stale:
+		if !errors.Is(err, ErrNotHolding) {
+			t.Fatalf("the stale step-down returned %v, want ErrNotHolding", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stale step-down never returned")
+	}
+	time.Sleep(500 * time.Millisecond)
+	if vip.current() != "b" || b.count(MustDrop) != 0 {
+		t.Fatalf("after the stale step-down: holder %q, b dropped %d times", vip.current(), b.count(MustDrop))
 	}
 }

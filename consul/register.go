@@ -76,8 +76,10 @@ type Registration struct {
 
 	heartbeatID, linkID string
 	checkIDs            []string
+	checkRegs           []*api.AgentCheckRegistration
 	primary             bool
 	role                string
+	reconnected         chan struct{}
 }
 
 // Register registers the service and its checks with the local agent. The
@@ -101,7 +103,7 @@ func Register(ctx context.Context, c *api.Client, cfg ServiceConfig, log *slog.L
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Registration{c: c, cfg: cfg, log: log.With("component", "registration"), role: "standby",
+	r := &Registration{c: c, cfg: cfg, log: log.With("component", "registration"), role: "standby", reconnected: make(chan struct{}, 1),
 		heartbeatID: cfg.ID + ":heartbeat", linkID: cfg.ID + ":link"}
 	if err := r.registerService(ctx); err != nil {
 		return nil, err
@@ -126,16 +128,52 @@ func Register(ctx context.Context, c *api.Client, cfg ServiceConfig, log *slog.L
 		checks = append(checks, reg)
 	}
 	for _, reg := range checks {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := c.Agent().CheckRegisterOpts(reg, (&api.QueryOptions{}).WithContext(rctx))
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("registering check %s: %w", reg.ID, err)
+		if err := r.registerCheck(ctx, reg); err != nil {
+			return nil, err
 		}
 		r.checkIDs = append(r.checkIDs, reg.ID)
 	}
+	r.checkRegs = checks
 	return r, nil
 }
+
+func (r *Registration) registerCheck(ctx context.Context, reg *api.AgentCheckRegistration) error {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := r.c.Agent().CheckRegisterOpts(reg, (&api.QueryOptions{}).WithContext(rctx)); err != nil {
+		return fmt.Errorf("registering check %s: %w", reg.ID, err)
+	}
+	return nil
+}
+
+// Restore re-registers the service, and any of its checks the local agent
+// no longer has (an agent restarted without its data directory). Checks it
+// still has are left alone: registering one again would reset its status.
+func (r *Registration) Restore(ctx context.Context) error {
+	if err := r.registerService(ctx); err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	have, err := r.c.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(rctx))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("listing the local agent's checks: %w", err)
+	}
+	for _, reg := range r.checkRegs {
+		if _, ok := have[reg.ID]; !ok {
+			r.log.Warn("the local Consul agent lost a check; registering it again", "check", reg.ID)
+			if err := r.registerCheck(ctx, reg); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Reconnected receives after the heartbeat reached the local agent again
+// after failing: whoever owns the registration's state (role, link) should
+// set it again.
+func (r *Registration) Reconnected() <-chan struct{} { return r.reconnected }
 
 // CheckIDs are the service's checks, to bind to the election session.
 func (r *Registration) CheckIDs() []string { return slices.Clone(r.checkIDs) }
@@ -210,6 +248,16 @@ func (r *Registration) RunHeartbeat(ctx context.Context, interval time.Duration)
 				r.log.Warn("heartbeat to the local Consul agent failed", "err", err, "failures", fails)
 			}
 		} else {
+			if fails > 0 {
+				r.log.Info("the local Consul agent answers again", "failures", fails)
+				// It may have restarted and restored this node's
+				// checks from its data directory, the daemon-set ones
+				// in their registration state: re-assert them.
+				select {
+				case r.reconnected <- struct{}{}:
+				default:
+				}
+			}
 			fails = 0
 		}
 		select {

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"driftgate/consul/consultest"
 )
 
@@ -121,5 +123,40 @@ func TestCheckSpecValidate(t *testing.T) {
 		if (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
 			t.Errorf("Validate(%+v) = %v, want %q", tt.c, err, tt.want)
 		}
+	}
+}
+
+// TestRestore: checks the local agent lost are registered again; checks it
+// kept keep their status.
+func TestRestore(t *testing.T) {
+	c := sharedServer(t)
+	reg, err := Register(t.Context(), c, ServiceConfig{Name: "driftgate", ID: "driftgate-restore", Node: "restore", Port: 5000,
+		HeartbeatTTL: time.Hour, LinkCheck: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Deregister(context.Background()) })
+	if err := reg.SetLink(t.Context(), false, "carrier lost"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Agent().CheckDeregister(reg.HeartbeatID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Restore(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	checks, err := c.Agent().Checks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, id := range reg.CheckIDs() {
+		if ch, ok := checks[id]; ok {
+			got[id] = ch.Status
+		}
+	}
+	want := map[string]string{reg.HeartbeatID(): "passing", "driftgate-restore:link": "critical"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("checks after Restore (-want +got):\n%s", diff)
 	}
 }

@@ -46,8 +46,8 @@ type Timing struct {
 
 // DefaultTiming satisfies every inequality of Validate. A daemon that dies
 // is replaced after about HeartbeatTTL + TWait (≈ 5.5 s); a holder cut off
-// from Consul drops within TFence; a Consul leader election (≈ 2.5 s)
-// does not make the holder drop.
+// from Consul drops within TFence (the agent's kernel lifetime for the VIP
+// ends 0.35 s earlier still).
 func DefaultTiming() Timing {
 	return Timing{
 		TFence:            3 * time.Second,

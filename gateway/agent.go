@@ -53,7 +53,7 @@ type Agent struct {
 	// holding cancels the announcers and guards of the current term.
 	holding    context.CancelFunc
 	holdingWG  sync.WaitGroup
-	stepDownCh chan string // reasons to step down, from watchers
+	stepDownCh chan stepDownReq // from watchers and a failed bind
 
 	// leaseMu orders the kernel-lifetime renewals, including the one
 	// leaseTimer makes, against drop.
@@ -96,7 +96,7 @@ func NewAgent(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) 
 	}
 	a := &Agent{cfg: cfg, log: log.With("component", "agent"), notify: n, client: client,
 		role: RoleStandby, since: time.Now(), transitions: map[string]uint64{}, reasons: map[string]uint64{},
-		stepDownCh: make(chan string, 8), regKick: make(chan struct{}, 1),
+		stepDownCh: make(chan stepDownReq, 8), regKick: make(chan struct{}, 1),
 		want: regWant{role: "standby", linkUp: true},
 		takeover: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "driftgate_takeover_seconds",
 			Help:    "Time from acquiring the lock to binding the VIP.",
@@ -569,7 +569,7 @@ func (a *Agent) wantRegistration(f func(*regWant)) {
 // so it is written again even if it looks unchanged.
 func (a *Agent) registrar(ctx context.Context) error {
 	var applied regWant
-	roleKnown, linkKnown := true, true
+	roleKnown, linkKnown, restore := true, true, false
 	applied = regWant{role: "standby", linkUp: true}
 	var retry <-chan time.Time
 	for {
@@ -578,8 +578,23 @@ func (a *Agent) registrar(ctx context.Context) error {
 			return nil
 		case <-a.regKick:
 		case <-retry:
+		case <-a.reg.Reconnected():
+			// The local agent may have restarted: it restores the
+			// checks it persisted, but the link check as registered,
+			// not as last set. Set everything again.
+			restore = true
 		}
 		retry = nil
+		if restore {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := a.reg.Restore(rctx); err != nil {
+				a.log.Warn("restoring the registration", "err", err)
+				retry = time.After(time.Second)
+			} else {
+				restore, roleKnown, linkKnown = false, false, false
+			}
+			cancel()
+		}
 		a.mu.Lock()
 		w := a.want
 		a.mu.Unlock()
@@ -622,21 +637,36 @@ func (a *Agent) onLink(e netvip.Event) {
 	}
 }
 
+// stepDownReq is a reason to give up the term with epoch.
+type stepDownReq struct {
+	reason string
+	epoch  uint64
+}
+
+// requestStepDown asks stepDownLoop to end the current term; it never
+// blocks.
 func (a *Agent) requestStepDown(reason string) {
+	_, epoch, _ := a.Role()
 	select {
-	case a.stepDownCh <- reason:
+	case a.stepDownCh <- stepDownReq{reason, epoch}:
 	default:
 	}
 }
 
-// stepDownLoop serves step-down requests from watchers and failures.
+// stepDownLoop ends terms on request. A request that waited while its term
+// ended anyway is dropped: the reason was about that term, and ending the
+// next one for it would throw away a healthy primary.
 func (a *Agent) stepDownLoop(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case reason := <-a.stepDownCh:
-			a.log.Warn("stepping down", "reason", reason)
+		case req := <-a.stepDownCh:
+			if role, epoch, _ := a.Role(); epoch != req.epoch || (role != RolePrimary && role != RoleCandidate) {
+				a.log.Info("not stepping down: the term the reason was about has ended", "reason", req.reason, "term", req.epoch, "now", epoch)
+				continue
+			}
+			a.log.Warn("stepping down", "reason", req.reason, "epoch", req.epoch)
 			if err := a.el.StepDown(ctx, a.cfg.Election.StepDownHoldOff); err != nil && ctx.Err() == nil {
 				a.log.Warn("step-down", "err", err)
 			}
