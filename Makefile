@@ -7,12 +7,13 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 STATICCHECK_VERSION := v0.8.2
 BIN := bin/driftgate
 
-.PHONY: deps help consul nfpm test-package build test test-unit test-e2e bench bench-micro bench-compare lint demo package clean fuzz
+.PHONY: deps help consul nfpm test-package build test test-unit test-e2e test-chaos bench bench-micro bench-compare lint demo package clean fuzz
 
 help:
 	@echo "build        build $(BIN) (version $(VERSION))"
 	@echo "test         unit, integration and namespace tests with the race detector (root for the namespace tests)"
 	@echo "test-e2e     only the multi-host tests in network namespaces (root)"
+	@echo "test-chaos   the chaos suite, CHAOS_TRIALS (default 5) trials of each fault, report in chaos-report.md (root)"
 	@echo "bench        micro-benchmarks with -benchmem, then relay vs socat vs naive Go relay"
 	@echo "fuzz         fuzz the frame decoder and the config loader for FUZZTIME each (default 30s)"
 	@echo "lint         gofmt, go vet, staticcheck, go mod tidy check"
@@ -89,6 +90,18 @@ lint:
 demo: deps consul build
 	$(GO) test -c -o bin/e2e.test ./e2e/
 	cd e2e && DRIFTGATE_DEMO=1 ../bin/e2e.test -test.run '^TestDemo$$' -test.v -test.timeout 10m
+
+# The chaos suite, long: every fault CHAOS_TRIALS times in random order
+# (CHAOS_SEED repeats a run), invariants checked, the report table written
+# to chaos-report.md and the agents' logs and the timeline to chaos-logs/.
+# `make test` runs each fault once. Root.
+CHAOS_TRIALS ?= 5
+CHAOS_NODES ?= 2
+test-chaos: deps consul
+	$(GO) test -c -o bin/e2e.test ./e2e/
+	cd e2e && DRIFTGATE_CHAOS_TRIALS=$(CHAOS_TRIALS) DRIFTGATE_CHAOS_NODES=$(CHAOS_NODES) DRIFTGATE_CHAOS_SEED=$(CHAOS_SEED) \
+		DRIFTGATE_CHAOS_REPORT=$(CURDIR)/chaos-report.md DRIFTGATE_CHAOS_LOGS=$(CURDIR)/chaos-logs \
+		../bin/e2e.test -test.run '^TestChaos$$' -test.v -test.timeout 240m
 
 # keepalived (VRRP) and driftgate measured side by side in one topology:
 # failover on kill -9 and on clean stop, VIP overlap, LAN partition. Root.

@@ -77,8 +77,6 @@ type chaos struct {
 	rec    *recorder
 	rogue  *netlab.Host
 	checks map[string]*checkTarget
-	exited map[string]chan struct{} // closed when the node's daemon exits
-	mu     sync.Mutex
 	// One client per server, made once: every client has its own
 	// connection pool, and Consul refuses an address more than 200.
 	clients []*api.Client
@@ -342,7 +340,7 @@ func startChaos(t *testing.T, nNodes int) *chaos {
 	sockDir := t.TempDir()
 	os.Chmod(sockDir, 0o777)
 	var rec *recorder
-	c := &chaos{t: t, checks: map[string]*checkTarget{}, exited: map[string]chan struct{}{}}
+	c := &chaos{t: t, checks: map[string]*checkTarget{}}
 	spec := clusterSpec{nodes: names, extra: []string{"rogue"},
 		deliver: func(node string) string { return rec.frameSink(t, sockDir, node) },
 		config: `checks:
@@ -374,32 +372,23 @@ func startChaos(t *testing.T, nNodes int) *chaos {
 	for _, s := range c.servers {
 		c.clients = append(c.clients, s.Client())
 	}
-	for n := range c.nodes {
-		c.watchExit(n)
-	}
 	return c
 }
 
-func (c *chaos) watchExit(n string) {
-	ch := make(chan struct{})
-	cmd := c.nodes[n].cmd
-	go func() { cmd.Wait(); close(ch) }()
-	c.mu.Lock()
-	c.exited[n] = ch
-	c.mu.Unlock()
-}
-
-// kill SIGKILLs node's daemon and waits until it is gone.
+// kill SIGKILLs node's daemon and waits until it is dead. It does not
+// reap it: the lab's clean-up waits for every process it started, and a
+// second concurrent Wait on one exec.Cmd never returns.
 func (c *chaos) kill(n string) {
-	syscall.Kill(c.nodes[n].pid, syscall.SIGKILL)
-	c.mu.Lock()
-	ch := c.exited[n]
-	c.mu.Unlock()
-	select {
-	case <-ch:
-	case <-time.After(10 * time.Second):
-		c.t.Fatalf("the daemon of %s did not exit after SIGKILL", n)
+	pid := c.nodes[n].pid
+	syscall.Kill(pid, syscall.SIGKILL)
+	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(5 * time.Millisecond) {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		// The state follows the command name in parentheses: Z is dead.
+		if i := strings.LastIndexByte(string(stat), ')'); err != nil || (i > 0 && i+2 < len(stat) && stat[i+2] == 'Z') {
+			return
+		}
 	}
+	c.t.Fatalf("the daemon of %s did not die after SIGKILL", n)
 }
 
 // cleanup runs `driftgate cleanup` as the unit's ExecStopPost does.
@@ -412,10 +401,7 @@ func (c *chaos) cleanup(n string) {
 	}
 }
 
-func (c *chaos) startDaemon(n string) {
-	c.nodes[n].start(c.t)
-	c.watchExit(n)
-}
+func (c *chaos) startDaemon(n string) { c.nodes[n].start(c.t) }
 
 // bridgePort changes n's port on the bridge: with attr "state", the STP
 // port state (0 disabled: nothing passes, yet the host keeps its carrier);
