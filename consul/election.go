@@ -183,9 +183,12 @@ func (e *Election) StepDown(ctx context.Context, holdOff time.Duration) error {
 // Run takes part in the election until ctx is cancelled: it creates a
 // session bound to the configured checks, contends for the key, and holds
 // it, reporting through emit. emit is called on Run's goroutine and must
-// drop the VIP before it returns on MustDrop. On cancellation a holder
-// drops (MustDrop) and releases cleanly; Run then returns nil.
-func (e *Election) Run(ctx context.Context, emit func(Event)) error {
+// drop the VIP before it returns on MustDrop; an error from it then says
+// the VIP may still be there, and the election tells no successor to
+// hurry (no clean release, no dropped marker). Errors for other events are
+// logged. On cancellation a holder drops (MustDrop) and releases cleanly;
+// Run then returns nil.
+func (e *Election) Run(ctx context.Context, emit func(Event) error) error {
 	var holdOff time.Duration
 	attempt := 0
 	// Sessions of ended terms that could not be destroyed (Consul was
@@ -305,7 +308,7 @@ var errSessionGone = errors.New("session invalidated")
 
 // term contends and holds with one session. It returns the hold-off to
 // observe before the next term (after a step-down).
-func (e *Election) term(ctx context.Context, sess string, emit func(Event)) time.Duration {
+func (e *Election) term(ctx context.Context, sess string, emit func(Event) error) time.Duration {
 	var renewDone chan struct{}
 	if ttl := e.cfg.Timing.SessionTTL; ttl > 0 {
 		renewDone = make(chan struct{})
@@ -327,8 +330,15 @@ func (e *Election) term(ctx context.Context, sess string, emit func(Event)) time
 		s.Phase, s.Epoch, s.LastConfirm, s.Deadline = PhaseWaiting, acq.epoch, acq.sent, acq.sent.Add(e.cfg.Timing.TFence)
 	})
 	e.log.Info("acquired the lock", "epoch", acq.epoch, "clean_predecessor", acq.clean, "bind_in", time.Until(acq.bindAt).Round(time.Millisecond))
-	emit(Event{Kind: Acquired, Epoch: acq.epoch, Time: time.Now()})
+	e.emitLogged(emit, Event{Kind: Acquired, Epoch: acq.epoch, Time: time.Now()})
 	return e.hold(ctx, sess, acq, emit)
+}
+
+// emitLogged emits an event whose error only needs logging.
+func (e *Election) emitLogged(emit func(Event) error, ev Event) {
+	if err := emit(ev); err != nil {
+		e.log.Warn("handling election event", "event", ev.Kind.String(), "err", err)
+	}
 }
 
 // acquisition is a won lock.
@@ -337,7 +347,23 @@ type acquisition struct {
 	sent   time.Time // when the acquiring request was sent: the lease starts here
 	bindAt time.Time // earliest time to bind the VIP
 	clean  bool      // the previous holder released cleanly
+	// pred is the session of the term just before ours, when this node
+	// saw it hold the key and nothing acquired the key since: if it
+	// leaves a dropped marker, no node holds the VIP and we need not wait
+	// out T_wait. Empty when unknown.
+	pred string
 }
+
+// heldState identifies one term of the key: its holder and the key's
+// CreateIndex and LockIndex then. Every acquisition increments LockIndex
+// and a deleted and re-created key has a new CreateIndex, so a free key
+// with the same two indexes was last acquired by that holder.
+type heldState struct {
+	session       string
+	create, locks uint64
+}
+
+func held(p *api.KVPair) heldState { return heldState{p.Session, p.CreateIndex, p.LockIndex} }
 
 // contend waits for the key to be free and takes it.
 func (e *Election) contend(ctx context.Context, sess string) (acquisition, error) {
@@ -347,6 +373,7 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 		seenAt   time.Time // when a consistent read first showed it free at seenIdx
 		waitIdx  uint64
 		failures int
+		last     heldState // the last term any read showed
 	)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -378,6 +405,7 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 			if pair.Session == sess {
 				return acquisition{}, errors.New("the key is held by this session already")
 			}
+			last = held(pair)
 			continue
 		}
 		if ok, err := e.sessionAlive(ctx, sess); err == nil && !ok {
@@ -405,7 +433,12 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 			continue
 		}
 		if pair != nil && pair.Session != "" {
+			last = held(pair)
 			continue
+		}
+		pred := ""
+		if pair != nil && last.session != "" && pair.CreateIndex == last.create && pair.LockIndex == last.locks {
+			pred = last.session
 		}
 		idx := uint64(0)
 		if pair != nil {
@@ -467,7 +500,7 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 		if got == nil || got.Session != sess {
 			return acquisition{}, fmt.Errorf("lock transaction on %s: the read-back does not show our session", e.cfg.Key)
 		}
-		a := acquisition{epoch: got.ModifyIndex, sent: sent, bindAt: seenAt.Add(e.cfg.Timing.TWait), clean: clean}
+		a := acquisition{epoch: got.ModifyIndex, sent: sent, bindAt: seenAt.Add(e.cfg.Timing.TWait), clean: clean, pred: pred}
 		if clean {
 			a.bindAt = time.Now()
 		}
@@ -498,7 +531,7 @@ type confirmResult struct {
 // last successful confirmation plus T_fence, and it is checked first after
 // every wake-up, so a process that was paused drops before doing anything
 // else. It returns the hold-off after a step-down.
-func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit func(Event)) time.Duration {
+func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit func(Event) error) time.Duration {
 	t := e.cfg.Timing
 	deadline := acq.sent.Add(t.TFence)
 	bound := false
@@ -515,15 +548,38 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 	defer bindT.Stop()
 	tick := time.NewTicker(t.ConfirmInterval)
 	defer tick.Stop()
+	// While waiting out T_wait, watch for the predecessor's dropped marker.
+	var early <-chan struct{}
+	if !acq.clean && acq.pred != "" && time.Now().Before(acq.bindAt) {
+		ch := make(chan struct{})
+		early = ch
+		go e.watchDropped(cctx, acq.pred, ch)
+	}
 
-	end := func(reason string) {
+	// end leaves the term; it reports whether the VIP is known to be
+	// gone after a bind, which a clean release may then say.
+	end := func(reason string) (clean bool) {
 		kind := Lost
 		if bound {
 			kind = MustDrop
 		}
 		e.log.Warn("leaving leadership", "reason", reason, "epoch", acq.epoch, "had_vip", bound)
-		emit(Event{Kind: kind, Epoch: acq.epoch, Reason: reason, Time: time.Now()})
+		err := emit(Event{Kind: kind, Epoch: acq.epoch, Reason: reason, Time: time.Now()})
 		e.setSnap(func(s *Snapshot) { s.Phase, s.Deadline = PhaseContending, time.Time{} })
+		if err != nil {
+			e.log.Error("the VIP may not have been dropped: the next holder will wait out t_wait", "err", err)
+			return false
+		}
+		if bound {
+			e.markDropped(sess, acq.epoch)
+		}
+		return bound
+	}
+	bind := func(why string) {
+		bound = true
+		e.setSnap(func(s *Snapshot) { s.Phase = PhaseHolding })
+		e.log.Info("bind the VIP", "epoch", acq.epoch, "why", why)
+		e.emitLogged(emit, Event{Kind: Bind, Epoch: acq.epoch, Time: time.Now(), Deadline: deadline})
 	}
 	for {
 		// The deadline comes before anything else.
@@ -535,14 +591,16 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 		select {
 		case <-deadlineT.C:
 			// Handled at the top of the loop.
-		case <-bindT.C:
-			if !time.Now().Before(deadline) {
-				continue // expired while waiting: the top of the loop drops
+		case <-early:
+			early = nil
+			if !bound && time.Now().Before(deadline) {
+				bind("the previous holder dropped the VIP")
 			}
-			bound = true
-			e.setSnap(func(s *Snapshot) { s.Phase = PhaseHolding })
-			e.log.Info("bind the VIP", "epoch", acq.epoch)
-			emit(Event{Kind: Bind, Epoch: acq.epoch, Time: time.Now(), Deadline: deadline})
+		case <-bindT.C:
+			if bound || !time.Now().Before(deadline) {
+				continue // bound early, or expired while waiting: the top of the loop drops
+			}
+			bind("t_wait passed")
 		case <-tick.C:
 			if !inflight {
 				inflight = true
@@ -562,7 +620,7 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 			deadlineT.Reset(time.Until(deadline))
 			e.setSnap(func(s *Snapshot) { s.LastConfirm, s.Deadline = r.sent, deadline })
 			if bound {
-				emit(Event{Kind: Renewed, Epoch: acq.epoch, Time: time.Now(), Deadline: deadline})
+				e.emitLogged(emit, Event{Kind: Renewed, Epoch: acq.epoch, Time: time.Now(), Deadline: deadline})
 			}
 		case req := <-e.stepDown:
 			if req.epoch != acq.epoch {
@@ -571,13 +629,13 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 				req.done <- ErrNotHolding
 				continue
 			}
-			end("step-down")
-			err := e.release(sess, acq.epoch, bound)
+			clean := end("step-down")
+			err := e.release(sess, acq.epoch, clean)
 			req.done <- err
 			return req.holdOff
 		case <-ctx.Done():
-			end("stopping")
-			e.release(sess, acq.epoch, bound)
+			clean := end("stopping")
+			e.release(sess, acq.epoch, clean)
 			return 0
 		}
 	}
@@ -605,6 +663,50 @@ func (e *Election) confirm(ctx context.Context, sess string, epoch uint64, out c
 		r.mine = true
 	}
 	out <- r
+}
+
+// droppedKey holds the last dropped marker.
+func (e *Election) droppedKey() string { return e.cfg.Key + ".dropped" }
+
+// markDropped tells a successor that this term, which had bound the VIP,
+// has dropped it, however it ended: a successor that knows this term came
+// just before its own binds at once instead of after T_wait.
+func (e *Election) markDropped(sess string, epoch uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timing.RequestTimeout)
+	defer cancel()
+	v := droppedValue{Session: sess, Node: e.cfg.Node, Epoch: epoch}
+	if _, err := e.c.KV().Put(&api.KVPair{Key: e.droppedKey(), Value: v.encode()}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		e.log.Debug("writing the dropped marker", "err", err)
+	}
+}
+
+// watchDropped closes found when the dropped marker names session pred.
+// Markers are only ever written after the drop and name one session, so
+// even a stale read that shows it is true.
+func (e *Election) watchDropped(ctx context.Context, pred string, found chan<- struct{}) {
+	var idx uint64
+	for fails := 0; ctx.Err() == nil; {
+		qctx, cancel := context.WithTimeout(ctx, 30*time.Second+e.cfg.Timing.RequestTimeout)
+		pair, meta, err := e.c.KV().Get(e.droppedKey(), (&api.QueryOptions{WaitIndex: idx, WaitTime: 30 * time.Second}).WithContext(qctx))
+		cancel()
+		if err != nil {
+			fails++
+			idx = 0
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff(fails)):
+			}
+			continue
+		}
+		fails = 0
+		if pair != nil && parseDropped(pair.Value).Session == pred {
+			close(found)
+			return
+		}
+		if idx = meta.LastIndex; idx == 0 {
+			idx = 1
+		}
+	}
 }
 
 // release gives up the lock. clean says the VIP was bound and has been

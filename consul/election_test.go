@@ -106,7 +106,7 @@ func startNode(t *testing.T, c *api.Client, vip *vipTracker, key, name string, o
 	n.stopHB, n.stopEl = stopHB, stopEl
 	go reg.RunHeartbeat(hctx, o.timing.HeartbeatInterval)
 	go func() {
-		n.done <- el.Run(ectx, func(e Event) {
+		n.done <- el.Run(ectx, func(e Event) error {
 			if e.Kind == Bind || e.Kind == Renewed {
 				// The lease a kernel-side lifetime follows: in the future,
 				// and at most T_fence away.
@@ -117,7 +117,7 @@ func startNode(t *testing.T, c *api.Client, vip *vipTracker, key, name string, o
 					n.mu.Lock()
 					n.renewals++
 					n.mu.Unlock()
-					return
+					return nil
 				}
 			}
 			// Record the event before the tracker shows it: tests that
@@ -131,6 +131,7 @@ func startNode(t *testing.T, c *api.Client, vip *vipTracker, key, name string, o
 			case MustDrop:
 				vip.drop(name)
 			}
+			return nil
 		})
 	}()
 	t.Cleanup(func() { n.stop(t) })
@@ -536,5 +537,44 @@ func TestStaleStepDown(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if vip.current() != "b" || b.count(MustDrop) != 0 {
 		t.Fatalf("after the stale step-down: holder %q, b dropped %d times", vip.current(), b.count(MustDrop))
+	}
+}
+
+// TestDroppedMarker: Consul fences the holder (its check turns critical);
+// it drops the VIP and leaves a dropped marker, so the standby, which saw
+// it hold the key just before, binds without waiting out T_wait. The
+// vipTracker fails the test if both ever hold the VIP.
+func TestDroppedMarker(t *testing.T) {
+	c := sharedServer(t)
+	const key = "test/dropped"
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+	vip := &vipTracker{t: t}
+	n1 := startNode(t, c, vip, key, "n1", nodeOpts{checks: []CheckSpec{{Name: "app", TCP: l.Addr().String(), Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond}}})
+	waitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
+	n2 := startNode(t, c, vip, key, "n2", nodeOpts{})
+	waitFor(t, "n2 to contend", 5*time.Second, func() bool { return n2.el.Snapshot().Phase == PhaseContending })
+	time.Sleep(300 * time.Millisecond)
+	l.Close()
+	waitFor(t, "n2 to take over", 10*time.Second, func() bool { return vip.current() == "n2" })
+	drop, _ := n1.last(MustDrop)
+	acq, _ := n2.last(Acquired)
+	bind, _ := n2.last(Bind)
+	tw := testTiming().TWait
+	t.Logf("n1 fenced (%s); n2 acquired %v after n1 dropped and bound %v after acquiring (t_wait %v)",
+		drop.Reason, acq.Time.Sub(drop.Time).Round(time.Millisecond), bind.Time.Sub(acq.Time).Round(time.Millisecond), tw)
+	if bind.Time.Sub(acq.Time) > tw/2 {
+		t.Fatalf("n2 bound %v after acquiring: it waited for t_wait (%v) instead of the marker", bind.Time.Sub(acq.Time), tw)
 	}
 }

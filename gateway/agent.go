@@ -367,8 +367,8 @@ func (a *Agent) register(ctx context.Context) error {
 }
 
 // onElection is the election's callback; it runs on the election's
-// goroutine, and for MustDrop the VIP is gone when it returns.
-func (a *Agent) onElection(e consul.Event) {
+// goroutine, and for MustDrop the VIP is gone when it returns nil.
+func (a *Agent) onElection(e consul.Event) error {
 	switch e.Kind {
 	case consul.Acquired:
 		a.mu.Lock()
@@ -381,13 +381,15 @@ func (a *Agent) onElection(e consul.Event) {
 	case consul.Renewed:
 		a.renew(e.Deadline)
 	case consul.MustDrop:
-		a.drop()
+		err := a.drop()
 		a.transition(RoleFenced, e.Reason, e.Epoch)
 		a.transition(RoleStandby, "dropped the VIP", e.Epoch)
 		a.wantRegistration(func(w *regWant) { w.role, w.primary = "standby", false })
+		return err
 	case consul.Lost:
 		a.transition(RoleStandby, e.Reason, e.Epoch)
 	}
+	return nil
 }
 
 // bind takes the VIPs until the lease deadline, starts forwarding and
@@ -521,8 +523,9 @@ func (a *Agent) setLifetimes(deadline time.Time) {
 	}
 }
 
-// drop stops forwarding and removes the VIPs, first and fast.
-func (a *Agent) drop() {
+// drop stops forwarding and removes the VIPs, first and fast. An error
+// says a VIP may still be there.
+func (a *Agent) drop() error {
 	a.primary.Store(false)
 	a.relay.SetForwarding(false)
 	// A renewal in progress finishes before the VIPs go; later ones see
@@ -533,15 +536,18 @@ func (a *Agent) drop() {
 		a.leaseTimer = nil
 	}
 	a.leaseMu.Unlock()
+	var errs []error
 	for i, m := range a.vips {
 		if err := m.Remove(); err != nil {
 			a.log.Error("removing the VIP", "vip", a.cfg.VIPs[i].String(), "err", err)
+			errs = append(errs, err)
 		}
 	}
 	if a.holding != nil {
 		a.holding()
 		a.holding = nil
 	}
+	return errors.Join(errs...)
 }
 
 // regWant is the registration the agent wants Consul to have.
