@@ -65,6 +65,12 @@ type Config struct {
 	// (100−Priority) ms before contending, so higher priorities tend to
 	// win. A seam for preemption; it never overrides safety.
 	Priority int
+	// Ready, if set, gates each new session: while it says false the node
+	// does not contend. The agent says false while its heartbeat to the
+	// local Consul agent fails: that agent will sync the heartbeat check
+	// critical to the servers once it can, and would invalidate a session
+	// created in the meantime at once.
+	Ready func() bool
 }
 
 func (c *Config) validate() error {
@@ -207,6 +213,12 @@ func (e *Election) Run(ctx context.Context, emit func(Event) error) error {
 			holdOff = 0
 		}
 		e.setSnap(func(s *Snapshot) { *s = Snapshot{Phase: PhaseContending} })
+		if e.cfg.Ready != nil && !e.cfg.Ready() {
+			if !e.sleep(ctx, 100*time.Millisecond) {
+				return nil
+			}
+			continue
+		}
 		sess, err := e.createSession(ctx)
 		if err != nil {
 			if ctx.Err() != nil {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -80,6 +81,16 @@ type Registration struct {
 	primary             bool
 	role                string
 	reconnected         chan struct{}
+	// heartbeatOKSince is when the heartbeat last started succeeding
+	// (unix nanoseconds; 0 while it fails).
+	heartbeatOKSince atomic.Int64
+}
+
+// HeartbeatHealthy reports whether the heartbeat has reached the local
+// agent without a failure for at least d.
+func (r *Registration) HeartbeatHealthy(d time.Duration) bool {
+	since := r.heartbeatOKSince.Load()
+	return since != 0 && time.Since(time.Unix(0, since)) >= d
 }
 
 // Register registers the service and its checks with the local agent. The
@@ -243,6 +254,7 @@ func (r *Registration) RunHeartbeat(ctx context.Context, interval time.Duration)
 		err := r.c.Agent().UpdateTTLOpts(r.heartbeatID, "alive", api.HealthPassing, (&api.QueryOptions{}).WithContext(rctx))
 		cancel()
 		if err != nil && ctx.Err() == nil {
+			r.heartbeatOKSince.Store(0)
 			fails++
 			if fails == 1 || fails%20 == 0 {
 				r.log.Warn("heartbeat to the local Consul agent failed", "err", err, "failures", fails)
@@ -259,6 +271,9 @@ func (r *Registration) RunHeartbeat(ctx context.Context, interval time.Duration)
 				}
 			}
 			fails = 0
+			if err == nil && r.heartbeatOKSince.Load() == 0 {
+				r.heartbeatOKSince.Store(time.Now().UnixNano())
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -261,12 +261,13 @@ func TestChaos(t *testing.T) {
 			}
 		}
 	}()
-	c.waitRecovered(time.Now(), 60*time.Second, "the cluster to form")
+	whole := c.waitRecovered(time.Now(), 60*time.Second, "the cluster to form")
 	for i, f := range order {
-		tr := trial{fault: f.name, quiet: time.Now()}
-		// A quiet stretch, which must be loss-free, then the fault at a
+		tr := trial{fault: f.name, quiet: whole}
+		// A quiet stretch, which must be loss-free (the stable stretch
+		// of the recovery before it counts too), then the fault at a
 		// random moment.
-		time.Sleep(2*time.Second + time.Duration(rng.Int64N(int64(time.Second))))
+		time.Sleep(time.Duration(rng.Int64N(int64(time.Second))))
 		tr.victim = c.pickVictim(f.on)
 		hold := f.hold(rng)
 		tr.inject = time.Now()
@@ -277,6 +278,7 @@ func TestChaos(t *testing.T) {
 		heal()
 		c.rec.add(tr.victim, "heal", f.name)
 		tr.recovered = c.waitRecovered(tr.heal, recoveryLimit, fmt.Sprintf("recovery from %q on %s", f.name, tr.victim))
+		whole = tr.recovered
 		c.rec.add("", "recovered", fmt.Sprintf("%s: %v after the heal", f.name, tr.recovered.Sub(tr.heal).Round(time.Millisecond)))
 		done = append(done, tr)
 		t.Logf("trial %d/%d: %s on %s for %v: %s; whole again %v after the heal", i+1, len(order), f.name, tr.victim,
@@ -539,19 +541,27 @@ func (c *chaos) whole(since time.Time) (bool, string) {
 	return true, ""
 }
 
-// waitRecovered waits until the cluster is whole and returns when it was.
+// waitRecovered waits until the cluster has been whole for stableFor
+// without a break (a delayed Consul sync can still end a term a second or
+// two after a heal) and returns when that stretch began.
 func (c *chaos) waitRecovered(from time.Time, limit time.Duration, what string) time.Time {
 	c.t.Helper()
+	const stableFor = 3 * time.Second
 	var why string
+	var since time.Time
 	for time.Since(from) < limit {
 		ok, w := c.whole(time.Now().Add(-200 * time.Millisecond))
-		if ok {
-			return time.Now()
+		switch {
+		case !ok:
+			since, why = time.Time{}, w
+		case since.IsZero():
+			since = time.Now()
+		case time.Since(since) >= stableFor:
+			return since
 		}
-		why = w
 		time.Sleep(50 * time.Millisecond)
 	}
-	c.t.Fatalf("waiting for %s: not whole after %v: %s\ntimeline:\n%s", what, limit, why, c.rec.timeline(from, limit))
+	c.t.Fatalf("waiting for %s: not whole for %v on end within %v: %s\ntimeline:\n%s", what, stableFor, limit, why, c.rec.timeline(from, limit))
 	return time.Time{}
 }
 

@@ -255,7 +255,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.el, err = consul.NewElection(a.client, consul.Config{Key: a.cfg.Consul.LeaderKey(), Node: a.cfg.Node, Timing: a.cfg.Election.Timing,
-		ServiceChecks: a.reg.CheckIDs(), Priority: a.cfg.Election.Priority}, a.log)
+		ServiceChecks: a.reg.CheckIDs(), Priority: a.cfg.Election.Priority,
+		// One more heartbeat interval after a failure: the local agent
+		// syncs the passing status to the servers first.
+		Ready: func() bool { return a.reg.HeartbeatHealthy(2 * a.cfg.Election.Timing.HeartbeatInterval) }}, a.log)
 	if err != nil {
 		return err
 	}
