@@ -144,7 +144,7 @@ func defaults(v *viper.Viper) {
 		"election.heartbeat_ttl":      t.HeartbeatTTL.String(),
 		"election.heartbeat_interval": t.HeartbeatInterval.String(),
 		"election.lock_delay":         t.LockDelay.String(),
-		"election.session_ttl":        "0s",
+		"election.session_ttl":        t.SessionTTL.String(),
 		"election.priority":           0,
 		"election.step_down_hold_off": "10s",
 		"relay.listen":                []string{},

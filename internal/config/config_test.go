@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"driftgate/consul"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 )
@@ -75,8 +77,12 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Consul.Address != "127.0.0.1:8500" || c.Service.Name != "driftgate" || c.Relay.TTL != 1 || !c.Relay.GSO ||
-		c.Election.Timing.TWait != 3500*time.Millisecond || c.VIPs[0].Announce.Delay != 2*time.Second || c.Log.Level != "info" {
+		c.VIPs[0].Announce.Delay != 2*time.Second || c.Log.Level != "info" {
 		t.Fatalf("defaults not applied: %+v", c)
+	}
+	// The election's defaults are consul.DefaultTiming's, every one.
+	if diff := cmp.Diff(consul.DefaultTiming(), c.Election.Timing); diff != "" {
+		t.Fatalf("election timing defaults (-want +got):\n%s", diff)
 	}
 }
 
