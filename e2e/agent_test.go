@@ -499,6 +499,20 @@ func TestAgentFailover(t *testing.T) {
 		}
 		t.Logf("driftgate %s on the primary fails (%v): %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
+	// A reload (SIGHUP) with a broken file: the primary says so and keeps
+	// running, VIP and all.
+	good, _ := os.ReadFile(nodes[old].cfg)
+	os.WriteFile(nodes[old].cfg, []byte("node: "+old+"\nvips: []\n"), 0o644)
+	syscall.Kill(nodes[old].pid, syscall.SIGHUP)
+	waitUntil("the reload to be refused", 5*time.Second, func() bool {
+		return strings.Contains(nodes[old].out.String(), "reload: the configuration file is invalid")
+	})
+	os.WriteFile(nodes[old].cfg, good, 0o644)
+	time.Sleep(500 * time.Millisecond)
+	if !hasVIP(nodes[old].host) || primary() != old {
+		t.Fatalf("after a reload with a broken file: VIP %v, primary %q", hasVIP(nodes[old].host), primary())
+	}
+	t.Logf("SIGHUP with a broken file on the primary: refused, still primary")
 
 	samples, overlaps := ov.end()
 	if overlaps != 0 {

@@ -8,8 +8,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -51,7 +54,9 @@ func newAgentCmd(g *globals) *cobra.Command {
 		Long: `agent takes part in the Consul election; as primary it holds the VIPs,
 announces them and relays every datagram to all servers; on every node it
 receives the feed. SIGTERM or SIGINT: a primary steps down cleanly (drops the
-VIP, releases the lock so a standby takes over at once), deregisters, exits 0.`,
+VIP, releases the lock so a standby takes over at once), deregisters, exits 0.
+SIGHUP: checks the configuration file again and logs whether it is valid;
+the agent keeps running with the configuration it started with.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(c, path)
@@ -84,6 +89,28 @@ VIP, releases the lock so a standby takes over at once), deregisters, exits 0.`,
 			defer stop()
 			grp, gctx := errgroup.WithContext(ctx)
 			grp.Go(func() error { return a.Run(gctx) })
+			// SIGHUP (systemctl reload) checks the file again and says
+			// whether a restart would take it. The running agent keeps
+			// the configuration it started with either way: a bad file
+			// must never cost a primary its VIP, and a good one is
+			// applied by a restart, which steps down cleanly first.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			grp.Go(func() error {
+				for {
+					select {
+					case <-gctx.Done():
+						return nil
+					case <-hup:
+						if _, err := config.Load(path, c.Flags()); err != nil {
+							log.Error("reload: the configuration file is invalid; still running with the one loaded at start", "err", err)
+						} else {
+							log.Warn("reload: the configuration file is valid; it takes effect on restart (systemctl restart driftgate)", "config", path)
+						}
+					}
+				}
+			})
 			if cfg.Metrics.Address != "" {
 				srv := &http.Server{Addr: cfg.Metrics.Address, Handler: a.Handler(reg), ReadHeaderTimeout: 5 * time.Second}
 				ln, err := net.Listen("tcp", cfg.Metrics.Address)
