@@ -359,23 +359,13 @@ type acquisition struct {
 	sent   time.Time // when the acquiring request was sent: the lease starts here
 	bindAt time.Time // earliest time to bind the VIP
 	clean  bool      // the previous holder released cleanly
-	// pred is the session of the term just before ours, when this node
-	// saw it hold the key and nothing acquired the key since: if it
-	// leaves a dropped marker, no node holds the VIP and we need not wait
-	// out T_wait. Empty when unknown.
+	// pred is the session of the term just before ours, named in the
+	// free key's value: every acquisition and release writes its session
+	// there. If that term leaves a dropped marker, no node holds the VIP
+	// and we need not wait out T_wait. Empty when unknown (the key was
+	// absent, or an operator wrote it).
 	pred string
 }
-
-// heldState identifies one term of the key: its holder and the key's
-// CreateIndex and LockIndex then. Every acquisition increments LockIndex
-// and a deleted and re-created key has a new CreateIndex, so a free key
-// with the same two indexes was last acquired by that holder.
-type heldState struct {
-	session       string
-	create, locks uint64
-}
-
-func held(p *api.KVPair) heldState { return heldState{p.Session, p.CreateIndex, p.LockIndex} }
 
 // contend waits for the key to be free and takes it.
 func (e *Election) contend(ctx context.Context, sess string) (acquisition, error) {
@@ -385,7 +375,6 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 		seenAt   time.Time // when a consistent read first showed it free at seenIdx
 		waitIdx  uint64
 		failures int
-		last     heldState // the last term any read showed
 	)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -417,7 +406,6 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 			if pair.Session == sess {
 				return acquisition{}, errors.New("the key is held by this session already")
 			}
-			last = held(pair)
 			continue
 		}
 		if ok, err := e.sessionAlive(ctx, sess); err == nil && !ok {
@@ -445,12 +433,11 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 			continue
 		}
 		if pair != nil && pair.Session != "" {
-			last = held(pair)
 			continue
 		}
 		pred := ""
-		if pair != nil && last.session != "" && pair.CreateIndex == last.create && pair.LockIndex == last.locks {
-			pred = last.session
+		if pair != nil {
+			pred = parseValue(pair.Value).Session
 		}
 		idx := uint64(0)
 		if pair != nil {
@@ -470,7 +457,7 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 		if pair == nil {
 			check = &api.KVTxnOp{Verb: api.KVCheckNotExists, Key: e.cfg.Key}
 		}
-		val := leaderValue{Node: e.cfg.Node, Since: time.Now().UTC()}
+		val := leaderValue{Node: e.cfg.Node, Since: time.Now().UTC(), Session: sess}
 		ops := api.KVTxnOps{
 			check,
 			{Verb: api.KVLock, Key: e.cfg.Key, Value: val.encode(), Session: sess},
@@ -726,7 +713,7 @@ func (e *Election) watchDropped(ctx context.Context, pred string, found chan<- s
 func (e *Election) release(sess string, epoch uint64, clean bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timing.RequestTimeout)
 	defer cancel()
-	v := leaderValue{Node: e.cfg.Node, Released: clean, Epoch: epoch}
+	v := leaderValue{Node: e.cfg.Node, Released: clean, Epoch: epoch, Session: sess}
 	ok, _, err := e.c.KV().Release(&api.KVPair{Key: e.cfg.Key, Value: v.encode(), Session: sess}, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("releasing %s: %w", e.cfg.Key, err)
@@ -768,7 +755,7 @@ func ReleaseAbandoned(ctx context.Context, c *api.Client, key, node string, clea
 	if info == nil || info.Name != sessionName(node) || info.Node != self {
 		return false, nil // another node's, or already gone
 	}
-	v := leaderValue{Node: node, Released: clean, Epoch: pair.ModifyIndex}
+	v := leaderValue{Node: node, Released: clean, Epoch: pair.ModifyIndex, Session: pair.Session}
 	ok, _, err := c.KV().Release(&api.KVPair{Key: key, Value: v.encode(), Session: pair.Session}, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
 		return false, fmt.Errorf("releasing %s: %w", key, err)

@@ -578,3 +578,46 @@ func TestDroppedMarker(t *testing.T) {
 		t.Fatalf("n2 bound %v after acquiring: it waited for t_wait (%v) instead of the marker", bind.Time.Sub(acq.Time), tw)
 	}
 }
+
+// TestOwnDroppedMarker: a lone holder's check turns critical and Consul
+// fences it; when the check passes again it wins the key again, finds its
+// own dropped marker for the term just before (the free key's value names
+// that term's session) and binds at once.
+func TestOwnDroppedMarker(t *testing.T) {
+	c := sharedServer(t)
+	const key = "test/own"
+	addr := "127.0.0.1:0"
+	listen := func() net.Listener {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = l.Addr().String()
+		go func() {
+			for {
+				conn, err := l.Accept()
+				if err != nil {
+					return
+				}
+				conn.Close()
+			}
+		}()
+		return l
+	}
+	l := listen()
+	vip := &vipTracker{t: t}
+	n := startNode(t, c, vip, key, "n1", nodeOpts{checks: []CheckSpec{{Name: "app", TCP: addr, Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond}}})
+	waitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
+	l.Close()
+	waitFor(t, "n1 to be fenced", 5*time.Second, func() bool { return n.count(MustDrop) == 1 })
+	l = listen()
+	defer l.Close()
+	waitFor(t, "n1 to hold again", 10*time.Second, func() bool { return n.count(Bind) == 2 })
+	acq, _ := n.last(Acquired)
+	bind, _ := n.last(Bind)
+	tw := testTiming().TWait
+	t.Logf("n1 bound %v after acquiring again (t_wait %v)", bind.Time.Sub(acq.Time).Round(time.Millisecond), tw)
+	if bind.Time.Sub(acq.Time) > tw/2 {
+		t.Fatalf("n1 waited %v to bind again: its own marker was not used", bind.Time.Sub(acq.Time))
+	}
+}

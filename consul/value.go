@@ -5,8 +5,9 @@ import (
 	"time"
 )
 
-// leaderValue is the leader key's value. A holder writes Node and Since
-// when it acquires; on a clean step-down it writes Released with its epoch.
+// leaderValue is the leader key's value. A holder writes Node, Since and
+// Session when it acquires; releasing, it writes Released (if clean), its
+// epoch and Session.
 type leaderValue struct {
 	Node  string    `json:"node"`
 	Since time.Time `json:"since,omitzero"`
@@ -15,6 +16,10 @@ type leaderValue struct {
 	// the next holder need not wait.
 	Released bool   `json:"released,omitempty"`
 	Epoch    uint64 `json:"epoch,omitempty"`
+	// Session is the term's session, written with the acquisition and
+	// kept on release: a free key names the last term, whose dropped
+	// marker a successor may then trust.
+	Session string `json:"session,omitempty"`
 }
 
 func (v leaderValue) encode() []byte {
