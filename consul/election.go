@@ -127,10 +127,8 @@ type Election struct {
 
 type stepDownReq struct {
 	holdOff time.Duration
-	// epoch is the term the request was made in, 0 if none: a request
-	// that reaches a later term is stale and must not end it.
-	epoch uint64
-	done  chan error
+	epoch   uint64 // the term to end
+	done    chan error
 }
 
 // ErrNotHolding: a step-down was asked for a term that has already ended.
@@ -163,16 +161,19 @@ func (e *Election) setSnap(f func(*Snapshot)) {
 	e.mu.Unlock()
 }
 
-// StepDown asks a running election to give up the lock: if this node has
-// bound the VIP, emit gets MustDrop first (the caller drops the VIP), then
-// the lock is released with a clean-release value so a standby takes over
-// at once. The node then does not contend for holdOff. It returns when the
-// lock is released, or ctx ends.
-func (e *Election) StepDown(ctx context.Context, holdOff time.Duration) error {
-	req := stepDownReq{holdOff: holdOff, done: make(chan error, 1)}
-	if s := e.Snapshot(); s.Phase == PhaseWaiting || s.Phase == PhaseHolding {
-		req.epoch = s.Epoch
+// StepDown asks a running election to end the term with epoch: if this
+// node has bound the VIP, emit gets MustDrop first (the caller drops the
+// VIP), then the lock is released with a clean-release value so a standby
+// takes over at once. The node then does not contend for holdOff. It
+// returns when the lock is released, or ctx ends. If that term is not the
+// current one when the election takes the request — it ended meanwhile, or
+// none was running — nothing changes and it returns ErrNotHolding: a
+// reason to give up one term is no reason to give up the next.
+func (e *Election) StepDown(ctx context.Context, epoch uint64, holdOff time.Duration) error {
+	if s := e.Snapshot(); s.Epoch != epoch || (s.Phase != PhaseWaiting && s.Phase != PhaseHolding) {
+		return ErrNotHolding // the common case, answered without waiting for the election
 	}
+	req := stepDownReq{holdOff: holdOff, epoch: epoch, done: make(chan error, 1)}
 	select {
 	case e.stepDown <- req:
 	case <-ctx.Done():
@@ -260,14 +261,15 @@ func backoff(n int) time.Duration {
 func (e *Election) sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	case req := <-e.stepDown:
-		req.done <- nil // nothing held
-		return e.sleep(ctx, max(0, req.holdOff))
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		case req := <-e.stepDown:
+			req.done <- ErrNotHolding // no term runs while sleeping
+		}
 	}
 }
 
@@ -623,9 +625,7 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 			}
 		case req := <-e.stepDown:
 			if req.epoch != acq.epoch {
-				// Asked of an earlier term (or while contending) and
-				// delivered only now: a reason that no longer holds.
-				req.done <- ErrNotHolding
+				req.done <- ErrNotHolding // about an earlier term
 				continue
 			}
 			clean := end("step-down")
@@ -673,7 +673,8 @@ func (e *Election) droppedKey() string { return e.cfg.Key + ".dropped" }
 func (e *Election) markDropped(sess string, epoch uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timing.RequestTimeout)
 	defer cancel()
-	v := droppedValue{Session: sess, Node: e.cfg.Node, Epoch: epoch}
+	// The marker has the leader value's form: the term's node, epoch and session.
+	v := leaderValue{Node: e.cfg.Node, Epoch: epoch, Session: sess}
 	if _, err := e.c.KV().Put(&api.KVPair{Key: e.droppedKey(), Value: v.encode()}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		e.log.Debug("writing the dropped marker", "err", err)
 	}
@@ -698,7 +699,7 @@ func (e *Election) watchDropped(ctx context.Context, pred string, found chan<- s
 			continue
 		}
 		fails = 0
-		if pair != nil && parseDropped(pair.Value).Session == pred {
+		if pair != nil && parseValue(pair.Value).Session == pred {
 			close(found)
 			return
 		}

@@ -267,7 +267,7 @@ func TestElectionsAndEpochs(t *testing.T) {
 		e, _ := h.last(Bind)
 		epochs = append(epochs, e.Epoch)
 		start := time.Now()
-		if err := h.el.StepDown(t.Context(), time.Second); err != nil {
+		if err := h.el.StepDown(t.Context(), e.Epoch, time.Second); err != nil {
 			t.Fatalf("step-down of %s: %v", h.name, err)
 		}
 		waitFor(t, "the next holder", 5*time.Second, func() bool { c := vip.current(); return c != "" && c != h.name })
@@ -401,21 +401,9 @@ func TestCheckCritical(t *testing.T) {
 	// controls: closing the listener makes the check critical.
 	listeners := map[string]net.Listener{}
 	check := func(name string) []CheckSpec {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		l := checkTarget(t, "127.0.0.1:0")
 		listeners[name] = l
-		go func() {
-			for {
-				conn, err := l.Accept()
-				if err != nil {
-					return
-				}
-				conn.Close()
-			}
-		}()
-		return []CheckSpec{{Name: "app", TCP: l.Addr().String(), Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond}}
+		return tcpCheck(l)
 	}
 	vip := &vipTracker{t: t}
 	n1 := startNode(t, c, vip, key, "n1", nodeOpts{checks: check("n1")})
@@ -509,9 +497,11 @@ func TestConsulUnreachable(t *testing.T) {
 	}
 }
 
-// TestStaleStepDown: a step-down asked while the node does not hold the
-// lock waits for the election to take it, and must not end the term the
-// node wins later.
+// TestStaleStepDown: a step-down for a term that is not running changes
+// nothing: asked while contending it is refused at once, and one that
+// reaches the election only after its term ended (here: put straight on
+// the channel, as a request that passed StepDown's first check would be)
+// must not end the term the node wins later.
 func TestStaleStepDown(t *testing.T) {
 	c := sharedServer(t)
 	vip := &vipTracker{t: t}
@@ -519,10 +509,17 @@ func TestStaleStepDown(t *testing.T) {
 	waitFor(t, "a to hold", 10*time.Second, func() bool { return vip.current() == "a" })
 	b := startNode(t, c, vip, "test/stale", "b", nodeOpts{})
 	waitFor(t, "b to contend", 5*time.Second, func() bool { return b.el.Snapshot().Phase == PhaseContending })
+	if err := b.el.StepDown(t.Context(), 0, time.Second); !errors.Is(err, ErrNotHolding) {
+		t.Fatalf("step-down while contending: %v, want ErrNotHolding", err)
+	}
 	stale := make(chan error, 1)
-	go func() { stale <- b.el.StepDown(t.Context(), time.Second) }()
+	go func() {
+		req := stepDownReq{holdOff: time.Second, epoch: b.el.Snapshot().Epoch, done: make(chan error, 1)}
+		b.el.stepDown <- req
+		stale <- <-req.done
+	}()
 	time.Sleep(200 * time.Millisecond) // the request is waiting: b is blocked in a read
-	if err := a.el.StepDown(t.Context(), 5*time.Second); err != nil {
+	if err := a.el.StepDown(t.Context(), a.el.Snapshot().Epoch, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "b to take over", 5*time.Second, func() bool { return vip.current() == "b" })
@@ -547,21 +544,9 @@ func TestStaleStepDown(t *testing.T) {
 func TestDroppedMarker(t *testing.T) {
 	c := sharedServer(t)
 	const key = "test/dropped"
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			conn.Close()
-		}
-	}()
+	l := checkTarget(t, "127.0.0.1:0")
 	vip := &vipTracker{t: t}
-	n1 := startNode(t, c, vip, key, "n1", nodeOpts{checks: []CheckSpec{{Name: "app", TCP: l.Addr().String(), Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond}}})
+	n1 := startNode(t, c, vip, key, "n1", nodeOpts{checks: tcpCheck(l)})
 	waitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
 	n2 := startNode(t, c, vip, key, "n2", nodeOpts{})
 	waitFor(t, "n2 to contend", 5*time.Second, func() bool { return n2.el.Snapshot().Phase == PhaseContending })
@@ -586,32 +571,13 @@ func TestDroppedMarker(t *testing.T) {
 func TestOwnDroppedMarker(t *testing.T) {
 	c := sharedServer(t)
 	const key = "test/own"
-	addr := "127.0.0.1:0"
-	listen := func() net.Listener {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr = l.Addr().String()
-		go func() {
-			for {
-				conn, err := l.Accept()
-				if err != nil {
-					return
-				}
-				conn.Close()
-			}
-		}()
-		return l
-	}
-	l := listen()
+	l := checkTarget(t, "127.0.0.1:0")
 	vip := &vipTracker{t: t}
-	n := startNode(t, c, vip, key, "n1", nodeOpts{checks: []CheckSpec{{Name: "app", TCP: addr, Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond}}})
+	n := startNode(t, c, vip, key, "n1", nodeOpts{checks: tcpCheck(l)})
 	waitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
 	l.Close()
 	waitFor(t, "n1 to be fenced", 5*time.Second, func() bool { return n.count(MustDrop) == 1 })
-	l = listen()
-	defer l.Close()
+	checkTarget(t, l.Addr().String())
 	waitFor(t, "n1 to hold again", 10*time.Second, func() bool { return n.count(Bind) == 2 })
 	acq, _ := n.last(Acquired)
 	bind, _ := n.last(Bind)
@@ -620,4 +586,30 @@ func TestOwnDroppedMarker(t *testing.T) {
 	if bind.Time.Sub(acq.Time) > tw/2 {
 		t.Fatalf("n1 waited %v to bind again: its own marker was not used", bind.Time.Sub(acq.Time))
 	}
+}
+
+// checkTarget listens on addr for a TCP health check: open, the check
+// passes; closed, it turns critical. It closes when the test ends.
+func checkTarget(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+	return l
+}
+
+// tcpCheck is a fast TCP check against l.
+func tcpCheck(l net.Listener) []CheckSpec {
+	return []CheckSpec{{Name: "app", TCP: l.Addr().String(), Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond}}
 }

@@ -145,6 +145,9 @@ func Register(ctx context.Context, c *api.Client, cfg ServiceConfig, log *slog.L
 		r.checkIDs = append(r.checkIDs, reg.ID)
 	}
 	r.checkRegs = checks
+	// Registered passing: healthy from the start, not only after the
+	// first heartbeat interval.
+	r.heartbeatOKSince.Store(1)
 	return r, nil
 }
 

@@ -87,7 +87,7 @@ func TestPrimaryTagAndStatus(t *testing.T) {
 		}
 	}
 	// Step down: untag; the other node becomes holder.
-	if err := h.el.StepDown(t.Context(), 5*time.Second); err != nil {
+	if err := h.el.StepDown(t.Context(), h.el.Snapshot().Epoch, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.reg.SetRole(t.Context(), "standby", false); err != nil {

@@ -36,24 +36,3 @@ func parseValue(b []byte) leaderValue {
 	}
 	return v
 }
-
-// droppedValue is the dropped marker: the term of Session (and Epoch), which
-// had bound the VIP, has dropped it.
-type droppedValue struct {
-	Session string `json:"session"`
-	Node    string `json:"node"`
-	Epoch   uint64 `json:"epoch"`
-}
-
-func (v droppedValue) encode() []byte {
-	b, _ := json.Marshal(v)
-	return b
-}
-
-func parseDropped(b []byte) droppedValue {
-	var v droppedValue
-	if json.Unmarshal(b, &v) != nil {
-		return droppedValue{}
-	}
-	return v
-}

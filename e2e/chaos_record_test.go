@@ -83,24 +83,23 @@ func (r *recorder) routerTarget() string {
 	return r.router
 }
 
-// watchVIP records the VIP's appearance and disappearance on h from the
-// kernel's address notifications in h's namespace. A lifetime renewal is
-// also an RTM_NEWADDR: only changes are recorded.
-func (r *recorder) watchVIP(t *testing.T, h *netlab.Host) {
+// monitor subscribes, in h's namespace, to one kind of netlink
+// notification (what names it in the timeline) and hands each to handle
+// until the test ends.
+func monitor[U any](t *testing.T, r *recorder, h *netlab.Host, what string,
+	subscribe func(ch chan<- U, done <-chan struct{}, ns *netns.NsHandle, onErr func(error)) error, handle func(U)) {
 	ns, err := netns.GetFromName(h.NS)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch := make(chan netlink.AddrUpdate, 4096)
+	ch := make(chan U, 4096)
 	done := make(chan struct{})
-	err = netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{Namespace: &ns, ListExisting: true,
-		ReceiveBufferSize: 1 << 20, ErrorCallback: func(err error) { r.add(h.Name, "note", "address monitor: "+err.Error()) }})
+	err = subscribe(ch, done, &ns, func(err error) { r.add(h.Name, "note", what+" monitor: "+err.Error()) })
 	ns.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { close(done) })
-	vip := net.ParseIP(agentVIP)
 	go func() {
 		for {
 			select {
@@ -110,67 +109,58 @@ func (r *recorder) watchVIP(t *testing.T, h *netlab.Host) {
 				if !ok {
 					return
 				}
-				if !u.LinkAddress.IP.Equal(vip) {
-					continue
-				}
-				now := time.Now()
-				r.mu.Lock()
-				if r.vip[h.Name] != u.NewAddr {
-					r.vip[h.Name] = u.NewAddr
-					r.marks = append(r.marks, mark{now, h.Name, map[bool]string{true: "vip+", false: "vip-"}[u.NewAddr], ""})
-				}
-				r.mu.Unlock()
+				handle(u)
 			}
 		}
 	}()
 }
 
+// watchVIP records the VIP's appearance and disappearance on h from the
+// kernel's address notifications in h's namespace. A lifetime renewal is
+// also an RTM_NEWADDR: only changes are recorded.
+func (r *recorder) watchVIP(t *testing.T, h *netlab.Host) {
+	vip := net.ParseIP(agentVIP)
+	monitor(t, r, h, "address", func(ch chan<- netlink.AddrUpdate, done <-chan struct{}, ns *netns.NsHandle, onErr func(error)) error {
+		return netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{Namespace: ns, ListExisting: true, ReceiveBufferSize: 1 << 20, ErrorCallback: onErr})
+	}, func(u netlink.AddrUpdate) {
+		if !u.LinkAddress.IP.Equal(vip) {
+			return
+		}
+		now := time.Now()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.vip[h.Name] != u.NewAddr {
+			r.vip[h.Name] = u.NewAddr
+			r.marks = append(r.marks, mark{now, h.Name, map[bool]string{true: "vip+", false: "vip-"}[u.NewAddr], ""})
+		}
+	})
+}
+
 // watchRouter records which host the router's (src's) neighbour entry for
 // the VIP points at.
 func (r *recorder) watchRouter(t *testing.T, router *netlab.Host) {
-	ns, err := netns.GetFromName(router.NS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch := make(chan netlink.NeighUpdate, 4096)
-	done := make(chan struct{})
-	err = netlink.NeighSubscribeWithOptions(ch, done, netlink.NeighSubscribeOptions{Namespace: &ns, ListExisting: true,
-		ReceiveBufferSize: 1 << 20, ErrorCallback: func(err error) { r.add(router.Name, "note", "neighbour monitor: "+err.Error()) }})
-	ns.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { close(done) })
 	vip := net.ParseIP(agentVIP)
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			case u, ok := <-ch:
-				if !ok {
-					return
-				}
-				if !u.IP.Equal(vip) {
-					continue
-				}
-				target := ""
-				if u.Type != unix.RTM_DELNEIGH && len(u.HardwareAddr) > 0 {
-					target = r.macs[u.HardwareAddr.String()]
-					if target == "" {
-						target = u.HardwareAddr.String()
-					}
-				}
-				now := time.Now()
-				r.mu.Lock()
-				if target != r.router {
-					r.router = target
-					r.marks = append(r.marks, mark{now, router.Name, "router", "→ " + or(target, "none")})
-				}
-				r.mu.Unlock()
+	monitor(t, r, router, "neighbour", func(ch chan<- netlink.NeighUpdate, done <-chan struct{}, ns *netns.NsHandle, onErr func(error)) error {
+		return netlink.NeighSubscribeWithOptions(ch, done, netlink.NeighSubscribeOptions{Namespace: ns, ListExisting: true, ReceiveBufferSize: 1 << 20, ErrorCallback: onErr})
+	}, func(u netlink.NeighUpdate) {
+		if !u.IP.Equal(vip) {
+			return
+		}
+		target := ""
+		if u.Type != unix.RTM_DELNEIGH && len(u.HardwareAddr) > 0 {
+			target = r.macs[u.HardwareAddr.String()]
+			if target == "" {
+				target = u.HardwareAddr.String()
 			}
 		}
-	}()
+		now := time.Now()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if target != r.router {
+			r.router = target
+			r.marks = append(r.marks, mark{now, router.Name, "router", "→ " + or(target, "none")})
+		}
+	})
 }
 
 // frameSink opens the unix datagram socket node's receiver delivers whole

@@ -573,6 +573,11 @@ func (c *chaos) check(trials []trial, end time.Time) {
 	problem := func(at time.Time, format string, args ...any) {
 		problems = append(problems, fmt.Sprintf(format, args...)+"\ntimeline around it:\n"+c.rec.timeline(at, 3*time.Second))
 	}
+	// The recording is over: read each receiver's deliveries once.
+	frames := map[string][]delivered{}
+	for n := range c.nodes {
+		frames[n] = c.rec.framesOf(n)
+	}
 
 	// 1. VIP ownership never overlaps.
 	iv := c.rec.ownership(end)
@@ -596,7 +601,7 @@ func (c *chaos) check(trials []trial, end time.Time) {
 	firstSeen := map[uint64]time.Time{}
 	for n := range c.nodes {
 		var high uint64
-		for _, f := range c.rec.framesOf(n) {
+		for _, f := range frames[n] {
 			if f.epoch < high {
 				stale[n] = append(stale[n], f)
 				problem(f.t, "%s delivered a frame of epoch %d (source %d) after one of epoch %d", n, f.epoch, f.src, high)
@@ -632,9 +637,12 @@ func (c *chaos) check(trials []trial, end time.Time) {
 	// 3. Exactly once: no receiver ever delivers a datagram twice, and in
 	// the quiet stretch before each fault every receiver gets every
 	// datagram.
+	got := map[string]map[int]bool{} // by node: the datagrams it delivered
 	for n := range c.nodes {
 		seen := map[int]time.Time{}
-		for _, f := range c.rec.framesOf(n) {
+		got[n] = map[int]bool{}
+		for _, f := range frames[n] {
+			got[n][f.src] = true
 			if at, dup := seen[f.src]; dup {
 				problem(f.t, "%s delivered datagram %d twice (first at %s)", n, f.src, at.Sub(c.rec.start))
 			}
@@ -645,7 +653,7 @@ func (c *chaos) check(trials []trial, end time.Time) {
 		from := tr.quiet.Add(300 * time.Millisecond)
 		lo, hi := -1, -1
 		for n := range c.nodes {
-			for _, f := range c.rec.framesOf(n) {
+			for _, f := range frames[n] {
 				if f.t.After(from) && f.t.Before(tr.inject) {
 					if lo < 0 || f.src < lo {
 						lo = f.src
@@ -660,13 +668,9 @@ func (c *chaos) check(trials []trial, end time.Time) {
 		}
 		hi -= chaosRate / 20 // the last 50 ms may still be in flight at the fault
 		for n := range c.nodes {
-			got := map[int]bool{}
-			for _, f := range c.rec.framesOf(n) {
-				got[f.src] = true
-			}
 			var missing []int
 			for q := lo; q <= hi; q++ {
-				if !got[q] {
+				if !got[n][q] {
 					missing = append(missing, q)
 				}
 			}
@@ -689,7 +693,7 @@ func (c *chaos) check(trials []trial, end time.Time) {
 			if n == tr.victim {
 				continue
 			}
-			gap, lost := lossAt(c.rec.framesOf(n), tr.inject, tr.recovered)
+			gap, lost := lossAt(frames[n], tr.inject, tr.recovered)
 			tr.failover = max(tr.failover, gap)
 			tr.lost = max(tr.lost, lost)
 		}

@@ -662,21 +662,20 @@ func (a *Agent) requestStepDown(reason string) {
 	}
 }
 
-// stepDownLoop ends terms on request. A request that waited while its term
-// ended anyway is dropped: the reason was about that term, and ending the
-// next one for it would throw away a healthy primary.
+// stepDownLoop ends terms on request; the election drops a request whose
+// term ended while it waited.
 func (a *Agent) stepDownLoop(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case req := <-a.stepDownCh:
-			if role, epoch, _ := a.Role(); epoch != req.epoch || (role != RolePrimary && role != RoleCandidate) {
-				a.log.Info("not stepping down: the term the reason was about has ended", "reason", req.reason, "term", req.epoch, "now", epoch)
-				continue
-			}
 			a.log.Warn("stepping down", "reason", req.reason, "epoch", req.epoch)
-			if err := a.el.StepDown(ctx, a.cfg.Election.StepDownHoldOff); err != nil && ctx.Err() == nil {
+			err := a.el.StepDown(ctx, req.epoch, a.cfg.Election.StepDownHoldOff)
+			switch {
+			case errors.Is(err, consul.ErrNotHolding):
+				a.log.Info("not stepping down: the term the reason was about has ended", "reason", req.reason, "epoch", req.epoch)
+			case err != nil && ctx.Err() == nil:
 				a.log.Warn("step-down", "err", err)
 			}
 		}
@@ -687,10 +686,11 @@ func (a *Agent) stepDownLoop(ctx context.Context) error {
 // cleanly so a standby takes over at once, and stays standby for the
 // configured hold-off. It fails with ErrNotPrimary on other nodes.
 func (a *Agent) StepDown(ctx context.Context) error {
-	if r, _, _ := a.Role(); r != RolePrimary && r != RoleCandidate {
+	r, epoch, _ := a.Role()
+	if r != RolePrimary && r != RoleCandidate {
 		return ErrNotPrimary
 	}
-	return a.el.StepDown(ctx, a.cfg.Election.StepDownHoldOff)
+	return a.el.StepDown(ctx, epoch, a.cfg.Election.StepDownHoldOff)
 }
 
 // ErrNotPrimary is returned by StepDown on a node that is not the primary.
