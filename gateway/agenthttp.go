@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"driftgate/consul"
 )
 
 // Handler serves /metrics (Prometheus), /healthz, /status (JSON) and
@@ -37,7 +39,7 @@ func (a *Agent) Handler(reg *prometheus.Registry) http.Handler {
 		defer cancel()
 		err := a.StepDown(ctx)
 		switch {
-		case errors.Is(err, ErrNotPrimary):
+		case errors.Is(err, ErrNotPrimary), errors.Is(err, consul.ErrNotHolding): // not primary (any more)
 			http.Error(w, err.Error(), http.StatusConflict)
 		case err != nil:
 			http.Error(w, err.Error(), http.StatusInternalServerError)
