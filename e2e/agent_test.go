@@ -121,8 +121,7 @@ func (s *sink) high() int {
 type agentNode struct {
 	host *netlab.Host
 	cfg  string
-	cmd  interface{ Wait() error }
-	pid  int
+	proc *netlab.Proc
 	out  *netlab.SyncBuffer
 	past string // what earlier runs logged
 	sink *sink
@@ -135,13 +134,13 @@ func (n *agentNode) log() string { return n.past + n.out.String() }
 // start runs the agent as the packaged unit does: not root, with only
 // CAP_NET_ADMIN and CAP_NET_RAW (ambient, and the bounding set).
 func (n *agentNode) start(t *testing.T) {
-	cmd, out := n.host.Start("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+	proc, out := n.host.Start("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
 		"--inh-caps=-all,+net_admin,+net_raw", "--ambient-caps=-all,+net_admin,+net_raw", "--bounding-set=-all,+net_admin,+net_raw",
 		"--", driftgate, "agent", "--config", n.cfg)
 	if n.out != nil {
 		n.past += n.out.String() + "--- restarted ---\n"
 	}
-	n.cmd, n.pid, n.out = cmd, cmd.Process.Pid, out
+	n.proc, n.out = proc, out
 }
 
 func (n *agentNode) state(t *testing.T) (gateway.State, error) {
@@ -407,7 +406,11 @@ func TestAgentFailover(t *testing.T) {
 	oldState, _ := nodes[old].state(t)
 	other := map[string]string{"n1": "n2", "n2": "n1"}[old]
 	crash := time.Now()
-	syscall.Kill(nodes[old].pid, syscall.SIGKILL)
+	// As systemd does, run the clean-up only once the process is gone:
+	// until then the kernel still holds its instance lock.
+	if err := nodes[old].proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := nodes[old].host.Command(context.Background(), driftgate, "cleanup", "--config", nodes[old].cfg).CombinedOutput(); err != nil {
 		t.Fatalf("cleanup: %v: %s", err, out)
 	}
@@ -503,7 +506,7 @@ func TestAgentFailover(t *testing.T) {
 	// running, VIP and all.
 	good, _ := os.ReadFile(nodes[old].cfg)
 	os.WriteFile(nodes[old].cfg, []byte("node: "+old+"\nvips: []\n"), 0o644)
-	syscall.Kill(nodes[old].pid, syscall.SIGHUP)
+	nodes[old].proc.Signal(syscall.SIGHUP)
 	waitUntil("the reload to be refused", 5*time.Second, func() bool {
 		return strings.Contains(nodes[old].out.String(), "reload: the configuration file is invalid")
 	})
@@ -536,8 +539,8 @@ func TestAgentFailover(t *testing.T) {
 	// over at once), deregisters and exits 0. First let the standby's
 	// step-down hold-off end.
 	time.Sleep(1500 * time.Millisecond)
-	nodes[old].host.Command(context.Background(), "kill", "-TERM", strconv.Itoa(nodes[old].pid)).Run()
-	if err := nodes[old].cmd.Wait(); err != nil {
+	nodes[old].proc.Signal(syscall.SIGTERM)
+	if err := nodes[old].proc.Wait(20 * time.Second); err != nil {
 		t.Fatalf("agent exit after SIGTERM: %v\n%s", err, nodes[old].out)
 	}
 	took = waitUntil("the takeover after SIGTERM", 10*time.Second, func() bool { return primary() == other })

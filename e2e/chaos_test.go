@@ -86,8 +86,8 @@ func faults() []fault {
 	stop := func(d time.Duration) fault {
 		return fault{name: "daemon SIGSTOP " + d.String(), on: "primary", hold: fixed(d),
 			inject: func(c *chaos, v string) func() {
-				syscall.Kill(c.nodes[v].pid, syscall.SIGSTOP)
-				return func() { syscall.Kill(c.nodes[v].pid, syscall.SIGCONT) }
+				c.nodes[v].proc.Signal(syscall.SIGSTOP)
+				return func() { c.nodes[v].proc.Signal(syscall.SIGCONT) }
 			}}
 	}
 	return []fault{
@@ -377,20 +377,12 @@ func startChaos(t *testing.T, nNodes int) *chaos {
 	return c
 }
 
-// kill SIGKILLs node's daemon and waits until it is dead. It does not
-// reap it: the lab's clean-up waits for every process it started, and a
-// second concurrent Wait on one exec.Cmd never returns.
+// kill SIGKILLs node's daemon and waits until it is gone (reaped), as
+// systemd does before it runs ExecStopPost.
 func (c *chaos) kill(n string) {
-	pid := c.nodes[n].pid
-	syscall.Kill(pid, syscall.SIGKILL)
-	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(5 * time.Millisecond) {
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		// The state follows the command name in parentheses: Z is dead.
-		if i := strings.LastIndexByte(string(stat), ')'); err != nil || (i > 0 && i+2 < len(stat) && stat[i+2] == 'Z') {
-			return
-		}
+	if err := c.nodes[n].proc.Kill(); err != nil {
+		c.t.Fatalf("the daemon of %s: %v", n, err)
 	}
-	c.t.Fatalf("the daemon of %s did not die after SIGKILL", n)
 }
 
 // cleanup runs `driftgate cleanup` as the unit's ExecStopPost does.

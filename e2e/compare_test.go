@@ -96,7 +96,7 @@ func TestCompareKeepalived(t *testing.T) {
 		k1, k2 := lab.Host("k1"), lab.Host("k2")
 		dir := t.TempDir()
 		var outs []*netlab.SyncBuffer
-		start := func(h *netlab.Host, prio int) *exec.Cmd {
+		start := func(h *netlab.Host, prio int) *netlab.Proc {
 			conf := filepath.Join(dir, h.Name+".conf")
 			os.WriteFile(conf, []byte(fmt.Sprintf(`global_defs { router_id %s }
 vrrp_instance VI_1 {
@@ -143,7 +143,9 @@ vrrp_instance VI_1 {
 		// in a crash; killing only the parent lets the child step down.
 		crash := time.Now()
 		killAll(k1)
-		c1.Wait()
+		if err := c1.Kill(); err != nil {
+			t.Fatal(err)
+		}
 		waitVIP(k2, 10*time.Second)
 		time.Sleep(2 * time.Second)
 		// The dead master keeps the VIP (and, its host being alive, the
@@ -162,7 +164,7 @@ vrrp_instance VI_1 {
 		rows = append(rows, compareRow{"keepalived", "VIP on both nodes (kill -9 and restart)", fmt.Sprintf("%d of %d samples", dual, samples)})
 		ov = sampleOverlap(t, k1, k2)
 		stop := time.Now()
-		c1.Process.Signal(syscall.SIGTERM)
+		c1.Signal(syscall.SIGTERM)
 		waitVIP(k2, 10*time.Second)
 		time.Sleep(2 * time.Second)
 		rows = append(rows, compareRow{"keepalived", "clean stop of the master (SIGTERM)", fmt.Sprintf("pause in the feed %v", mergedGap(stop, sinks...).Round(time.Millisecond))})
@@ -191,8 +193,12 @@ vrrp_instance VI_1 {
 		old := c.primary()
 		other := map[string]string{"n1": "n2", "n2": "n1"}[old]
 		crash := time.Now()
-		syscall.Kill(c.nodes[old].pid, syscall.SIGKILL)
-		c.nodes[old].host.Command(context.Background(), driftgate, "cleanup", "--config", c.nodes[old].cfg).Run()
+		if err := c.nodes[old].proc.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := c.nodes[old].host.Command(context.Background(), driftgate, "cleanup", "--config", c.nodes[old].cfg).CombinedOutput(); err != nil {
+			t.Fatalf("cleanup: %v: %s", err, out)
+		}
 		c.waitUntil("the takeover", 30*time.Second, func() bool { return c.primary() == other })
 		time.Sleep(2 * time.Second)
 		// Only the new primary's receiver counts: the killed node has none.
@@ -206,7 +212,7 @@ vrrp_instance VI_1 {
 		})
 		time.Sleep(2 * time.Second)
 		stop := time.Now()
-		syscall.Kill(c.nodes[other].pid, syscall.SIGTERM)
+		c.nodes[other].proc.Signal(syscall.SIGTERM)
 		c.waitUntil("the takeover", 30*time.Second, func() bool { return c.primary() == old })
 		time.Sleep(2 * time.Second)
 		rows = append(rows, compareRow{"driftgate", "clean stop of the primary (SIGTERM)", fmt.Sprintf("pause in the feed %v", mergedGap(stop, c.nodes[old].sink).Round(time.Millisecond))})

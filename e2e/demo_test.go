@@ -90,9 +90,13 @@ func TestDemo(t *testing.T) {
 	old := c.primary()
 	other := map[string]string{"n1": "n2", "n2": "n1"}[old]
 	crash := time.Now()
-	syscall.Kill(c.nodes[old].pid, syscall.SIGKILL)
-	event("kill -9 of %s's driftgate agent; systemd's ExecStopPost (driftgate cleanup) runs", old)
-	c.nodes[old].host.Command(ctx, driftgate, "cleanup", "--config", c.nodes[old].cfg).Run()
+	if err := c.nodes[old].proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	event("kill -9 of %s's driftgate agent; once it is gone, systemd's ExecStopPost (driftgate cleanup) runs", old)
+	if out, err := c.nodes[old].host.Command(ctx, driftgate, "cleanup", "--config", c.nodes[old].cfg).CombinedOutput(); err != nil {
+		t.Fatalf("cleanup: %v: %s", err, out)
+	}
 	took := c.waitUntil("the takeover", 30*time.Second, func() bool { return c.primary() == other })
 	event("%s is primary %v after the kill", other, took.Round(time.Millisecond))
 	if !show(3 * time.Second) {

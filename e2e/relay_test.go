@@ -106,8 +106,8 @@ func TestRelayMulticastNamespaces(t *testing.T) {
 					}
 				}
 			}
-			relay.Process.Signal(syscall.SIGTERM)
-			if err := relay.Wait(); err != nil {
+			relay.Signal(syscall.SIGTERM)
+			if err := relay.Wait(10 * time.Second); err != nil {
 				t.Fatalf("relay exit: %v\n%s", err, relayOut)
 			}
 			want := fmt.Sprintf("received=%d forwarded=%d", n, n)

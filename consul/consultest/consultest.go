@@ -10,6 +10,7 @@ package consultest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -70,9 +71,8 @@ type Agent struct {
 	ns   string // network namespace the agent runs in, "" for the test's
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
+	proc *netlab.Proc
 	out  *netlab.SyncBuffer
-	done chan struct{}
 }
 
 // Client returns an API client for the agent.
@@ -165,18 +165,15 @@ func (a *Agent) start() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.out = &netlab.SyncBuffer{}
+	cmd := exec.Command(a.bin, a.args...)
 	if a.ns != "" {
-		a.cmd = exec.Command("ip", append([]string{"netns", "exec", a.ns, a.bin}, a.args...)...)
-	} else {
-		a.cmd = exec.Command(a.bin, a.args...)
+		cmd = exec.Command("ip", append([]string{"netns", "exec", a.ns, a.bin}, a.args...)...)
 	}
-	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
-	if err := a.cmd.Start(); err != nil {
+	p, err := netlab.StartProc(cmd, a.out)
+	if err != nil {
 		a.tb.Fatalf("starting consul %s: %v", a.Name, err)
 	}
-	a.done = make(chan struct{})
-	cmd, done := a.cmd, a.done
-	go func() { cmd.Wait(); close(done) }()
+	a.proc = p
 }
 
 // Output returns what the agent logged.
@@ -189,18 +186,24 @@ func (a *Agent) Output() string {
 
 func (a *Agent) signal(s syscall.Signal) {
 	a.mu.Lock()
-	cmd := a.cmd
+	p := a.proc
 	a.mu.Unlock()
-	if cmd != nil && cmd.Process != nil {
-		cmd.Process.Signal(s)
+	if p != nil {
+		p.Signal(s)
 	}
 }
 
-// Kill stops the agent with SIGKILL: a crash, no leave.
+// Kill stops the agent with SIGKILL: a crash, no leave. It returns once
+// the process is gone.
 func (a *Agent) Kill() {
-	a.signal(syscall.SIGCONT)
-	a.signal(syscall.SIGKILL)
-	a.wait(10 * time.Second)
+	a.mu.Lock()
+	p := a.proc
+	a.mu.Unlock()
+	if p != nil {
+		if err := p.Kill(); err != nil {
+			a.tb.Errorf("consul agent %s: %v", a.Name, err)
+		}
+	}
 }
 
 // Stop stops the agent gracefully (SIGTERM; it leaves the cluster).
@@ -225,17 +228,9 @@ func (a *Agent) Restart() {
 
 func (a *Agent) wait(d time.Duration) bool {
 	a.mu.Lock()
-	done := a.done
+	p := a.proc
 	a.mu.Unlock()
-	if done == nil {
-		return true
-	}
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		return false
-	}
+	return p == nil || !errors.Is(p.Wait(d), netlab.ErrStillRunning)
 }
 
 // WaitReady waits until the agent answers, sees a leader, and has
@@ -247,10 +242,10 @@ func (a *Agent) WaitReady() {
 	var last error
 	for time.Now().Before(deadline) {
 		a.mu.Lock()
-		done := a.done
+		p := a.proc
 		a.mu.Unlock()
 		select {
-		case <-done:
+		case <-p.Done():
 			a.tb.Fatalf("consul agent %s exited; its log:\n%s", a.Name, a.Output())
 		default:
 		}

@@ -16,7 +16,9 @@ package netlab
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -28,6 +30,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -266,19 +269,83 @@ func (h *Host) IP(args ...string) string {
 
 // Start starts name in the host's namespace with output captured in the
 // returned buffer; the process is killed in t.Cleanup.
-func (h *Host) Start(name string, args ...string) (*exec.Cmd, *SyncBuffer) {
+func (h *Host) Start(name string, args ...string) (*Proc, *SyncBuffer) {
 	h.lab.tb.Helper()
-	cmd := h.Command(context.Background(), name, args...)
 	out := &SyncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	p, err := StartProc(h.Command(context.Background(), name, args...), out)
+	if err != nil {
 		h.lab.tb.Fatalf("netlab: starting %s in %s: %v", name, h.Name, err)
 	}
-	h.lab.tb.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	return cmd, out
+	h.lab.tb.Cleanup(func() { p.Kill() })
+	return p, out
+}
+
+// Proc is a started process that one goroutine waits for, so that any
+// number of callers can wait for its exit (a second Wait on an exec.Cmd
+// never returns) and act on its absence only once it is gone.
+type Proc struct {
+	Cmd  *exec.Cmd
+	Pid  int
+	done chan struct{}
+	err  error // of Wait; read after done
+}
+
+// StartProc starts cmd with stdout and stderr to out (if not nil).
+func StartProc(cmd *exec.Cmd, out io.Writer) (*Proc, error) {
+	if out != nil {
+		cmd.Stdout, cmd.Stderr = out, out
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &Proc{Cmd: cmd, Pid: cmd.Process.Pid, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// Done is closed when the process has exited and been reaped: every thread
+// has gone and the kernel has released what it held (sockets, the abstract
+// instance lock), as systemd waits for before ExecStopPost.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
+// Signal sends sig to the process unless it has been reaped.
+func (p *Proc) Signal(sig syscall.Signal) {
+	select {
+	case <-p.done:
+	default:
+		p.Cmd.Process.Signal(sig)
+	}
+}
+
+// Wait waits up to d for the process to exit and returns its Wait error;
+// ErrStillRunning if it did not exit in time.
+func (p *Proc) Wait(d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return p.err
+	case <-t.C:
+		return fmt.Errorf("pid %d (%s): %w after %v", p.Pid, p.Cmd.Path, ErrStillRunning, d)
+	}
+}
+
+// ErrStillRunning is returned by Wait and Kill when the process outlived the
+// wait.
+var ErrStillRunning = errors.New("still running")
+
+// Kill sends SIGKILL (and SIGCONT, for a stopped process) and waits until
+// the process is gone; an error only if it is still there after 10 s.
+func (p *Proc) Kill() error {
+	p.Signal(syscall.SIGKILL)
+	p.Signal(syscall.SIGCONT)
+	if err := p.Wait(10 * time.Second); errors.Is(err, ErrStillRunning) {
+		return err
+	}
+	return nil
 }
 
 // SyncBuffer is a bytes.Buffer safe for a writer process and a reading test.

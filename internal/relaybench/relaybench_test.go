@@ -210,7 +210,7 @@ func measure(t *testing.T, k relayKind, bin string, sizes Sizes, mcast bool) res
 
 	trial := func(rate float64) (ok bool, achieved, cpuUS float64) {
 		before := sink.Count()
-		cpu0, err := CPUTime(cmd.Process.Pid)
+		cpu0, err := CPUTime(cmd.Pid)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -219,7 +219,7 @@ func measure(t *testing.T, k relayKind, bin string, sizes Sizes, mcast bool) res
 			t.Fatal(err)
 		}
 		got := settle(sink) - before
-		cpu1, _ := CPUTime(cmd.Process.Pid)
+		cpu1, _ := CPUTime(cmd.Pid)
 		achieved = float64(sent) / el.Seconds()
 		if os.Getenv("RELAYBENCH_DEBUG") != "" {
 			drops, _ := exec.Command("ip", "netns", "exec", h.NS, "cat", "/proc/net/udp").Output()
