@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"driftgate/internal/retry"
 )
 
 // EventKind is what the election tells its caller.
@@ -226,7 +228,7 @@ func (e *Election) Run(ctx context.Context, emit func(Event) error) error {
 				return nil
 			}
 			attempt++
-			wait := backoff(attempt)
+			wait := retry.Backoff(attempt)
 			e.log.Warn("cannot create session; retrying", "err", err, "attempt", attempt, "retry_in", wait)
 			if !e.sleep(ctx, wait) {
 				return nil
@@ -250,12 +252,6 @@ func (e *Election) destroySessions(ids []string) []string {
 		}
 	}
 	return left
-}
-
-// backoff for retry n: 100ms doubling, capped at 5s.
-func backoff(n int) time.Duration {
-	d := 100 * time.Millisecond << min(n-1, 6)
-	return min(d, 5*time.Second)
 }
 
 func (e *Election) sleep(ctx context.Context, d time.Duration) bool {
@@ -373,10 +369,9 @@ type acquisition struct {
 func (e *Election) contend(ctx context.Context, sess string) (acquisition, error) {
 	kv := e.c.KV()
 	var (
-		seenIdx  uint64    // ModifyIndex of the free key when first seen (0: absent)
-		seenAt   time.Time // when a consistent read first showed it free at seenIdx
-		waitIdx  uint64
-		failures int
+		seenIdx uint64    // ModifyIndex of the free key when first seen (0: absent)
+		seenAt  time.Time // when a consistent read first showed it free at seenIdx
+		watch   blocking
 	)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -384,26 +379,20 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 		}
 		// 1. A blocking read notices the key becoming free cheaply. Its
 		// answer proves nothing about "now"; step 2 does.
-		qctx, cancel := context.WithTimeout(ctx, 30*time.Second+e.cfg.Timing.RequestTimeout)
-		pair, meta, err := kv.Get(e.cfg.Key, (&api.QueryOptions{WaitIndex: waitIdx, WaitTime: 30 * time.Second}).WithContext(qctx))
+		q, cancel := watch.options(ctx, e.cfg.Timing.RequestTimeout)
+		pair, meta, err := kv.Get(e.cfg.Key, q)
 		cancel()
 		if err != nil {
-			failures++
+			n, wait := watch.failed()
 			if ctx.Err() == nil {
-				e.log.Debug("watching leader key", "err", err, "attempt", failures)
+				e.log.Debug("watching leader key", "err", err, "attempt", n)
 			}
-			if !e.sleep(ctx, backoff(failures)) {
+			if !e.sleep(ctx, wait) {
 				return acquisition{}, ctx.Err()
 			}
-			waitIdx = 0
 			continue
 		}
-		failures = 0
-		if meta.LastIndex < waitIdx {
-			waitIdx = 0 // the index went backwards (snapshot restore): start over
-		} else {
-			waitIdx = meta.LastIndex
-		}
+		watch.answered(meta)
 		if pair != nil && pair.Session != "" {
 			if pair.Session == sess {
 				return acquisition{}, errors.New("the key is held by this session already")
@@ -428,7 +417,7 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 		cancel()
 		now := time.Now()
 		if err != nil {
-			waitIdx = 0 // look again without blocking
+			watch.reset() // look again without blocking
 			if !e.sleep(ctx, 50*time.Millisecond) {
 				return acquisition{}, ctx.Err()
 			}
@@ -472,7 +461,7 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 		if err != nil || !ok {
 			// The key may be free but locked by lock-delay: the next read
 			// must not block waiting for a change that will not come.
-			waitIdx = 0
+			watch.reset()
 		}
 		if err != nil {
 			if !e.sleep(ctx, 50*time.Millisecond) {
@@ -684,29 +673,17 @@ func (e *Election) markDropped(sess string, epoch uint64) {
 // Markers are only ever written after the drop and name one session, so
 // even a stale read that shows it is true.
 func (e *Election) watchDropped(ctx context.Context, pred string, found chan<- struct{}) {
-	var idx uint64
-	for fails := 0; ctx.Err() == nil; {
-		qctx, cancel := context.WithTimeout(ctx, 30*time.Second+e.cfg.Timing.RequestTimeout)
-		pair, meta, err := e.c.KV().Get(e.droppedKey(), (&api.QueryOptions{WaitIndex: idx, WaitTime: 30 * time.Second}).WithContext(qctx))
-		cancel()
+	watch(ctx, e.cfg.Timing.RequestTimeout, func(q *api.QueryOptions) (*api.QueryMeta, bool, error) {
+		pair, meta, err := e.c.KV().Get(e.droppedKey(), q)
 		if err != nil {
-			fails++
-			idx = 0
-			select {
-			case <-ctx.Done():
-			case <-time.After(backoff(fails)):
-			}
-			continue
+			return nil, false, err
 		}
-		fails = 0
 		if pair != nil && parseValue(pair.Value).Session == pred {
 			close(found)
-			return
+			return meta, true, nil
 		}
-		if idx = meta.LastIndex; idx == 0 {
-			idx = 1
-		}
-	}
+		return meta, false, nil
+	}, nil)
 }
 
 // release gives up the lock. clean says the VIP was bound and has been

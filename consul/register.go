@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -12,6 +13,29 @@ import (
 
 	"github.com/hashicorp/consul/api"
 )
+
+// The service meta keys: this package writes and reads all of them.
+const (
+	metaNode    = "node"
+	metaRole    = "role"
+	metaVIP     = "vip" // vip0, vip1, …
+	metaReceive = "receive"
+)
+
+// ErrRefused marks a request that Consul answered with a client error (an
+// ACL that denies it, a request it rejects): retrying cannot mend it. Too
+// many requests (429) is not one of them.
+var ErrRefused = errors.New("refused by Consul")
+
+// refused wraps err with ErrRefused when Consul's answer says a retry
+// cannot help.
+func refused(err error) error {
+	var se api.StatusError
+	if errors.As(err, &se) && se.Code >= 400 && se.Code < 500 && se.Code != 429 {
+		return fmt.Errorf("%w (%w)", err, ErrRefused)
+	}
+	return err
+}
 
 // PrimaryTag is the tag only the holder carries, so that
 // primary.<service>.service.consul resolves to the primary.
@@ -59,7 +83,12 @@ type ServiceConfig struct {
 	Node string // this node's name, put in meta
 	Port int    // the relay port
 	Tags []string
-	Meta map[string]string // e.g. vip
+	// VIPs are put in the service meta (vip0, vip1, …) for people and
+	// tools reading the catalog.
+	VIPs []netip.Prefix
+	// Receive, if valid, is where this node receives unicast frames; relays
+	// that fan out to the service's instances read it (WatchReceivers).
+	Receive netip.AddrPort
 	// Checks are the user's checks; each becomes a check of the service,
 	// bound to the election session.
 	Checks       []CheckSpec
@@ -155,7 +184,7 @@ func (r *Registration) registerCheck(ctx context.Context, reg *api.AgentCheckReg
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := r.c.Agent().CheckRegisterOpts(reg, (&api.QueryOptions{}).WithContext(rctx)); err != nil {
-		return fmt.Errorf("registering check %s: %w", reg.ID, err)
+		return fmt.Errorf("registering check %s: %w", reg.ID, refused(err))
 	}
 	return nil
 }
@@ -200,9 +229,12 @@ func (r *Registration) registerService(ctx context.Context) error {
 	if r.primary {
 		tags = append(tags, PrimaryTag)
 	}
-	meta := map[string]string{"node": r.cfg.Node, "role": r.role}
-	for k, v := range r.cfg.Meta {
-		meta[k] = v
+	meta := map[string]string{metaNode: r.cfg.Node, metaRole: r.role}
+	for i, p := range r.cfg.VIPs {
+		meta[fmt.Sprintf("%s%d", metaVIP, i)] = p.String()
+	}
+	if r.cfg.Receive.IsValid() {
+		meta[metaReceive] = r.cfg.Receive.String()
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -212,7 +244,7 @@ func (r *Registration) registerService(ctx context.Context) error {
 		ID: r.cfg.ID, Name: r.cfg.Name, Port: r.cfg.Port, Tags: tags, Meta: meta,
 	}, api.ServiceRegisterOpts{}.WithContext(rctx))
 	if err != nil {
-		return fmt.Errorf("registering service %s (port %s): %w", r.cfg.ID, strconv.Itoa(r.cfg.Port), err)
+		return fmt.Errorf("registering service %s (port %s): %w", r.cfg.ID, strconv.Itoa(r.cfg.Port), refused(err))
 	}
 	return nil
 }

@@ -57,7 +57,7 @@ func ReadStatus(ctx context.Context, c *api.Client, key, service string) (Status
 		return st, fmt.Errorf("reading service %s: %w", service, err)
 	}
 	for _, e := range entries {
-		ns := NodeStatus{Node: e.Node.Node, ServiceID: e.Service.ID, Role: e.Service.Meta["role"],
+		ns := NodeStatus{Node: e.Node.Node, ServiceID: e.Service.ID, Role: e.Service.Meta[metaRole],
 			Primary: slices.Contains(e.Service.Tags, PrimaryTag), Checks: map[string]string{}}
 		for _, ch := range e.Checks {
 			ns.Checks[ch.Name] = ch.Status

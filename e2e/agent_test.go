@@ -21,7 +21,7 @@ import (
 
 	"driftgate/consul"
 	"driftgate/consul/consultest"
-	"driftgate/gateway"
+	"driftgate/internal/agent"
 	"driftgate/internal/netlab"
 )
 
@@ -143,8 +143,8 @@ func (n *agentNode) start(t *testing.T) {
 	n.proc, n.out = proc, out
 }
 
-func (n *agentNode) state(t *testing.T) (gateway.State, error) {
-	var st gateway.State
+func (n *agentNode) state(t *testing.T) (agent.State, error) {
+	var st agent.State
 	resp, err := n.http.Get("http://127.0.0.1:9469/status")
 	if err != nil {
 		return st, err

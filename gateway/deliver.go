@@ -24,42 +24,80 @@ type Deliverer interface {
 	Close() error
 }
 
-// ParseDeliver opens the delivery target named by a URL:
+// DeliverURL is a parsed delivery target; Open opens it. The zero value is
+// invalid.
+type DeliverURL struct {
+	kind string // "udp", "unix" or "stdout"
+	udp  netip.AddrPort
+	path string
+	raw  string
+}
+
+// String returns the URL as given.
+func (d DeliverURL) String() string { return d.raw }
+
+// ParseDeliverURL checks a delivery URL without opening anything:
 //
 //	udp://HOST:PORT  the payload alone, as one datagram
 //	unix:///PATH     the whole frame (header kept, so the application sees
 //	                 the original sender), to a unix datagram socket
-//	stdout           one JSON line per frame, for debugging
-func ParseDeliver(raw string, stdout io.Writer) (Deliverer, error) {
+//	                 (unixgram:///PATH too)
+//	stdout or -      one JSON line per frame, for debugging
+//
+// It is the one parser of delivery URLs: the configuration and the
+// standalone receiver both call it.
+func ParseDeliverURL(raw string) (DeliverURL, error) {
 	if raw == "stdout" || raw == "-" {
-		return &jsonDeliverer{w: bufio.NewWriterSize(stdout, 64<<10)}, nil
+		return DeliverURL{kind: "stdout", raw: raw}, nil
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("deliver %q: %w", raw, err)
+		return DeliverURL{}, fmt.Errorf("%q: %v", raw, err)
 	}
 	switch u.Scheme {
 	case "udp":
 		ap, err := netip.ParseAddrPort(u.Host)
 		if err != nil || ap.Port() == 0 {
-			return nil, fmt.Errorf("deliver %q: want udp://IP:PORT with a non-zero port", raw)
+			return DeliverURL{}, fmt.Errorf("%q: want udp://IP:PORT with a non-zero port", raw)
 		}
-		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(ap))
-		if err != nil {
-			return nil, fmt.Errorf("deliver %q: %w", raw, err)
-		}
-		return newConnDeliverer(c, true)
+		return DeliverURL{kind: "udp", udp: ap, raw: raw}, nil
 	case "unix", "unixgram":
 		if u.Path == "" {
-			return nil, fmt.Errorf("deliver %q: want unix:///path/to/socket", raw)
+			return DeliverURL{}, fmt.Errorf("%q: want unix:///path/to/socket", raw)
 		}
-		c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: u.Path, Net: "unixgram"})
+		return DeliverURL{kind: "unix", path: u.Path, raw: raw}, nil
+	}
+	return DeliverURL{}, fmt.Errorf("%q: want udp://IP:PORT, unix:///PATH or stdout", raw)
+}
+
+// Open opens the target; stdout is where "stdout" writes.
+func (d DeliverURL) Open(stdout io.Writer) (Deliverer, error) {
+	switch d.kind {
+	case "stdout":
+		return &jsonDeliverer{w: bufio.NewWriterSize(stdout, 64<<10)}, nil
+	case "udp":
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(d.udp))
 		if err != nil {
-			return nil, fmt.Errorf("deliver %q: %w", raw, err)
+			return nil, fmt.Errorf("deliver %q: %w", d.raw, err)
+		}
+		return newConnDeliverer(c, true)
+	case "unix":
+		c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: d.path, Net: "unixgram"})
+		if err != nil {
+			return nil, fmt.Errorf("deliver %q: %w", d.raw, err)
 		}
 		return newConnDeliverer(c, false)
 	}
-	return nil, fmt.Errorf("deliver %q: unknown scheme %q (want udp://, unix:// or stdout)", raw, u.Scheme)
+	return nil, errors.New("deliver: no URL (see ParseDeliverURL)")
+}
+
+// ParseDeliver parses a delivery URL (ParseDeliverURL) and opens it.
+func ParseDeliver(raw string, stdout io.Writer) (Deliverer, error) {
+	d, err := ParseDeliverURL(raw)
+	if err != nil {
+		return nil, fmt.Errorf("deliver %w", err)
+	}
+	return d.Open(stdout)
 }
 
 // connDeliverer writes each frame, or its payload, as one datagram to a

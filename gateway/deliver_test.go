@@ -101,7 +101,7 @@ func TestDeliverJSON(t *testing.T) {
 
 func TestParseDeliverErrors(t *testing.T) {
 	for _, tt := range []struct{ in, want string }{
-		{"ftp://x", `unknown scheme "ftp"`},
+		{"ftp://x", `want udp://IP:PORT, unix:///PATH or stdout`},
 		{"udp://localhost:5", "want udp://IP:PORT"},
 		{"udp://127.0.0.1:0", "want udp://IP:PORT"},
 		{"unix://", "want unix:///path"},
@@ -111,5 +111,18 @@ func TestParseDeliverErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("ParseDeliver(%q) = %v, want error containing %q", tt.in, err, tt.want)
 		}
+	}
+}
+
+// TestParseDeliverURL: the forms the one parser accepts, as given.
+func TestParseDeliverURL(t *testing.T) {
+	for _, in := range []string{"stdout", "-", "udp://127.0.0.1:6000", "udp://[::1]:6000", "unix:///run/app.sock", "unixgram:///run/app.sock"} {
+		d, err := ParseDeliverURL(in)
+		if err != nil || d.String() != in {
+			t.Errorf("ParseDeliverURL(%q) = %q, %v; want it accepted as given", in, d, err)
+		}
+	}
+	if _, err := (DeliverURL{}).Open(nil); err == nil {
+		t.Error("the zero DeliverURL opened")
 	}
 }

@@ -27,20 +27,26 @@ type ReceiverConfig struct {
 	Deliver Deliverer
 }
 
-func (c *ReceiverConfig) validate() error {
+// ErrGroupOrListen: a receiver configuration with both or neither of a
+// group and a listen address.
+var ErrGroupOrListen = errors.New("set exactly one of group and listen")
+
+// Validate checks where and how frames are received; errors name the
+// field as the configuration file does. Deliver is checked by NewReceiver.
+func (c *ReceiverConfig) Validate() error {
 	switch {
 	case c.Group.IsValid() == c.Listen.IsValid():
-		return errors.New("receiver: set exactly one of group and listen")
+		return ErrGroupOrListen
 	case c.Group.IsValid() && (!c.Group.Addr().IsMulticast() || c.Group.Port() == 0):
-		return fmt.Errorf("receiver: group %s: not a multicast address with a port", c.Group)
+		return fmt.Errorf("group: %s is not a multicast address with a port", c.Group)
 	case c.Listen.IsValid() && c.Listen.Port() == 0:
-		return fmt.Errorf("receiver: listen %s: need a non-zero port", c.Listen)
-	case c.Deliver == nil:
-		return errNoDeliverer
+		return fmt.Errorf("listen: %s: need a non-zero port", c.Listen)
 	case c.Key != nil && len(c.Key) < MinKeyLen:
-		return fmt.Errorf("receiver: key is %d bytes, want at least %d", len(c.Key), MinKeyLen)
+		return fmt.Errorf("key: %d bytes, want at least %d", len(c.Key), MinKeyLen)
 	case c.Batch < 0 || c.Batch > 1024:
-		return fmt.Errorf("receiver: batch %d is out of range 1..1024", c.Batch)
+		return fmt.Errorf("batch: %d is out of range 1..1024 (0: %d)", c.Batch, DefaultBatch)
+	case c.RcvBuf < 0:
+		return fmt.Errorf("rcvbuf: %d must not be negative (0: %d)", c.RcvBuf, DefaultRcvBuf)
 	}
 	return nil
 }
@@ -85,8 +91,11 @@ type Receiver struct {
 
 // NewReceiver checks cfg and returns a receiver; it opens nothing.
 func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*Receiver, error) {
-	if err := cfg.validate(); err != nil {
-		return nil, err
+	if cfg.Deliver == nil {
+		return nil, errNoDeliverer
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("receiver: %w", err)
 	}
 	if cfg.Batch == 0 {
 		cfg.Batch = DefaultBatch

@@ -41,15 +41,20 @@ type RelayStats struct {
 	Received  uint64 // datagrams read
 	Forwarded uint64 // frames written to every destination
 	Bytes     uint64 // payload bytes read
-	// Dropped counts by reason. A send_error counts once per destination
-	// that refused a frame.
+	// Dropped counts the datagrams not forwarded, by reason: with
+	// Forwarded they add up to Received. A send_error is a frame that at
+	// least one destination refused (with several destinations, the most
+	// that any one refused).
 	Dropped map[string]uint64
+	// SendErrors counts refusals per destination: a frame two
+	// destinations refused counts twice.
+	SendErrors uint64
 }
 
 // relayCounters are updated by one listener goroutine and read by others.
 type relayCounters struct {
-	received, forwarded, bytes atomic.Uint64
-	dropped                    [numDrops]atomic.Uint64
+	received, forwarded, bytes, sendErrors atomic.Uint64
+	dropped                                [numDrops]atomic.Uint64
 }
 
 // Relay limits.
@@ -80,34 +85,43 @@ type RelayConfig struct {
 	DynamicUnicast bool
 }
 
-func (c *RelayConfig) validate() error {
+// ErrNoDestination: a relay configuration with neither a group nor unicast
+// receivers (nor DynamicUnicast).
+var ErrNoDestination = errors.New("no destination: set a multicast group or unicast receivers")
+
+// Validate checks the configuration; errors name the field as the
+// configuration file does (listen[0], ttl). Zero values mean the defaults.
+func (c *RelayConfig) Validate() error {
 	if len(c.Listen) == 0 {
-		return errors.New("relay: at least one listen address is required")
+		return errors.New("listen: at least one address is required")
 	}
 	for i, l := range c.Listen {
 		if !l.IsValid() || l.Port() == 0 {
-			return fmt.Errorf("relay: listen[%d] %q: need an address and a non-zero port", i, l)
+			return fmt.Errorf("listen[%d]: %q: need an address and a non-zero port", i, l)
 		}
 	}
 	if !c.Group.IsValid() && len(c.Unicast) == 0 && !c.DynamicUnicast {
-		return errors.New("relay: no destination: set a multicast group or unicast receivers")
+		return ErrNoDestination
 	}
 	if c.Group.IsValid() && (!c.Group.Addr().IsMulticast() || c.Group.Port() == 0) {
-		return fmt.Errorf("relay: group %s: not a multicast address with a port", c.Group)
+		return fmt.Errorf("group: %s is not a multicast address with a port (239.255.0.0/16 is for local use)", c.Group)
 	}
 	for i, u := range c.Unicast {
 		if !u.IsValid() || u.Port() == 0 || u.Addr().IsMulticast() || u.Addr().IsUnspecified() {
-			return fmt.Errorf("relay: unicast[%d] %s: need a unicast address and a non-zero port", i, u)
+			return fmt.Errorf("unicast[%d]: %s: need a unicast address and a non-zero port", i, u)
 		}
 	}
 	if c.TTL < 0 || c.TTL > 255 {
-		return fmt.Errorf("relay: ttl %d is out of range 1..255", c.TTL)
+		return fmt.Errorf("ttl: %d is out of range 1..255 (0: 1)", c.TTL)
 	}
 	if c.Batch < 0 || c.Batch > 1024 {
-		return fmt.Errorf("relay: batch %d is out of range 1..1024", c.Batch)
+		return fmt.Errorf("batch: %d is out of range 1..1024 (0: %d)", c.Batch, DefaultBatch)
+	}
+	if c.RcvBuf < 0 {
+		return fmt.Errorf("rcvbuf: %d must not be negative (0: %d)", c.RcvBuf, DefaultRcvBuf)
 	}
 	if c.Key != nil && len(c.Key) < MinKeyLen {
-		return fmt.Errorf("relay: key is %d bytes, want at least %d", len(c.Key), MinKeyLen)
+		return fmt.Errorf("key: %d bytes, want at least %d", len(c.Key), MinKeyLen)
 	}
 	return nil
 }
@@ -134,8 +148,8 @@ type Relay struct {
 // NewRelay checks cfg and returns a relay; it opens nothing. Call Bind to
 // open the sockets early, or Run.
 func NewRelay(cfg RelayConfig, log *slog.Logger) (*Relay, error) {
-	if err := cfg.validate(); err != nil {
-		return nil, err
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
 	}
 	if cfg.TTL == 0 {
 		cfg.TTL = 1
@@ -168,9 +182,6 @@ func (r *Relay) SetForwarding(on bool) { r.stopped.Store(!on) }
 
 // Forwarding reports whether the relay forwards.
 func (r *Relay) Forwarding() bool { return !r.stopped.Load() }
-
-// Epoch returns the current epoch.
-func (r *Relay) Epoch() uint64 { return r.space.Load().epoch }
 
 // Bind opens the listening and sending sockets. Listening sockets use
 // FREEBIND, so they can be bound to a VIP that is not yet on the host. It is
@@ -449,10 +460,14 @@ func (l *relayListener) process(n int) {
 		failed, err := d.w.WriteBatch(l.out, d.addr)
 		if failed > 0 {
 			failedAny = max(failedAny, failed)
-			l.c.dropped[DropSendError].Add(uint64(failed))
+			l.c.sendErrors.Add(uint64(failed))
 			l.logSendError(d.addr, failed, err)
 		}
 	}
+	// Per datagram, send_error is the most frames any one destination
+	// refused (exact with one destination, a lower bound with several), so
+	// that forwarded and the drops still add up to received.
+	l.c.dropped[DropSendError].Add(uint64(failedAny))
 	l.c.forwarded.Add(uint64(len(l.out) - failedAny))
 }
 
@@ -469,11 +484,12 @@ func (l *relayListener) logSendError(to netip.AddrPort, failed int, err error) {
 
 func (l *relayListener) stats() RelayStats {
 	s := RelayStats{
-		Listen:    l.addr,
-		Received:  l.c.received.Load(),
-		Forwarded: l.c.forwarded.Load(),
-		Bytes:     l.c.bytes.Load(),
-		Dropped:   map[string]uint64{},
+		Listen:     l.addr,
+		Received:   l.c.received.Load(),
+		Forwarded:  l.c.forwarded.Load(),
+		Bytes:      l.c.bytes.Load(),
+		Dropped:    map[string]uint64{},
+		SendErrors: l.c.sendErrors.Load(),
 	}
 	for d := range numDrops {
 		s.Dropped[d.String()] = l.c.dropped[d].Load()

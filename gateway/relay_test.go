@@ -76,9 +76,17 @@ func TestRelayProcess(t *testing.T) {
 		meta{N: 0, From: a},
 	))
 	st := l.stats()
-	want := RelayStats{Received: 5, Forwarded: 2, Bytes: 112, Dropped: map[string]uint64{"truncated": 1, "not_allowed": 1, "send_error": 1, "not_primary": 0}}
+	want := RelayStats{Received: 5, Forwarded: 2, Bytes: 112, Dropped: map[string]uint64{"truncated": 1, "not_allowed": 1, "send_error": 1, "not_primary": 0}, SendErrors: 1}
 	if diff := cmp.Diff(want, st, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
 		t.Fatalf("stats (-want +got):\n%s", diff)
+	}
+	// The outcomes add up to the total (driftgate_relay_packets_total).
+	sum := st.Forwarded
+	for _, v := range st.Dropped {
+		sum += v
+	}
+	if sum != st.Received {
+		t.Fatalf("forwarded + dropped = %d, received %d: the outcomes must add up", sum, st.Received)
 	}
 	c := NewCodec(nil)
 	var got []Frame
@@ -122,14 +130,15 @@ func TestRelayConfigErrors(t *testing.T) {
 		mod  func(*RelayConfig)
 		want string
 	}{
-		{"no listen", func(c *RelayConfig) { c.Listen = nil }, "at least one listen address"},
+		{"no listen", func(c *RelayConfig) { c.Listen = nil }, "relay: listen: at least one address"},
 		{"listen port 0", func(c *RelayConfig) { c.Listen[0] = ap("198.18.0.100:0") }, "listen[0]"},
 		{"no destination", func(c *RelayConfig) { c.Group = netip.AddrPort{} }, "no destination"},
 		{"group unicast", func(c *RelayConfig) { c.Group = ap("198.18.0.1:5001") }, "not a multicast address"},
 		{"unicast multicast", func(c *RelayConfig) { c.Unicast = []netip.AddrPort{ap("239.255.0.2:1")} }, "unicast[0]"},
-		{"ttl", func(c *RelayConfig) { c.TTL = 256 }, "ttl 256"},
-		{"batch", func(c *RelayConfig) { c.Batch = 2000 }, "batch 2000"},
-		{"short key", func(c *RelayConfig) { c.Key = make([]byte, 16) }, "key is 16 bytes"},
+		{"ttl", func(c *RelayConfig) { c.TTL = 256 }, "relay: ttl: 256 is out of range"},
+		{"batch", func(c *RelayConfig) { c.Batch = 2000 }, "relay: batch: 2000 is out of range"},
+		{"rcvbuf", func(c *RelayConfig) { c.RcvBuf = -1 }, "relay: rcvbuf: -1 must not be negative"},
+		{"short key", func(c *RelayConfig) { c.Key = make([]byte, 16) }, "relay: key: 16 bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -92,7 +92,7 @@ func TestAddRemove(t *testing.T) {
 					t.Fatalf("after %s: Present = %v, %v; want %v", s.name, got, err, s.want)
 				}
 			}
-			got, err := m.Addr()
+			got, err := m.kernelAddr()
 			if err != nil || got == nil {
 				t.Fatalf("Addr: %v, %v", got, err)
 			}

@@ -83,9 +83,6 @@ func New(v VIP) (*Manager, error) {
 // Close releases the netlink socket.
 func (m *Manager) Close() { m.h.Close() }
 
-// VIP returns the managed VIP.
-func (m *Manager) VIP() VIP { return m.vip }
-
 func (m *Manager) link() (netlink.Link, error) {
 	l, err := m.h.LinkByName(m.vip.Iface)
 	if err != nil {
@@ -210,9 +207,9 @@ func (m *Manager) Present() (bool, error) {
 	return a != nil, nil
 }
 
-// Addr returns the VIP as the kernel has it (label, flags, lifetimes), or
-// nil when it is absent.
-func (m *Manager) Addr() (*netlink.Addr, error) {
+// kernelAddr returns the VIP as the kernel has it (label, flags,
+// lifetimes), or nil when it is absent.
+func (m *Manager) kernelAddr() (*netlink.Addr, error) {
 	link, err := m.link()
 	if err != nil {
 		return nil, m.opErr("reading", err)

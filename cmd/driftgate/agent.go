@@ -17,16 +17,14 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
-	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
 	"driftgate/consul"
-	"driftgate/gateway"
+	"driftgate/internal/agent"
 	"driftgate/internal/config"
-	"driftgate/netvip"
 )
 
 // sdNotifier sends sd_notify messages; without NOTIFY_SOCKET it does nothing.
@@ -68,7 +66,7 @@ the agent keeps running with the configuration it started with.`,
 			if err != nil {
 				return err
 			}
-			a, err := gateway.NewAgent(cfg, log.With("node", cfg.Node), sdNotifier{})
+			a, err := agent.New(cfg, log.With("node", cfg.Node), sdNotifier{})
 			if err != nil {
 				return err
 			}
@@ -77,6 +75,15 @@ the agent keeps running with the configuration it started with.`,
 				return err
 			}
 			defer unlock()
+			// The metrics port is taken before the agent starts: if it is
+			// in use, nothing has been touched yet.
+			var ln net.Listener
+			if cfg.Metrics.Address != "" {
+				if ln, err = net.Listen("tcp", cfg.Metrics.Address); err != nil {
+					return fmt.Errorf("metrics.address %s: %w", cfg.Metrics.Address, err)
+				}
+				defer ln.Close()
+			}
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 				collectors.NewBuildInfoCollector())
@@ -111,12 +118,8 @@ the agent keeps running with the configuration it started with.`,
 					}
 				}
 			})
-			if cfg.Metrics.Address != "" {
+			if ln != nil {
 				srv := &http.Server{Addr: cfg.Metrics.Address, Handler: a.Handler(reg), ReadHeaderTimeout: 5 * time.Second}
-				ln, err := net.Listen("tcp", cfg.Metrics.Address)
-				if err != nil {
-					return fmt.Errorf("metrics.address %s: %w", cfg.Metrics.Address, err)
-				}
 				grp.Go(func() error {
 					if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 						return err
@@ -158,13 +161,16 @@ the agent keeps running with the configuration it started with.`,
 
 func newConfigCmd() *cobra.Command {
 	c := &cobra.Command{Use: "config", Short: "Check or print configuration"}
+	var path string
 	check := &cobra.Command{
-		Use:   "check [FILE]",
+		Use:   "check [--config FILE | FILE]",
 		Short: "Validate a configuration file and print the effective configuration",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			path := config.DefaultPath
 			if len(args) == 1 {
+				if c.Flags().Changed("config") && args[0] != path {
+					return usagef("config check: give the file once, as --config or as an argument (got %s and %s)", path, args[0])
+				}
 				path = args[0]
 			}
 			cfg, err := config.Load(path, nil)
@@ -186,6 +192,7 @@ func newConfigCmd() *cobra.Command {
 			return err
 		},
 	}
+	configFlag(check, &path)
 	c.AddCommand(check, example)
 	return c
 }
@@ -241,7 +248,7 @@ agent. Exit status: 0 when a primary exists, 1 when none does (or on error).`,
 			if err != nil {
 				return err
 			}
-			client, err := consulClient(cfg)
+			client, err := consul.NewClient(cfg.Consul.ClientConfig)
 			if err != nil {
 				return err
 			}
@@ -251,11 +258,11 @@ agent. Exit status: 0 when a primary exists, 1 when none does (or on error).`,
 			if err != nil {
 				return err
 			}
-			var local *gateway.State
+			var local *agent.State
 			if cfg.Metrics.Address != "" {
 				hc := &http.Client{Timeout: 2 * time.Second}
 				if resp, err := hc.Get("http://" + cfg.Metrics.Address + "/status"); err == nil {
-					var s gateway.State
+					var s agent.State
 					if json.NewDecoder(resp.Body).Decode(&s) == nil {
 						local = &s
 					}
@@ -268,7 +275,7 @@ agent. Exit status: 0 when a primary exists, 1 when none does (or on error).`,
 				enc.SetIndent("", "  ")
 				enc.Encode(struct {
 					Cluster consul.Status  `json:"cluster"`
-					Local   *gateway.State `json:"local,omitempty"`
+					Local   *agent.State `json:"local,omitempty"`
 				}{st, local})
 			} else {
 				printStatus(out, st, local)
@@ -284,7 +291,7 @@ agent. Exit status: 0 when a primary exists, 1 when none does (or on error).`,
 	return c
 }
 
-func printStatus(w io.Writer, st consul.Status, local *gateway.State) {
+func printStatus(w io.Writer, st consul.Status, local *agent.State) {
 	if st.Holder == "" {
 		fmt.Fprintf(w, "primary: none (key %s", st.Key)
 		if st.Released {
@@ -328,61 +335,32 @@ func newCleanupCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			unlock, err := gateway.LockInstance(cfg.Node)
+			unlock, err := agent.LockInstance(cfg.Node)
 			if err != nil {
 				return fmt.Errorf("refusing to clean up: %w", err)
 			}
 			defer unlock()
-			var errs []error
-			removedAny := false
-			for _, v := range cfg.VIPs {
-				m, err := netvip.New(v.VIP)
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				removed, err := m.Cleanup()
-				m.Close()
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				if removed {
-					removedAny = true
-					fmt.Fprintf(c.OutOrStdout(), "removed %s\n", v)
-				}
+			client, err := consul.NewClient(cfg.Consul.ClientConfig)
+			if err != nil {
+				return err
 			}
-			// The VIP is gone from this host. If the dead agent still
-			// holds the lock, release it — cleanly if it had bound the
-			// VIP — so a standby takes over now rather than after the
-			// heartbeat check fences it.
-			if len(errs) == 0 {
-				client, err := consulClient(cfg)
-				if err == nil {
-					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					var ok bool
-					ok, err = consul.ReleaseAbandoned(ctx, client, cfg.Consul.LeaderKey(), cfg.Node, removedAny)
-					cancel()
-					if ok {
-						fmt.Fprintf(c.OutOrStdout(), "released %s (clean: %v)\n", cfg.Consul.LeaderKey(), removedAny)
-					}
-				}
-				if err != nil {
-					// Only an optimisation: without it the heartbeat check
-					// fences the dead agent. Removing the VIP is what
-					// matters, so this does not fail the clean-up (and the
-					// unit's ExecStopPost).
-					fmt.Fprintf(c.ErrOrStderr(), "driftgate: warning: releasing the leader lock: %v\n", err)
-				}
+			res, err := agent.Cleanup(context.Background(), cfg, client)
+			for _, v := range res.Removed {
+				fmt.Fprintf(c.OutOrStdout(), "removed %s\n", v)
 			}
-			return errors.Join(errs...)
+			if res.Released {
+				fmt.Fprintf(c.OutOrStdout(), "released %s (clean: %v)\n", cfg.Consul.LeaderKey(), res.Clean)
+			}
+			if res.ReleaseErr != nil {
+				// Only an optimisation: without it the heartbeat check
+				// fences the dead agent. Removing the VIP is what
+				// matters, so this does not fail the clean-up (and the
+				// unit's ExecStopPost).
+				fmt.Fprintf(c.ErrOrStderr(), "driftgate: warning: releasing the leader lock: %v\n", res.ReleaseErr)
+			}
+			return err
 		},
 	}
 	configFlag(c, &path)
 	return c
-}
-
-// consulClient builds a Consul API client from the configuration.
-func consulClient(cfg *config.Config) (*api.Client, error) {
-	return gateway.ConsulClient(cfg)
 }

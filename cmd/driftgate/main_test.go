@@ -23,11 +23,11 @@ func TestExitCodes(t *testing.T) {
 		{"relay group not multicast", []string{"relay", "--listen", "127.0.0.1:5000", "--group", "198.18.0.1:5001"}, 2, "not a multicast address"},
 		{"relay bad allow", []string{"relay", "--listen", "127.0.0.1:5000", "--group", "239.255.0.1:5001", "--allow", "10.0.0.0/33"}, 2, `--allow "10.0.0.0/33"`},
 		{"relay missing key file", []string{"relay", "--listen", "127.0.0.1:5000", "--group", "239.255.0.1:5001", "--key-file", "/nonexistent/key"}, 2, "--key-file: opening key file"},
-		{"relay bad ttl", []string{"relay", "--listen", "127.0.0.1:5000", "--group", "239.255.0.1:5001", "--ttl", "300"}, 2, "ttl 300 is out of range"},
+		{"relay bad ttl", []string{"relay", "--listen", "127.0.0.1:5000", "--group", "239.255.0.1:5001", "--ttl", "300"}, 2, "ttl: 300 is out of range"},
 		{"relay bad log level", []string{"relay", "--listen", "127.0.0.1:5000", "--group", "239.255.0.1:5001", "--log-level", "loud"}, 2, `--log-level "loud"`},
 		{"receive both", []string{"receive", "--group", "239.255.0.1:5001", "--listen", "127.0.0.1:5001", "--deliver", "stdout"}, 2, "exactly one of --group and --listen"},
 		{"receive no deliver", []string{"receive", "--listen", "127.0.0.1:5001"}, 2, "--deliver is required"},
-		{"receive bad deliver", []string{"receive", "--listen", "127.0.0.1:5001", "--deliver", "ftp://x"}, 2, `unknown scheme "ftp"`},
+		{"receive bad deliver", []string{"receive", "--listen", "127.0.0.1:5001", "--deliver", "ftp://x"}, 2, "want udp://IP:PORT, unix:///PATH or stdout"},
 		{"receive bad udp deliver", []string{"receive", "--listen", "127.0.0.1:5001", "--deliver", "udp://localhost"}, 2, "want udp://IP:PORT"},
 	}
 	for _, tt := range tests {

@@ -52,7 +52,11 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 			if err != nil {
 				return err
 			}
-			if cfg.Deliver, err = gateway.ParseDeliver(deliver, c.OutOrStdout()); err != nil {
+			d, err := gateway.ParseDeliverURL(deliver)
+			if err != nil {
+				return usagef("--deliver: %v", err)
+			}
+			if cfg.Deliver, err = d.Open(c.OutOrStdout()); err != nil {
 				return usagef("--deliver: %v", err)
 			}
 			r, err := gateway.NewReceiver(cfg, log)

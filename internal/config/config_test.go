@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"driftgate/consul"
+	"driftgate/gateway"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 )
@@ -48,7 +49,7 @@ func TestExample(t *testing.T) {
 		ReceiveFrom netip.AddrPort
 	}
 	got := view{c.Node, c.Consul.LeaderKey(), c.Election.Timing.TFence, c.VIPs[0].String(), c.VIPs[0].Announce.Count,
-		c.Relay.Listen, c.Relay.Group, c.Receive.Deliver, len(c.Checks), len(c.Hooks), c.Metrics.Address, c.Election.StepDownHoldOff, c.Receive.Group}
+		c.Relay.Listen, c.Relay.Group, c.Receive.DeliverURL.String(), len(c.Checks), len(c.Hooks), c.Metrics.Address, c.Election.StepDownHoldOff, c.Receive.Group}
 	want := view{"gw1", "driftgate/leader", 3 * time.Second, "198.18.0.100/24 on eth0", 3,
 		[]netip.AddrPort{netip.MustParseAddrPort("198.18.0.100:5000")}, netip.MustParseAddrPort("239.255.0.1:5001"),
 		"udp://127.0.0.1:6000", 1, 1, "127.0.0.1:9469", 10 * time.Second, netip.MustParseAddrPort("239.255.0.1:5001")}
@@ -76,7 +77,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Consul.Address != "127.0.0.1:8500" || c.Service.Name != "driftgate" || c.Relay.TTL != 1 || !c.Relay.GSO ||
+	if c.Consul.Address != "127.0.0.1:8500" || c.Service.Name != "driftgate" || c.Relay.TTL != 1 || c.Relay.NoGSO ||
 		c.VIPs[0].Announce.Delay != 2*time.Second || c.Log.Level != "info" {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
@@ -100,8 +101,11 @@ func TestErrors(t *testing.T) {
 		{"vip label", "vips:\n  - address: 198.18.0.100/24\n    interface: eth0\n    label: vip\n", `vips[0].label: "vip" must start with the interface name`},
 		{"no vips", "vips: []\n", "vips: at least one VIP is required"},
 		{"relay listen", "relay:\n  listen: [\"198.18.0.100\"]\n  group: 239.255.0.1:5001\n", `relay.listen[0]: "198.18.0.100": want IP:PORT`},
-		{"relay group", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 198.18.0.1:5001\n", "relay.group: 198.18.0.1 is not a multicast address"},
-		{"relay ttl", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 239.255.0.1:5001\n  ttl: 0\n", "relay.ttl: 0 is out of range 1..255"},
+		{"relay group", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 198.18.0.1:5001\n", "relay.group: 198.18.0.1:5001 is not a multicast address"},
+		{"relay ttl", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 239.255.0.1:5001\n  ttl: 300\n", "relay.ttl: 300 is out of range 1..255"},
+		{"relay batch", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 239.255.0.1:5001\n  batch: 2000\n", "relay.batch: 2000 is out of range 1..1024"},
+		{"relay no destination", "relay:\n  listen: [\"198.18.0.100:5000\"]\n", "relay: no destination: set relay.group, relay.unicast or relay.unicast_from_consul"},
+		{"receive group", "receive:\n  group: 198.18.0.1:5001\n  deliver: stdout\n", "receive.group: 198.18.0.1:5001 is not a multicast address"},
 		{"relay allow", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 239.255.0.1:5001\n  allow: [\"198.18.0.0/99\"]\n", `relay.allow[0]: "198.18.0.0/99"`},
 		{"receive both", "receive:\n  group: 239.255.0.1:5001\n  listen: 127.0.0.1:1\n  deliver: stdout\n", "receive: set exactly one of receive.group and receive.listen"},
 		{"receive deliver", "receive:\n  group: 239.255.0.1:5001\n  deliver: ftp://x\n", `receive.deliver: "ftp://x"`},
@@ -120,6 +124,21 @@ func TestErrors(t *testing.T) {
 				t.Fatalf("Load error:\n  %v\nwant it to contain\n  %s", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestDeliverForms: the configuration accepts every delivery URL the
+// receiver accepts, because both call gateway.ParseDeliverURL.
+func TestDeliverForms(t *testing.T) {
+	for _, d := range []string{"stdout", "-", "udp://127.0.0.1:6000", "unix:///run/app.sock", "unixgram:///run/app.sock"} {
+		c, err := Load(write(t, merge(minimal, "receive:\n  group: 239.255.0.1:5001\n  deliver: \""+d+"\"\n")), nil)
+		if err != nil {
+			t.Errorf("receive.deliver %q: %v", d, err)
+			continue
+		}
+		if _, err := gateway.ParseDeliverURL(d); err != nil || c.Receive.DeliverURL.String() != d {
+			t.Errorf("receive.deliver %q: loaded as %q; the receiver's parser says %v", d, c.Receive.DeliverURL, err)
+		}
 	}
 }
 

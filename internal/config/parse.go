@@ -1,14 +1,15 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
-	"net/url"
 	"os"
 	"strings"
 	"time"
 
 	"driftgate/consul"
+	"driftgate/gateway"
 	"driftgate/netvip"
 )
 
@@ -27,15 +28,10 @@ type Config struct {
 	Log      Log
 }
 
-// Consul is how to reach the local agent.
+// Consul is how to reach the local agent and where the election's keys are.
 type Consul struct {
-	Address    string
-	Token      string // from token or token_file
-	Datacenter string
-	KeyPrefix  string
-	CAFile     string
-	CertFile   string
-	KeyFile    string
+	consul.ClientConfig
+	KeyPrefix string
 }
 
 // LeaderKey is the election's KV key.
@@ -61,32 +57,24 @@ type VIP struct {
 	Announce netvip.AnnounceConfig
 }
 
-// Relay is the tee relay the primary runs.
+// Relay is the tee relay the primary runs, as the relay takes it; the
+// agent loads the key from KeyFile.
 type Relay struct {
-	Listen            []netip.AddrPort
-	Group             netip.AddrPort // zero: none
-	Interface         string
-	TTL               int
-	Unicast           []netip.AddrPort
-	UnicastFromConsul bool
-	Allow             []netip.Prefix
-	KeyFile           string
-	RcvBuf            int
-	Batch             int
-	GSO               bool
+	gateway.RelayConfig
+	KeyFile string
 }
 
-// Receive is this node's receiver.
+// Receive is this node's receiver, as the receiver takes it; the agent
+// opens Deliver and loads the key from KeyFile.
 type Receive struct {
-	Enabled   bool
-	Group     netip.AddrPort
-	Interface string
-	Listen    netip.AddrPort
-	Deliver   string
-	KeyFile   string
+	Enabled bool
+	gateway.ReceiverConfig
+	DeliverURL gateway.DeliverURL
+	KeyFile    string
 }
 
-// Hook is a command run on every role change.
+// Hook is a command run on every role change, with the transition in its
+// environment (DRIFTGATE_ROLE, …).
 type Hook struct {
 	Name    string
 	Command []string
@@ -100,50 +88,93 @@ type Metrics struct{ Address string }
 type Log struct{ Level, Format string }
 
 // parse turns the raw values into a Config, or the first error, named by
-// its key path.
+// its key path. Each section has its own parse function; ranges that a
+// library also enforces are checked by the library's Validate, once.
 func parse(r *raw) (*Config, error) {
 	c := &Config{Node: strings.TrimSpace(r.Node)}
 	if c.Node == "" {
 		return nil, fmt.Errorf("node: a node name is required")
 	}
+	var err error
+	if c.Consul, err = parseConsul(r); err != nil {
+		return nil, err
+	}
+	if c.Service, err = parseService(r); err != nil {
+		return nil, err
+	}
+	if c.Election, err = parseElection(r); err != nil {
+		return nil, err
+	}
+	if c.VIPs, err = parseVIPs(r); err != nil {
+		return nil, err
+	}
+	if c.Relay, err = parseRelay(r, c.VIPs); err != nil {
+		return nil, err
+	}
+	if c.Receive, err = parseReceive(r); err != nil {
+		return nil, err
+	}
+	if c.Relay.DynamicUnicast && c.Receive.Enabled && c.Receive.Listen.IsValid() && c.Receive.Listen.Addr().IsUnspecified() {
+		return nil, fmt.Errorf("receive.listen: %s: with relay.unicast_from_consul give this node's own address, which other nodes' relays send to", c.Receive.Listen)
+	}
+	if c.Checks, err = parseChecks(r); err != nil {
+		return nil, err
+	}
+	if c.Hooks, err = parseHooks(r); err != nil {
+		return nil, err
+	}
+	if c.Metrics, err = parseMetrics(r); err != nil {
+		return nil, err
+	}
+	if c.Log, err = parseLog(r); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
 
-	// consul
-	c.Consul = Consul{Address: r.Consul.Address, Token: r.Consul.Token, Datacenter: r.Consul.Datacenter,
-		KeyPrefix: strings.Trim(r.Consul.KeyPrefix, "/"), CAFile: r.Consul.TLS.CAFile, CertFile: r.Consul.TLS.CertFile, KeyFile: r.Consul.TLS.KeyFile}
-	if c.Consul.Address == "" {
-		return nil, fmt.Errorf("consul.address: required, e.g. 127.0.0.1:8500")
+func parseConsul(r *raw) (Consul, error) {
+	rc := r.Consul
+	c := Consul{ClientConfig: consul.ClientConfig{Address: rc.Address, Token: rc.Token, Datacenter: rc.Datacenter,
+		CAFile: rc.TLS.CAFile, CertFile: rc.TLS.CertFile, KeyFile: rc.TLS.KeyFile}, KeyPrefix: strings.Trim(rc.KeyPrefix, "/")}
+	if c.Address == "" {
+		return c, fmt.Errorf("consul.address: required, e.g. 127.0.0.1:8500")
 	}
-	if c.Consul.KeyPrefix == "" {
-		return nil, fmt.Errorf("consul.key_prefix: required, e.g. driftgate")
+	if c.KeyPrefix == "" {
+		return c, fmt.Errorf("consul.key_prefix: required, e.g. driftgate")
 	}
-	if r.Consul.Token != "" && r.Consul.TokenFile != "" {
-		return nil, fmt.Errorf("consul.token_file: set either consul.token or consul.token_file, not both")
+	if rc.Token != "" && rc.TokenFile != "" {
+		return c, fmt.Errorf("consul.token_file: set either consul.token or consul.token_file, not both")
 	}
-	if r.Consul.TokenFile != "" {
-		b, err := os.ReadFile(r.Consul.TokenFile)
+	if rc.TokenFile != "" {
+		b, err := os.ReadFile(rc.TokenFile)
 		if err != nil {
-			return nil, fmt.Errorf("consul.token_file: %w", err)
+			return c, fmt.Errorf("consul.token_file: %w", err)
 		}
-		c.Consul.Token = strings.TrimSpace(string(b))
+		c.Token = strings.TrimSpace(string(b))
 	}
-	if (c.Consul.CertFile == "") != (c.Consul.KeyFile == "") {
-		return nil, fmt.Errorf("consul.tls: set both cert_file and key_file, or neither")
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return c, fmt.Errorf("consul.tls: set both cert_file and key_file, or neither")
 	}
+	return c, nil
+}
 
-	// service
-	c.Service = Service{Name: r.Service.Name, Tags: r.Service.Tags}
-	if c.Service.Name == "" {
-		return nil, fmt.Errorf("service.name: required")
+func parseService(r *raw) (Service, error) {
+	s := Service{Name: r.Service.Name, Tags: r.Service.Tags}
+	if s.Name == "" {
+		return s, fmt.Errorf("service.name: required")
 	}
-	for i, tag := range c.Service.Tags {
+	for i, tag := range s.Tags {
 		if tag == consul.PrimaryTag {
-			return nil, fmt.Errorf("service.tags[%d]: %q is reserved for the primary", i, tag)
+			return s, fmt.Errorf("service.tags[%d]: %q is reserved for the primary", i, tag)
 		}
 	}
+	return s, nil
+}
 
-	// election
+func parseElection(r *raw) (Election, error) {
 	e := r.Election
-	t := &c.Election.Timing
+	var el Election
+	t := &el.Timing
 	for _, d := range []struct {
 		key string
 		raw string
@@ -153,33 +184,36 @@ func parse(r *raw) (*Config, error) {
 		{"confirm_interval", e.ConfirmInterval, &t.ConfirmInterval}, {"request_timeout", e.RequestTimeout, &t.RequestTimeout},
 		{"drop_budget", e.DropBudget, &t.DropBudget}, {"heartbeat_ttl", e.HeartbeatTTL, &t.HeartbeatTTL},
 		{"heartbeat_interval", e.HeartbeatInterval, &t.HeartbeatInterval}, {"lock_delay", e.LockDelay, &t.LockDelay},
-		{"session_ttl", e.SessionTTL, &t.SessionTTL}, {"step_down_hold_off", e.StepDownHoldOff, &c.Election.StepDownHoldOff},
+		{"session_ttl", e.SessionTTL, &t.SessionTTL}, {"step_down_hold_off", e.StepDownHoldOff, &el.StepDownHoldOff},
 	} {
 		v, err := duration("election."+d.key, d.raw)
 		if err != nil {
-			return nil, err
+			return el, err
 		}
 		*d.dst = v
 	}
 	if err := t.Validate(); err != nil {
-		return nil, pathErr("election", err)
+		return el, pathErr("election", err)
 	}
 	// The kernel holds a bound VIP for a lifetime of whole seconds, set
 	// after each confirmation, which may take request_timeout, and cut by
 	// the kernel's expiry slack (netvip.Manager.Add).
 	if least := t.RequestTimeout + time.Second + netvip.ExpirySlack; t.TFence < least {
-		return nil, fmt.Errorf("election.t_fence: %s is below request_timeout + 1s + %s = %s: the VIP's kernel lifetime, whole seconds set after each confirmation, could not end within the lease",
+		return el, fmt.Errorf("election.t_fence: %s is below request_timeout + 1s + %s = %s: the VIP's kernel lifetime, whole seconds set after each confirmation, could not end within the lease",
 			t.TFence, netvip.ExpirySlack, least)
 	}
 	if e.Priority < 0 || e.Priority > 100 {
-		return nil, fmt.Errorf("election.priority: %d is out of range 0..100", e.Priority)
+		return el, fmt.Errorf("election.priority: %d is out of range 0..100", e.Priority)
 	}
-	c.Election.Priority = e.Priority
+	el.Priority = e.Priority
+	return el, nil
+}
 
-	// vips
+func parseVIPs(r *raw) ([]VIP, error) {
 	if len(r.VIPs) == 0 {
 		return nil, errNoVIP
 	}
+	var vips []VIP
 	for i, rv := range r.VIPs {
 		path := fmt.Sprintf("vips[%d]", i)
 		p, err := netip.ParsePrefix(strings.TrimSpace(rv.Address))
@@ -210,92 +244,88 @@ func parse(r *raw) (*Config, error) {
 		}
 		v.Announce = a
 		for j := range i {
-			if c.VIPs[j].Prefix.Addr() == p.Addr() {
+			if vips[j].Prefix.Addr() == p.Addr() {
 				return nil, fmt.Errorf("%s.address: %s is already vips[%d]", path, p.Addr(), j)
 			}
 		}
-		c.VIPs = append(c.VIPs, v)
+		vips = append(vips, v)
 	}
+	return vips, nil
+}
 
-	// relay
+func parseRelay(r *raw, vips []VIP) (Relay, error) {
 	rr := r.Relay
-	rel := Relay{Interface: rr.Interface, TTL: rr.TTL, UnicastFromConsul: rr.UnicastFromConsul, KeyFile: rr.KeyFile, RcvBuf: rr.RcvBuf, Batch: rr.Batch, GSO: rr.GSO}
+	rel := Relay{RelayConfig: gateway.RelayConfig{Iface: rr.Interface, TTL: rr.TTL, DynamicUnicast: rr.UnicastFromConsul,
+		RcvBuf: rr.RcvBuf, Batch: rr.Batch, NoGSO: !rr.GSO}, KeyFile: rr.KeyFile}
 	if len(rr.Listen) == 0 {
-		return nil, fmt.Errorf("relay.listen: at least one address is required, e.g. the VIP with a port: %s:5000", c.VIPs[0].Prefix.Addr())
+		return rel, fmt.Errorf("relay.listen: at least one address is required, e.g. the VIP with a port: %s:5000", vips[0].Prefix.Addr())
 	}
 	for i, s := range rr.Listen {
 		ap, err := addrPort(fmt.Sprintf("relay.listen[%d]", i), s)
 		if err != nil {
-			return nil, err
+			return rel, err
 		}
 		rel.Listen = append(rel.Listen, ap)
 	}
 	if rr.Group != "" {
 		g, err := addrPort("relay.group", rr.Group)
 		if err != nil {
-			return nil, err
-		}
-		if !g.Addr().IsMulticast() {
-			return nil, fmt.Errorf("relay.group: %s is not a multicast address (239.255.0.0/16 is for local use)", g.Addr())
+			return rel, err
 		}
 		rel.Group = g
 	}
 	for i, s := range rr.Unicast {
 		ap, err := addrPort(fmt.Sprintf("relay.unicast[%d]", i), s)
 		if err != nil {
-			return nil, err
+			return rel, err
 		}
 		rel.Unicast = append(rel.Unicast, ap)
-	}
-	if !rel.Group.IsValid() && len(rel.Unicast) == 0 && !rel.UnicastFromConsul {
-		return nil, fmt.Errorf("relay: no destination: set relay.group, relay.unicast or relay.unicast_from_consul")
 	}
 	for i, s := range rr.Allow {
 		p, err := netip.ParsePrefix(strings.TrimSpace(s))
 		if err != nil {
-			return nil, fmt.Errorf("relay.allow[%d]: %q: want a CIDR such as 198.18.0.0/15", i, s)
+			return rel, fmt.Errorf("relay.allow[%d]: %q: want a CIDR such as 198.18.0.0/15", i, s)
 		}
 		rel.Allow = append(rel.Allow, p.Masked())
 	}
-	if rel.TTL < 1 || rel.TTL > 255 {
-		return nil, fmt.Errorf("relay.ttl: %d is out of range 1..255", rel.TTL)
+	if err := rel.Validate(); errors.Is(err, gateway.ErrNoDestination) {
+		return rel, fmt.Errorf("relay: no destination: set relay.group, relay.unicast or relay.unicast_from_consul")
+	} else if err != nil {
+		return rel, pathErr("relay", err)
 	}
-	if rel.Batch < 1 || rel.Batch > 1024 {
-		return nil, fmt.Errorf("relay.batch: %d is out of range 1..1024", rel.Batch)
-	}
-	if rel.RcvBuf < 0 {
-		return nil, fmt.Errorf("relay.rcvbuf: %d must not be negative", rel.RcvBuf)
-	}
-	c.Relay = rel
+	return rel, nil
+}
 
-	// receive
+func parseReceive(r *raw) (Receive, error) {
 	rc := r.Receive
-	c.Receive = Receive{Enabled: rc.Enabled, Interface: rc.Interface, Deliver: rc.Deliver, KeyFile: rc.KeyFile}
-	if rc.Enabled {
-		if (rc.Group == "") == (rc.Listen == "") {
-			return nil, fmt.Errorf("receive: set exactly one of receive.group and receive.listen (or receive.enabled: false)")
-		}
-		var err error
-		if rc.Group != "" {
-			if c.Receive.Group, err = addrPort("receive.group", rc.Group); err != nil {
-				return nil, err
-			}
-			if !c.Receive.Group.Addr().IsMulticast() {
-				return nil, fmt.Errorf("receive.group: %s is not a multicast address", c.Receive.Group.Addr())
-			}
-		} else if c.Receive.Listen, err = addrPort("receive.listen", rc.Listen); err != nil {
-			return nil, err
-		}
-		if err := checkDeliver(rc.Deliver); err != nil {
-			return nil, err
+	rec := Receive{Enabled: rc.Enabled, ReceiverConfig: gateway.ReceiverConfig{Iface: rc.Interface}, KeyFile: rc.KeyFile}
+	if !rc.Enabled {
+		return rec, nil
+	}
+	var err error
+	if rc.Group != "" {
+		if rec.Group, err = addrPort("receive.group", rc.Group); err != nil {
+			return rec, err
 		}
 	}
-
-	if c.Relay.UnicastFromConsul && c.Receive.Enabled && c.Receive.Listen.IsValid() && c.Receive.Listen.Addr().IsUnspecified() {
-		return nil, fmt.Errorf("receive.listen: %s: with relay.unicast_from_consul give this node's own address, which other nodes' relays send to", c.Receive.Listen)
+	if rc.Listen != "" {
+		if rec.Listen, err = addrPort("receive.listen", rc.Listen); err != nil {
+			return rec, err
+		}
 	}
+	if err := rec.Validate(); errors.Is(err, gateway.ErrGroupOrListen) {
+		return rec, fmt.Errorf("receive: set exactly one of receive.group and receive.listen (or receive.enabled: false)")
+	} else if err != nil {
+		return rec, pathErr("receive", err)
+	}
+	if rec.DeliverURL, err = gateway.ParseDeliverURL(rc.Deliver); err != nil {
+		return rec, fmt.Errorf("receive.deliver: %w", err)
+	}
+	return rec, nil
+}
 
-	// checks
+func parseChecks(r *raw) ([]consul.CheckSpec, error) {
+	var checks []consul.CheckSpec
 	for i, rch := range r.Checks {
 		path := fmt.Sprintf("checks[%d]", i)
 		cs := consul.CheckSpec{Name: rch.Name, HTTP: rch.HTTP, TCP: rch.TCP, Args: rch.Args}
@@ -309,10 +339,13 @@ func parse(r *raw) (*Config, error) {
 		if err := cs.Validate(); err != nil {
 			return nil, pathErr(path, err)
 		}
-		c.Checks = append(c.Checks, cs)
+		checks = append(checks, cs)
 	}
+	return checks, nil
+}
 
-	// hooks
+func parseHooks(r *raw) ([]Hook, error) {
+	var hooks []Hook
 	for i, rh := range r.Hooks {
 		path := fmt.Sprintf("hooks[%d]", i)
 		h := Hook{Name: rh.Name, Command: rh.Command, Timeout: 10 * time.Second}
@@ -334,48 +367,30 @@ func parse(r *raw) (*Config, error) {
 		if h.Name == "" {
 			h.Name = h.Command[0]
 		}
-		c.Hooks = append(c.Hooks, h)
+		hooks = append(hooks, h)
 	}
-
-	// metrics, log
-	c.Metrics.Address = r.Metrics.Address
-	if c.Metrics.Address != "" {
-		if _, err := netip.ParseAddrPort(c.Metrics.Address); err != nil {
-			return nil, fmt.Errorf("metrics.address: %q: want IP:PORT, e.g. 127.0.0.1:9469 (empty: off)", c.Metrics.Address)
-		}
-	}
-	c.Log = Log{Level: strings.ToLower(r.Log.Level), Format: strings.ToLower(r.Log.Format)}
-	switch c.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		return nil, fmt.Errorf("log.level: %q: want debug, info, warn or error", r.Log.Level)
-	}
-	if c.Log.Format != "text" && c.Log.Format != "json" {
-		return nil, fmt.Errorf("log.format: %q: want text or json", r.Log.Format)
-	}
-	return c, nil
+	return hooks, nil
 }
 
-// checkDeliver checks a delivery URL's form without opening it.
-func checkDeliver(s string) error {
-	if s == "stdout" {
-		return nil
-	}
-	u, err := url.Parse(s)
-	if err != nil {
-		return fmt.Errorf("receive.deliver: %q: %v", s, err)
-	}
-	switch u.Scheme {
-	case "udp":
-		if ap, err := netip.ParseAddrPort(u.Host); err != nil || ap.Port() == 0 {
-			return fmt.Errorf("receive.deliver: %q: want udp://IP:PORT", s)
+func parseMetrics(r *raw) (Metrics, error) {
+	m := Metrics{Address: r.Metrics.Address}
+	if m.Address != "" {
+		if _, err := netip.ParseAddrPort(m.Address); err != nil {
+			return m, fmt.Errorf("metrics.address: %q: want IP:PORT, e.g. 127.0.0.1:9469 (empty: off)", m.Address)
 		}
-		return nil
-	case "unix", "unixgram":
-		if u.Path == "" {
-			return fmt.Errorf("receive.deliver: %q: want unix:///path/to/socket", s)
-		}
-		return nil
 	}
-	return fmt.Errorf("receive.deliver: %q: want udp://IP:PORT, unix:///PATH or stdout", s)
+	return m, nil
+}
+
+func parseLog(r *raw) (Log, error) {
+	l := Log{Level: strings.ToLower(r.Log.Level), Format: strings.ToLower(r.Log.Format)}
+	switch l.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return l, fmt.Errorf("log.level: %q: want debug, info, warn or error", r.Log.Level)
+	}
+	if l.Format != "text" && l.Format != "json" {
+		return l, fmt.Errorf("log.format: %q: want text or json", r.Log.Format)
+	}
+	return l, nil
 }

@@ -21,6 +21,7 @@ var (
 	durationType = reflect.TypeOf(time.Duration(0))
 	stringerType = reflect.TypeOf((*interface{ String() string })(nil)).Elem()
 	addrPortType = reflect.TypeOf(netip.AddrPort{})
+	bytesType    = reflect.TypeOf([]byte(nil))
 )
 
 func render(v reflect.Value) any {
@@ -39,7 +40,9 @@ func render(v reflect.Value) any {
 		m := map[string]any{}
 		for i := range v.NumField() {
 			f := v.Type().Field(i)
-			if !f.IsExported() {
+			// Keys and deliverers are loaded and opened by the agent,
+			// never part of the file.
+			if !f.IsExported() || f.Type == bytesType || f.Type.Kind() == reflect.Interface {
 				continue
 			}
 			if f.Anonymous {

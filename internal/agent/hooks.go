@@ -1,4 +1,4 @@
-package gateway
+package agent
 
 import (
 	"context"
@@ -10,14 +10,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-)
 
-// Hook is a command run on every role change.
-type Hook struct {
-	Name    string
-	Command []string
-	Timeout time.Duration
-}
+	"driftgate/internal/config"
+)
 
 // transitionEvent is what hooks are told.
 type transitionEvent struct {
@@ -32,7 +27,7 @@ type transitionEvent struct {
 // a slow or failing hook never delays the role loop. If transitions come
 // faster than hooks finish, the oldest queued ones are dropped and counted.
 type hookRunner struct {
-	hooks   []Hook
+	hooks   []config.Hook
 	log     *slog.Logger
 	queue   chan transitionEvent
 	failed  atomic.Uint64
@@ -40,7 +35,7 @@ type hookRunner struct {
 	dropped atomic.Uint64
 }
 
-func newHookRunner(hooks []Hook, log *slog.Logger) *hookRunner {
+func newHookRunner(hooks []config.Hook, log *slog.Logger) *hookRunner {
 	return &hookRunner{hooks: hooks, log: log.With("component", "hooks"), queue: make(chan transitionEvent, 64)}
 }
 
@@ -71,7 +66,7 @@ func (h *hookRunner) Run(ctx context.Context) error {
 	}
 }
 
-func (h *hookRunner) run(ctx context.Context, hk Hook, e transitionEvent) {
+func (h *hookRunner) run(ctx context.Context, hk config.Hook, e transitionEvent) {
 	ctx, cancel := context.WithTimeout(ctx, hk.Timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, hk.Command[0], hk.Command[1:]...)

@@ -1,4 +1,4 @@
-package gateway
+package agent
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"driftgate/internal/config"
 )
 
 // TestHooks: hooks run in order with the transition in the environment; a
@@ -23,7 +25,7 @@ func TestHooks(t *testing.T) {
 		}
 		return p
 	}
-	hooks := []Hook{
+	hooks := []config.Hook{
 		{Name: "first", Command: []string{script("a", `echo "a $DRIFTGATE_PREVIOUS_ROLE>$DRIFTGATE_ROLE $DRIFTGATE_EPOCH $DRIFTGATE_REASON $DRIFTGATE_VIPS" >> `+out)}, Timeout: time.Second},
 		{Name: "fails", Command: []string{script("b", "exit 3")}, Timeout: time.Second},
 		{Name: "hangs", Command: []string{script("c", "sleep 10")}, Timeout: 200 * time.Millisecond},

@@ -1,4 +1,4 @@
-package gateway
+package agent
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"driftgate/consul"
+	"driftgate/gateway"
 )
 
 // Handler serves /metrics (Prometheus), /healthz, /status (JSON) and
@@ -53,11 +54,13 @@ func (a *Agent) Handler(reg *prometheus.Registry) http.Handler {
 // agentCollector reads the agent's state at scrape time, so nothing on the
 // data path is instrumented twice.
 type agentCollector struct {
-	a                                             *Agent
-	role, epoch, sinceConfirm, transitions        *prometheus.Desc
-	reasons, conflicts, announcements, vipPresent *prometheus.Desc
-	relayPackets, relayBytes, recvFrames, hooks   *prometheus.Desc
-	takeover                                      prometheus.Histogram
+	a                                          *Agent
+	role, epoch, sinceConfirm, transitions     *prometheus.Desc
+	reasons, illegal, conflicts, announcements *prometheus.Desc
+	vipPresent, relayReceived, relayPackets    *prometheus.Desc
+	relayBytes, relaySendErrors, recvReceived  *prometheus.Desc
+	recvFrames, recvLost, recvReordered, hooks *prometheus.Desc
+	takeover                                   prometheus.Histogram
 }
 
 func (a *Agent) collector() prometheus.Collector {
@@ -73,11 +76,21 @@ func (a *Agent) collector() prometheus.Collector {
 		conflicts:     d("vip_conflicts_total", "Other hosts seen claiming the VIP."),
 		announcements: d("vip_announcements_total", "Gratuitous ARP / neighbour advertisements sent."),
 		vipPresent:    d("vip_present", "1 if the VIP is on this host.", "vip"),
-		relayPackets:  d("relay_packets_total", "Relay datagrams by result.", "listen", "result"),
-		relayBytes:    d("relay_bytes_total", "Relay payload bytes received.", "listen"),
-		recvFrames:    d("receiver_frames_total", "Receiver frames by result.", "result"),
-		hooks:         d("hooks_total", "Hook runs by result.", "result"),
-		takeover:      a.takeover,
+		illegal:       d("role_illegal_transitions_total", "Role changes the role loop must never make (a bug)."),
+		// Totals and outcomes are separate metrics, so that the outcomes
+		// of one total add up to it: sum(relay_packets_total) ==
+		// relay_received_total, sum(receiver_frames_total) ==
+		// receiver_received_total.
+		relayReceived:   d("relay_received_total", "Datagrams the relay read.", "listen"),
+		relayPackets:    d("relay_packets_total", "What became of each datagram the relay read.", "listen", "result"),
+		relayBytes:      d("relay_bytes_total", "Relay payload bytes received.", "listen"),
+		relaySendErrors: d("relay_send_errors_total", "Frames a destination refused, counted per destination.", "listen"),
+		recvReceived:    d("receiver_received_total", "Datagrams the receiver read."),
+		recvFrames:      d("receiver_frames_total", "What became of each datagram the receiver read.", "result"),
+		recvLost:        d("receiver_lost_total", "Sequence numbers skipped and never received."),
+		recvReordered:   d("receiver_reordered_total", "Frames delivered after a later one."),
+		hooks:           d("hooks_total", "Hook runs by result.", "result"),
+		takeover:        a.takeover,
 	}
 	return c
 }
@@ -112,6 +125,7 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 	for k, v := range st.Reasons {
 		ct(c.reasons, v, k)
 	}
+	ct(c.illegal, st.Illegal)
 	ct(c.conflicts, st.Conflicts)
 	ct(c.announcements, c.a.announcementsSent())
 	for vip, ok := range st.VIPs {
@@ -123,24 +137,35 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, rs := range st.Relay {
 		l := rs.Listen.String()
-		ct(c.relayPackets, rs.Received, l, "received")
+		ct(c.relayReceived, rs.Received, l)
 		ct(c.relayPackets, rs.Forwarded, l, "forwarded")
 		for reason, v := range rs.Dropped {
 			ct(c.relayPackets, v, l, reason)
 		}
 		ct(c.relayBytes, rs.Bytes, l)
+		ct(c.relaySendErrors, rs.SendErrors, l)
 	}
 	if r := st.Receiver; r != nil {
-		for name, v := range map[string]uint64{"received": r.Received, "delivered": r.Delivered, "duplicate": r.Duplicates,
-			"stale_epoch": r.StaleEpoch, "late": r.Late, "lost": r.Lost, "reordered": r.Reordered, "truncated": r.Truncated, "deliver_error": r.DeliverErrors} {
+		ct(c.recvReceived, r.Received)
+		for name, v := range receiverOutcomes(*r) {
 			ct(c.recvFrames, v, name)
 		}
-		for reason, v := range r.Rejected {
-			ct(c.recvFrames, v, "rejected_"+reason)
-		}
+		ct(c.recvLost, r.Lost)
+		ct(c.recvReordered, r.Reordered)
 	}
 	for k, v := range st.Hooks {
 		ct(c.hooks, v, k)
 	}
 	c.takeover.Collect(ch)
+}
+
+// receiverOutcomes is what became of each datagram the receiver read, by
+// result label; the values add up to Received.
+func receiverOutcomes(r gateway.ReceiverStats) map[string]uint64 {
+	m := map[string]uint64{"delivered": r.Delivered, "duplicate": r.Duplicates, "stale_epoch": r.StaleEpoch,
+		"late": r.Late, "truncated": r.Truncated, "deliver_error": r.DeliverErrors}
+	for reason, v := range r.Rejected {
+		m["rejected_"+reason] = v
+	}
+	return m
 }

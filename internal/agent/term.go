@@ -1,0 +1,182 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"driftgate/netvip"
+)
+
+// VIP is one floating address on this host, as the role loop uses it
+// (*netvip.Manager).
+type VIP interface {
+	// Add puts the address on its interface until the lease deadline (the
+	// kernel's valid lifetime); adding one that is there extends it.
+	// netvip.ErrLeaseTooShort means nothing was changed.
+	Add(until time.Time) error
+	// Remove takes it off; removing one that is absent succeeds.
+	Remove() error
+	// Present reports whether it is on the interface.
+	Present() (bool, error)
+}
+
+// holdFunc starts, in g, the tasks that run while a term holds VIP i:
+// announcer, conflict guard, probe. allowed reports whether the term still
+// holds (read before every announcement). It returns a counter of the
+// announcements sent, or nil.
+type holdFunc func(ctx context.Context, g *errgroup.Group, i int, allowed func() bool) (sent func() uint64)
+
+// term is one holding period, from Bind to drop: it owns the VIPs' kernel
+// lease and the tasks that run only while holding, under an errgroup of its
+// own whose context is a child of the agent's task tree (the agent waits
+// for it). A term is used from the election's goroutine, except for the
+// lease timer, which mu orders against drop.
+type term struct {
+	epoch uint64
+	clock Clock
+	log   *slog.Logger
+	vips  []VIP
+	names []string // of vips, for logs
+
+	holding atomic.Bool // until drop starts
+	cancel  context.CancelFunc
+	g       *errgroup.Group
+	sent    []func() uint64
+
+	mu        sync.Mutex // orders renewals, including the timer's, against drop
+	stopTimer func() bool
+}
+
+// bindTerm adds every VIP until deadline and starts the holding tasks. If
+// an address cannot be added, those already added are removed and the
+// error is returned (the caller steps down, or stops on EPERM).
+func bindTerm(ctx context.Context, epoch uint64, deadline time.Time, vips []VIP, names []string, hold holdFunc, clock Clock, log *slog.Logger) (*term, error) {
+	for i, v := range vips {
+		if err := v.Add(deadline); err != nil {
+			for j, w := range vips[:i] {
+				if rerr := w.Remove(); rerr != nil {
+					log.Error("removing the VIP after a failed bind", "vip", names[j], "err", rerr)
+				}
+			}
+			return nil, fmt.Errorf("binding %s: %w", names[i], err)
+		}
+	}
+	t := &term{epoch: epoch, clock: clock, log: log, vips: vips, names: names}
+	t.holding.Store(true)
+	tctx, cancel := context.WithCancel(ctx)
+	t.cancel = cancel
+	t.g, tctx = errgroup.WithContext(tctx)
+	for i := range vips {
+		if hold != nil {
+			if sent := hold(tctx, t.g, i, t.holding.Load); sent != nil {
+				t.sent = append(t.sent, sent)
+			}
+		}
+	}
+	t.scheduleRenewal(deadline)
+	return t, nil
+}
+
+// wait waits for the term's tasks, which end after drop.
+func (t *term) wait() error { return t.g.Wait() }
+
+// announcements counts what this term's announcers sent.
+func (t *term) announcements() uint64 {
+	var n uint64
+	for _, f := range t.sent {
+		n += f()
+	}
+	return n
+}
+
+// renew extends the VIPs' kernel lifetimes to the new lease deadline. The
+// kernel removes a VIP whose lifetime ends, so a daemon that is frozen
+// (SIGSTOP, a hung disk, a VM pause) or killed without clean-up cannot keep
+// it past its lease: the one case the daemon's own deadline cannot cover.
+func (t *term) renew(deadline time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.holding.Load() {
+		return
+	}
+	t.setLifetimes(deadline)
+	t.scheduleRenewalLocked(deadline)
+}
+
+func (t *term) scheduleRenewal(deadline time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.scheduleRenewalLocked(deadline)
+}
+
+// scheduleRenewalLocked arranges one more renewal. Lifetimes are whole
+// seconds, rounded down, so one set now may end up to a second before the
+// deadline, and a Consul hiccup shorter than T_fence would cost the VIP.
+// So one more renewal runs at the instant when the time left to the
+// deadline is just over a whole second count; the next confirmation
+// cancels it, and if none comes, it moves the kernel's expiry to within
+// ExpirySlack + 50 ms of the deadline.
+func (t *term) scheduleRenewalLocked(deadline time.Time) {
+	if t.stopTimer != nil {
+		t.stopTimer()
+		t.stopTimer = nil
+	}
+	left := deadline.Sub(t.clock.Now()) - netvip.ExpirySlack
+	if at := left%time.Second - 50*time.Millisecond; left > time.Second && at > 0 {
+		t.stopTimer = t.clock.AfterFunc(at, func() {
+			t.mu.Lock()
+			defer t.mu.Unlock()
+			if t.holding.Load() {
+				t.setLifetimes(deadline)
+			}
+		})
+	}
+}
+
+// setLifetimes sets the VIPs' kernel lifetimes for a lease ending at
+// deadline; called with mu held.
+func (t *term) setLifetimes(deadline time.Time) {
+	for i, v := range t.vips {
+		if err := v.Add(deadline); err != nil {
+			if errors.Is(err, netvip.ErrLeaseTooShort) {
+				// The lifetime set before ends earlier still.
+				t.log.Debug("not extending the VIP's lifetime", "vip", t.names[i], "err", err)
+				continue
+			}
+			// If renewals keep failing the kernel removes the VIP and
+			// the watcher steps down.
+			t.log.Warn("extending the VIP's lifetime", "vip", t.names[i], "err", err)
+		}
+	}
+}
+
+// drop removes the VIPs, first and fast, then ends the holding tasks
+// (without waiting for them: the agent does). An error says a VIP may
+// still be there.
+func (t *term) drop() error {
+	t.holding.Store(false) // announcers stop before the VIP goes
+	// A renewal in progress finishes before the VIPs go; later ones see
+	// holding false.
+	t.mu.Lock()
+	if t.stopTimer != nil {
+		t.stopTimer()
+		t.stopTimer = nil
+	}
+	t.mu.Unlock()
+	var errs []error
+	for i, v := range t.vips {
+		if err := v.Remove(); err != nil {
+			t.log.Error("removing the VIP", "vip", t.names[i], "err", err)
+			errs = append(errs, err)
+		}
+	}
+	t.cancel()
+	return errors.Join(errs...)
+}
