@@ -274,8 +274,8 @@ agent. Exit status: 0 when a primary exists, 1 when none does (or on error).`,
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
 				enc.Encode(struct {
-					Cluster consul.Status  `json:"cluster"`
-					Local   *agent.State `json:"local,omitempty"`
+					Cluster consul.Status `json:"cluster"`
+					Local   *agent.State  `json:"local,omitempty"`
 				}{st, local})
 			} else {
 				printStatus(out, st, local)
