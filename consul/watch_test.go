@@ -1,0 +1,64 @@
+package consul
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/hashicorp/consul/api"
+)
+
+// TestBlocking: the index rules of a series of blocking queries, step by
+// step.
+func TestBlocking(t *testing.T) {
+	var b blocking
+	var got []string
+	step := func(what string) { got = append(got, fmt.Sprintf("%s: idx %d fails %d", what, b.idx, b.fails)) }
+	b.answered(&api.QueryMeta{LastIndex: 40})
+	step("answer 40")
+	b.answered(&api.QueryMeta{LastIndex: 41})
+	step("answer 41")
+	b.answered(&api.QueryMeta{LastIndex: 7})
+	step("went backwards")
+	b.answered(&api.QueryMeta{LastIndex: 0})
+	step("index 0")
+	n1, w1 := b.failed()
+	step("failed")
+	n2, w2 := b.failed()
+	step("failed again")
+	b.answered(&api.QueryMeta{LastIndex: 50})
+	step("answer 50")
+	b.reset()
+	step("reset")
+	want := []string{
+		"answer 40: idx 40 fails 0", "answer 41: idx 41 fails 0", "went backwards: idx 0 fails 0", "index 0: idx 1 fails 0",
+		"failed: idx 0 fails 1", "failed again: idx 0 fails 2", "answer 50: idx 50 fails 0", "reset: idx 0 fails 0",
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Fatalf("(-want +got):\n%s", d)
+	}
+	if n1 != 1 || n2 != 2 || w1 != 100*time.Millisecond || w2 != 200*time.Millisecond {
+		t.Fatalf("failures %d, %d waits %v, %v; want 1, 2 and 100ms, 200ms", n1, n2, w1, w2)
+	}
+}
+
+// TestRefused: only a client error (not 429) is final.
+func TestRefused(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{api.StatusError{Code: 403, Body: "Permission denied"}, true},
+		{api.StatusError{Code: 400, Body: "bad check"}, true},
+		{api.StatusError{Code: 429, Body: "rate limited"}, false},
+		{api.StatusError{Code: 500, Body: "rpc error"}, false},
+		{errors.New("dial tcp 127.0.0.1:8500: connection refused"), false},
+	} {
+		err := refused(fmt.Errorf("registering: %w", tt.err))
+		if got := errors.Is(err, ErrRefused); got != tt.want {
+			t.Errorf("%v: refused %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
