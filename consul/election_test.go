@@ -15,6 +15,8 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"driftgate/consul/consultest"
+
+	"driftgate/internal/testkit"
 )
 
 // testTiming is fast but satisfies every inequality.
@@ -177,18 +179,6 @@ func (n *node) count(k EventKind) int {
 	return c
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > d {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
 // holderOf returns the node currently holding the VIP.
 func holderOf(vip *vipTracker, ns []*node) *node {
 	h := vip.current()
@@ -248,7 +238,7 @@ func TestElectionsAndEpochs(t *testing.T) {
 	for i := range 3 {
 		ns = append(ns, startNode(t, c, vip, "test/epochs", fmt.Sprintf("n%d", i+1), nodeOpts{}))
 	}
-	waitFor(t, "a first holder", 10*time.Second, func() bool { return vip.current() != "" })
+	testkit.WaitFor(t, "a first holder", 10*time.Second, func() bool { return vip.current() != "" })
 	time.Sleep(300 * time.Millisecond)
 	binds := 0
 	for _, n := range ns {
@@ -270,7 +260,7 @@ func TestElectionsAndEpochs(t *testing.T) {
 		if err := h.el.StepDown(t.Context(), e.Epoch, time.Second); err != nil {
 			t.Fatalf("step-down of %s: %v", h.name, err)
 		}
-		waitFor(t, "the next holder", 5*time.Second, func() bool { c := vip.current(); return c != "" && c != h.name })
+		testkit.WaitFor(t, "the next holder", 5*time.Second, func() bool { c := vip.current(); return c != "" && c != h.name })
 		handovers = append(handovers, time.Since(start))
 		// Let the hold-off of the node that stepped down end, so the next
 		// step-down has two standbys, as in production.
@@ -311,11 +301,11 @@ func TestHeartbeatStops(t *testing.T) {
 	for i := range 3 {
 		ns = append(ns, startNode(t, c, vip, "test/heartbeat", fmt.Sprintf("n%d", i+1), nodeOpts{}))
 	}
-	waitFor(t, "a holder", 10*time.Second, func() bool { return vip.current() != "" })
+	testkit.WaitFor(t, "a holder", 10*time.Second, func() bool { return vip.current() != "" })
 	old := holderOf(vip, ns)
 	stopped := time.Now()
 	old.stopHB()
-	waitFor(t, "another holder", tm.HeartbeatTTL+tm.TWait+tm.LockDelay+5*time.Second, func() bool {
+	testkit.WaitFor(t, "another holder", tm.HeartbeatTTL+tm.TWait+tm.LockDelay+5*time.Second, func() bool {
 		c := vip.current()
 		return c != "" && c != old.name
 	})
@@ -370,20 +360,20 @@ func TestOperatorActions(t *testing.T) {
 	}
 	vip := &vipTracker{t: t}
 	ns := []*node{startNode(t, c, vip, key, "n1", nodeOpts{}), startNode(t, c, vip, key, "n2", nodeOpts{})}
-	waitFor(t, "a holder", 10*time.Second, func() bool { return vip.current() != "" })
+	testkit.WaitFor(t, "a holder", 10*time.Second, func() bool { return vip.current() != "" })
 	for _, a := range actions {
 		t.Run(a.name, func(t *testing.T) {
-			waitFor(t, "a holder", 10*time.Second, func() bool { return vip.current() != "" })
+			testkit.WaitFor(t, "a holder", 10*time.Second, func() bool { return vip.current() != "" })
 			h := holderOf(vip, ns)
 			before, _ := h.last(Bind)
 			drops := h.count(MustDrop)
 			a.do(t, h.el.Snapshot().Session)
-			d := waitFor(t, "MustDrop", 3*time.Second, func() bool { return h.count(MustDrop) > drops })
+			d := testkit.WaitFor(t, "MustDrop", 3*time.Second, func() bool { return h.count(MustDrop) > drops })
 			t.Logf("%s: %s signalled MustDrop %v after the action", a.name, h.name, d.Round(time.Millisecond))
 			if limit := tm.ConfirmInterval + tm.RequestTimeout; d > limit {
 				t.Fatalf("MustDrop after %v, want ≤ one confirm interval + request timeout (%v)", d, limit)
 			}
-			waitFor(t, "the next holder", 10*time.Second, func() bool { return vip.current() != "" })
+			testkit.WaitFor(t, "the next holder", 10*time.Second, func() bool { return vip.current() != "" })
 			after, _ := holderOf(vip, ns).last(Bind)
 			if after.Epoch <= before.Epoch {
 				t.Fatalf("epoch %d after %s, not above %d", after.Epoch, a.name, before.Epoch)
@@ -407,13 +397,13 @@ func TestCheckCritical(t *testing.T) {
 	}
 	vip := &vipTracker{t: t}
 	n1 := startNode(t, c, vip, key, "n1", nodeOpts{checks: check("n1")})
-	waitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
+	testkit.WaitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
 	// n2's check is a script check that fails from the start (exit 2:
 	// critical; exit 1 would only be a warning): n2 must never win.
 	n2 := startNode(t, c, vip, key, "n2", nodeOpts{checks: []CheckSpec{{Name: "app", Args: []string{"sh", "-c", "test -e /nonexistent/ready || exit 2"},
 		Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond}}})
 	listeners["n1"].Close()
-	d := waitFor(t, "n1 fenced", 5*time.Second, func() bool { return n1.count(MustDrop) > 0 })
+	d := testkit.WaitFor(t, "n1 fenced", 5*time.Second, func() bool { return n1.count(MustDrop) > 0 })
 	e, _ := n1.last(MustDrop)
 	t.Logf("n1's check turned critical: MustDrop after %v (%s)", d.Round(time.Millisecond), e.Reason)
 	time.Sleep(3 * time.Second)
@@ -432,10 +422,10 @@ func TestNineContenders(t *testing.T) {
 		ns = append(ns, startNode(t, c, vip, "test/nine", fmt.Sprintf("n%d", i+1), nodeOpts{}))
 	}
 	for round := range 3 {
-		waitFor(t, "a holder", 15*time.Second, func() bool { return vip.current() != "" })
+		testkit.WaitFor(t, "a holder", 15*time.Second, func() bool { return vip.current() != "" })
 		h := holderOf(vip, ns)
 		h.stopHB() // hung: fenced by its heartbeat check
-		waitFor(t, "a new holder", 15*time.Second, func() bool { c := vip.current(); return c != "" && c != h.name })
+		testkit.WaitFor(t, "a new holder", 15*time.Second, func() bool { c := vip.current(); return c != "" && c != h.name })
 		t.Logf("round %d: %s fenced, %s holds", round+1, h.name, vip.current())
 	}
 	time.Sleep(500 * time.Millisecond)
@@ -464,7 +454,7 @@ func TestConsulUnreachable(t *testing.T) {
 			for _, name := range []string{"n1", "n2", "n3"} {
 				ns = append(ns, startNode(t, cl.Clients[name].Client(), vip, "test/unreachable", name, nodeOpts{}))
 			}
-			waitFor(t, "a holder", 15*time.Second, func() bool { return vip.current() != "" })
+			testkit.WaitFor(t, "a holder", 15*time.Second, func() bool { return vip.current() != "" })
 			h := holderOf(vip, ns)
 			lastConfirm := h.el.Snapshot().LastConfirm
 			cut := time.Now()
@@ -475,7 +465,7 @@ func TestConsulUnreachable(t *testing.T) {
 				agent.Pause()
 				defer agent.Resume()
 			}
-			waitFor(t, "MustDrop", tm.TFence+2*time.Second, func() bool { return h.count(MustDrop) > 0 })
+			testkit.WaitFor(t, "MustDrop", tm.TFence+2*time.Second, func() bool { return h.count(MustDrop) > 0 })
 			drop, _ := h.last(MustDrop)
 			// The last confirmation was sent before the cut, so the lease ends
 			// at most T_fence after it (plus timer and scheduling latency).
@@ -485,7 +475,7 @@ func TestConsulUnreachable(t *testing.T) {
 			if drop.Time.Before(lastConfirm.Add(tm.TFence)) && !strings.Contains(drop.Reason, "lost the lock") {
 				t.Fatalf("dropped before the lease expired without seeing the loss: %s", drop.Reason)
 			}
-			waitFor(t, "a new holder", 20*time.Second, func() bool { c := vip.current(); return c != "" && c != h.name })
+			testkit.WaitFor(t, "a new holder", 20*time.Second, func() bool { c := vip.current(); return c != "" && c != h.name })
 			nw := holderOf(vip, ns)
 			bind, _ := nw.last(Bind)
 			t.Logf("%s: %s dropped %v after the cut (%s); %s bound %v after the cut",
@@ -506,9 +496,9 @@ func TestStaleStepDown(t *testing.T) {
 	c := sharedServer(t)
 	vip := &vipTracker{t: t}
 	a := startNode(t, c, vip, "test/stale", "a", nodeOpts{})
-	waitFor(t, "a to hold", 10*time.Second, func() bool { return vip.current() == "a" })
+	testkit.WaitFor(t, "a to hold", 10*time.Second, func() bool { return vip.current() == "a" })
 	b := startNode(t, c, vip, "test/stale", "b", nodeOpts{})
-	waitFor(t, "b to contend", 5*time.Second, func() bool { return b.el.Snapshot().Phase == PhaseContending })
+	testkit.WaitFor(t, "b to contend", 5*time.Second, func() bool { return b.el.Snapshot().Phase == PhaseContending })
 	if err := b.el.StepDown(t.Context(), 0, time.Second); !errors.Is(err, ErrNotHolding) {
 		t.Fatalf("step-down while contending: %v, want ErrNotHolding", err)
 	}
@@ -522,7 +512,7 @@ func TestStaleStepDown(t *testing.T) {
 	if err := a.el.StepDown(t.Context(), a.el.Snapshot().Epoch, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "b to take over", 5*time.Second, func() bool { return vip.current() == "b" })
+	testkit.WaitFor(t, "b to take over", 5*time.Second, func() bool { return vip.current() == "b" })
 	select {
 	case err := <-stale:
 		if !errors.Is(err, ErrNotHolding) {
@@ -547,12 +537,12 @@ func TestDroppedMarker(t *testing.T) {
 	l := checkTarget(t, "127.0.0.1:0")
 	vip := &vipTracker{t: t}
 	n1 := startNode(t, c, vip, key, "n1", nodeOpts{checks: tcpCheck(l)})
-	waitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
+	testkit.WaitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
 	n2 := startNode(t, c, vip, key, "n2", nodeOpts{})
-	waitFor(t, "n2 to contend", 5*time.Second, func() bool { return n2.el.Snapshot().Phase == PhaseContending })
+	testkit.WaitFor(t, "n2 to contend", 5*time.Second, func() bool { return n2.el.Snapshot().Phase == PhaseContending })
 	time.Sleep(300 * time.Millisecond)
 	l.Close()
-	waitFor(t, "n2 to take over", 10*time.Second, func() bool { return vip.current() == "n2" })
+	testkit.WaitFor(t, "n2 to take over", 10*time.Second, func() bool { return vip.current() == "n2" })
 	drop, _ := n1.last(MustDrop)
 	acq, _ := n2.last(Acquired)
 	bind, _ := n2.last(Bind)
@@ -574,11 +564,11 @@ func TestOwnDroppedMarker(t *testing.T) {
 	l := checkTarget(t, "127.0.0.1:0")
 	vip := &vipTracker{t: t}
 	n := startNode(t, c, vip, key, "n1", nodeOpts{checks: tcpCheck(l)})
-	waitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
+	testkit.WaitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
 	l.Close()
-	waitFor(t, "n1 to be fenced", 5*time.Second, func() bool { return n.count(MustDrop) == 1 })
+	testkit.WaitFor(t, "n1 to be fenced", 5*time.Second, func() bool { return n.count(MustDrop) == 1 })
 	checkTarget(t, l.Addr().String())
-	waitFor(t, "n1 to hold again", 10*time.Second, func() bool { return n.count(Bind) == 2 })
+	testkit.WaitFor(t, "n1 to hold again", 10*time.Second, func() bool { return n.count(Bind) == 2 })
 	acq, _ := n.last(Acquired)
 	bind, _ := n.last(Bind)
 	tw := testTiming().TWait

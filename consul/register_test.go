@@ -10,6 +10,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"driftgate/consul/consultest"
+
+	"driftgate/internal/testkit"
 )
 
 // srvPorts asks the agent's DNS interface for name's SRV records.
@@ -53,13 +55,13 @@ func TestPrimaryTagAndStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "a holder", 10*time.Second, func() bool { return vip.current() != "" })
+	testkit.WaitFor(t, "a holder", 10*time.Second, func() bool { return vip.current() != "" })
 	h := holderOf(vip, ns)
 	if err := h.reg.SetRole(t.Context(), "primary", true); err != nil {
 		t.Fatal(err)
 	}
 	want := uint16(h.reg.cfg.Port)
-	waitFor(t, "DNS to name the primary", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "DNS to name the primary", 5*time.Second, func() bool {
 		p := srvPorts(t, agent.DNSAddr, "primary.driftgate.service.consul")
 		return len(p) == 1 && p[0] == want
 	})
@@ -93,7 +95,7 @@ func TestPrimaryTagAndStatus(t *testing.T) {
 	if err := h.reg.SetRole(t.Context(), "standby", false); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "DNS to drop the old primary", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "DNS to drop the old primary", 5*time.Second, func() bool {
 		p := srvPorts(t, agent.DNSAddr, "primary.driftgate.service.consul")
 		return len(p) == 0 || p[0] != want
 	})

@@ -23,6 +23,7 @@ import (
 	"driftgate/consul/consultest"
 	"driftgate/internal/agent"
 	"driftgate/internal/netlab"
+	"driftgate/internal/testkit"
 )
 
 const agentVIP = "198.18.0.100"
@@ -315,22 +316,19 @@ func (c *agentCluster) primary() string {
 
 func (c *agentCluster) waitUntil(what string, d time.Duration, cond func() bool) time.Duration {
 	c.t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > d {
-			for name, n := range c.nodes {
-				c.t.Logf("%s log:\n%s", name, n.out)
-			}
-			c.t.Fatalf("timed out after %v waiting for %s", d, what)
+	took, ok := testkit.Poll(d, cond)
+	if !ok {
+		for name, n := range c.nodes {
+			c.t.Logf("%s log:\n%s", name, n.out)
 		}
-		time.Sleep(20 * time.Millisecond)
+		c.t.Fatalf("timed out after %v waiting for %s", d, what)
 	}
-	return time.Since(start)
+	return took
 }
 
 // startFeed sends a sequenced feed to the VIP from the src namespace.
 func (c *agentCluster) startFeed(rate int) {
-	feed := selfCommand(c.lab.Host("src").NS, "feed", agentVIP+":5000", strconv.Itoa(rate), strconv.Itoa(rate*60))
+	feed := c.lab.Host("src").Self("feed", agentVIP+":5000", strconv.Itoa(rate), strconv.Itoa(rate*60))
 	if err := feed.Start(); err != nil {
 		c.t.Fatal(err)
 	}

@@ -160,7 +160,7 @@ func faults() []fault {
 			}},
 		{name: "rogue ARP claim", on: "primary", hold: fixed(0),
 			inject: func(c *chaos, v string) func() {
-				if out, err := selfCommand(c.rogue.NS, "garp", "eth0", agentVIP, "3").CombinedOutput(); err != nil {
+				if out, err := c.rogue.Self("garp", "eth0", agentVIP, "3").CombinedOutput(); err != nil {
 					c.t.Errorf("rogue ARP: %v: %s", err, out)
 				}
 				return func() {}
@@ -240,7 +240,7 @@ func TestChaos(t *testing.T) {
 	// The feed runs for the whole suite; it is bounded by count and so by
 	// time (MAX/RATE + 10 s).
 	budget := 120 + len(order)*90
-	feed := selfCommand(c.lab.Host("src").NS, "feed", agentVIP+":5000", strconv.Itoa(chaosRate), strconv.Itoa(chaosRate*budget))
+	feed := c.lab.Host("src").Self("feed", agentVIP+":5000", strconv.Itoa(chaosRate), strconv.Itoa(chaosRate*budget))
 	if err := feed.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -130,7 +130,7 @@ vrrp_instance VI_1 {
 			return time.Since(start)
 		}
 		waitVIP(k1, 20*time.Second)
-		feed := selfCommand(lab.Host("src").NS, "feed", agentVIP+":5000", fmt.Sprint(rate), fmt.Sprint(rate*60))
+		feed := lab.Host("src").Self("feed", agentVIP+":5000", fmt.Sprint(rate), fmt.Sprint(rate*60))
 		feed.Start()
 		t.Cleanup(func() { feed.Process.Kill(); feed.Wait() })
 		ov := sampleOverlap(t, k1, k2)

@@ -12,21 +12,17 @@ import (
 	"time"
 
 	"github.com/mdlayher/arp"
+
+	"driftgate/internal/testkit"
 )
 
 // driftgate is the path of the binary under test, built once by TestMain.
 var driftgate string
 
 // TestMain builds the driftgate binary, or runs a helper role when the test
-// binary is re-executed inside a namespace (DRIFTGATE_E2E_ROLE).
+// binary is re-executed inside a namespace (Host.Self).
 func TestMain(m *testing.M) {
-	if role := os.Getenv("DRIFTGATE_E2E_ROLE"); role != "" {
-		if err := runRole(role, os.Args[1:]); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	testkit.RunRole(map[string]testkit.Role{"feed": feedRole, "garp": garpRole})
 	dir, err := os.MkdirTemp("", "driftgate-e2e")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -46,84 +42,71 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// runRole runs a helper inside a namespace.
-//
-//	feed ADDR:PORT RATE MAX  sends "1", "2", … at RATE per second.
-func runRole(role string, args []string) error {
-	switch role {
-	case "feed":
-		// feed ADDR:PORT RATE MAX: sends "1", "2", … at RATE per second
-		// until MAX datagrams have gone or MAX/RATE + 10 s have passed.
-		if len(args) != 3 {
-			return fmt.Errorf("feed: want ADDR:PORT RATE MAX")
-		}
-		rate, err := strconv.Atoi(args[1])
-		if err != nil {
-			return err
-		}
-		maxN, err := strconv.Atoi(args[2])
-		if err != nil {
-			return err
-		}
-		c, err := net.Dial("udp", args[0])
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		start := time.Now()
-		limit := time.Duration(maxN/rate+10) * time.Second
-		for i := 1; i <= maxN && time.Since(start) < limit; i++ {
-			if due := start.Add(time.Duration(i) * time.Second / time.Duration(rate)); time.Until(due) > 0 {
-				time.Sleep(time.Until(due))
-			}
-			c.Write([]byte(strconv.Itoa(i))) // errors (no route during failover) are expected
-		}
-		return nil
-	case "garp":
-		// garp IFACE IP COUNT: claims IP for this host's MAC with COUNT
-		// gratuitous ARP replies, 100 ms apart (a rogue host).
-		if len(args) != 3 {
-			return fmt.Errorf("garp: want IFACE IP COUNT")
-		}
-		ifi, err := net.InterfaceByName(args[0])
-		if err != nil {
-			return err
-		}
-		ip, err := netip.ParseAddr(args[1])
-		if err != nil {
-			return err
-		}
-		n, err := strconv.Atoi(args[2])
-		if err != nil {
-			return err
-		}
-		c, err := arp.Dial(ifi)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-		p, err := arp.NewPacket(arp.OperationReply, ifi.HardwareAddr, ip, bcast, ip)
-		if err != nil {
-			return err
-		}
-		for i := range n {
-			if i > 0 {
-				time.Sleep(100 * time.Millisecond)
-			}
-			if err := c.WriteTo(p, bcast); err != nil {
-				return err
-			}
-		}
-		return nil
+// feedRole: feed ADDR:PORT RATE MAX sends "1", "2", … at RATE per second until MAX
+// datagrams have gone or MAX/RATE + 10 s have passed.
+func feedRole(args []string) error {
+	if len(args) != 3 {
+		return fmt.Errorf("feed: want ADDR:PORT RATE MAX")
 	}
-	return fmt.Errorf("unknown role %q", role)
+	rate, err := strconv.Atoi(args[1])
+	if err != nil {
+		return err
+	}
+	maxN, err := strconv.Atoi(args[2])
+	if err != nil {
+		return err
+	}
+	c, err := net.Dial("udp", args[0])
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	start := time.Now()
+	limit := time.Duration(maxN/rate+10) * time.Second
+	for i := 1; i <= maxN && time.Since(start) < limit; i++ {
+		if due := start.Add(time.Duration(i) * time.Second / time.Duration(rate)); time.Until(due) > 0 {
+			time.Sleep(time.Until(due))
+		}
+		c.Write([]byte(strconv.Itoa(i))) // errors (no route during failover) are expected
+	}
+	return nil
 }
 
-// selfCommand runs this test binary in role inside the namespace ns.
-func selfCommand(ns, role string, args ...string) *exec.Cmd {
-	self, _ := os.Executable()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, self}, args...)...)
-	cmd.Env = append(os.Environ(), "DRIFTGATE_E2E_ROLE="+role)
-	return cmd
+// garpRole: garp IFACE IP COUNT claims IP for this host's MAC with COUNT gratuitous
+// ARP replies, 100 ms apart (a rogue host).
+func garpRole(args []string) error {
+	if len(args) != 3 {
+		return fmt.Errorf("garp: want IFACE IP COUNT")
+	}
+	ifi, err := net.InterfaceByName(args[0])
+	if err != nil {
+		return err
+	}
+	ip, err := netip.ParseAddr(args[1])
+	if err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(args[2])
+	if err != nil {
+		return err
+	}
+	c, err := arp.Dial(ifi)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	p, err := arp.NewPacket(arp.OperationReply, ifi.HardwareAddr, ip, bcast, ip)
+	if err != nil {
+		return err
+	}
+	for i := range n {
+		if i > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err := c.WriteTo(p, bcast); err != nil {
+			return err
+		}
+	}
+	return nil
 }

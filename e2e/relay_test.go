@@ -78,7 +78,7 @@ func TestRelayMulticastNamespaces(t *testing.T) {
 
 			const n = 500
 			src := lab.Host("src")
-			if out, err := selfCommand(src.NS, "feed", listen, "20000", strconv.Itoa(n)).CombinedOutput(); err != nil {
+			if out, err := src.Self("feed", listen, "20000", strconv.Itoa(n)).CombinedOutput(); err != nil {
 				t.Fatalf("sender: %v: %s", err, out)
 			}
 			srcAddr := src.Addr4.Addr()

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"driftgate/internal/testkit"
 )
 
 // freePort returns a UDP port that was free a moment ago on addr.
@@ -48,17 +50,6 @@ func (c *collector) count() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.frames)
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // startRelayReceiver runs a relay on loop:port forwarding by unicast to a
@@ -123,7 +114,7 @@ func TestLoopbackRelayReceiver(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			waitFor(t, "frames delivered", func() bool { return col.count() == n })
+			testkit.WaitFor(t, "frames delivered", 5*time.Second, func() bool { return col.count() == n })
 			srcAP := src.LocalAddr().(*net.UDPAddr).AddrPort()
 			for i, f := range col.frames {
 				want := Header{IngressPort: in.Port(), Epoch: 7, Seq: uint64(i + 1), Source: netip.AddrPortFrom(srcAP.Addr().Unmap(), srcAP.Port())}
@@ -153,7 +144,7 @@ func TestLoopbackRelayReceiver(t *testing.T) {
 			// The epoch changes at run time and the sequence restarts.
 			relay.SetEpoch(8)
 			fmt.Fprint(src, "after")
-			waitFor(t, "frame of epoch 8", func() bool { return col.count() == n+1 })
+			testkit.WaitFor(t, "frame of epoch 8", 5*time.Second, func() bool { return col.count() == n+1 })
 			if f := col.frames[n]; f.Epoch != 8 || f.Seq != 1 {
 				t.Fatalf("after SetEpoch(8): epoch %d seq %d, want 8 1", f.Epoch, f.Seq)
 			}
@@ -174,7 +165,7 @@ func TestLoopbackRejects(t *testing.T) {
 	for range 10 {
 		src.Write([]byte("forged"))
 	}
-	waitFor(t, "rejections", func() bool { return recv.Stats().Rejected["tag_bad"] == 10 })
+	testkit.WaitFor(t, "rejections", 5*time.Second, func() bool { return recv.Stats().Rejected["tag_bad"] == 10 })
 	if col.count() != 0 || relay.Stats()[0].Forwarded != 10 {
 		t.Fatalf("delivered %d, relay %+v", col.count(), relay.Stats()[0])
 	}
@@ -202,8 +193,8 @@ func TestLoopbackForeignAndTruncated(t *testing.T) {
 	defer rx.Close()
 	rx.Write([]byte("GET / HTTP/1.0\r\n\r\n not a frame at all, but long enough to be a header"))
 	rx.Write([]byte("tiny"))
-	waitFor(t, "relay2 drops", func() bool { return relay2.Stats()[0].Dropped["truncated"] == 1 && relay2.Stats()[0].Forwarded == 1 })
-	waitFor(t, "receiver rejects", func() bool {
+	testkit.WaitFor(t, "relay2 drops", 5*time.Second, func() bool { return relay2.Stats()[0].Dropped["truncated"] == 1 && relay2.Stats()[0].Forwarded == 1 })
+	testkit.WaitFor(t, "receiver rejects", 5*time.Second, func() bool {
 		st := recv2.Stats()
 		return st.Rejected["bad_magic"] == 1 && st.Rejected["short"] == 1 && st.Delivered == 1
 	})
@@ -290,17 +281,17 @@ func TestSetUnicast(t *testing.T) {
 	send := func(msg string) {
 		before := relay.Stats()[0].Received
 		src.Write([]byte(msg))
-		waitFor(t, "relay to read", func() bool { return relay.Stats()[0].Received > before })
+		testkit.WaitFor(t, "relay to read", 5*time.Second, func() bool { return relay.Stats()[0].Received > before })
 	}
 	send("nobody") // no destination yet
 	if err := relay.SetUnicast(outs); err != nil {
 		t.Fatal(err)
 	}
 	send("both")
-	waitFor(t, "both receivers", func() bool { return cols[0].count() == 1 && cols[1].count() == 1 })
+	testkit.WaitFor(t, "both receivers", 5*time.Second, func() bool { return cols[0].count() == 1 && cols[1].count() == 1 })
 	relay.SetUnicast(outs[1:])
 	send("second only")
-	waitFor(t, "the second receiver", func() bool { return cols[1].count() == 2 })
+	testkit.WaitFor(t, "the second receiver", 5*time.Second, func() bool { return cols[1].count() == 2 })
 	time.Sleep(50 * time.Millisecond)
 	if cols[0].count() != 1 {
 		t.Fatalf("removed destination still got frames: %d", cols[0].count())
@@ -381,7 +372,7 @@ func TestLoopbackBadInputUnderLoad(t *testing.T) {
 	for _, k := range kinds {
 		want[k.reason] += rounds
 	}
-	waitFor(t, "every datagram to be counted", func() bool {
+	testkit.WaitFor(t, "every datagram to be counted", 5*time.Second, func() bool {
 		rs := relay.Stats()[0]
 		return rs.Forwarded == goodN && rs.Dropped["truncated"] == rounds && rs.Dropped["not_allowed"] == rounds &&
 			recv.Stats().Delivered == goodN && cmp.Diff(want, nonZero(recv.Stats().Rejected)) == ""

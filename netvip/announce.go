@@ -12,6 +12,8 @@ import (
 	"github.com/mdlayher/arp"
 	"github.com/mdlayher/ndp"
 	"golang.org/x/sys/unix"
+
+	"driftgate/internal/retry"
 )
 
 // AnnounceConfig says when a new holder announces the VIP.
@@ -176,7 +178,7 @@ func (a *Announcer) Announce() error {
 func (a *Announcer) Run(ctx context.Context) error {
 	burst := func() error {
 		for i := range a.cfg.Count {
-			if i > 0 && !sleep(ctx, a.cfg.Interval) {
+			if i > 0 && !retry.Sleep(ctx, a.cfg.Interval) {
 				return nil
 			}
 			if err := a.Announce(); err != nil {
@@ -195,7 +197,7 @@ func (a *Announcer) Run(ctx context.Context) error {
 		return stop(err)
 	}
 	if a.cfg.Delay > 0 {
-		if !sleep(ctx, a.cfg.Delay) {
+		if !retry.Sleep(ctx, a.cfg.Delay) {
 			return nil
 		}
 		if err := burst(); err != nil {
@@ -205,22 +207,10 @@ func (a *Announcer) Run(ctx context.Context) error {
 	if a.cfg.Refresh == 0 {
 		return nil
 	}
-	for sleep(ctx, a.cfg.Refresh) {
+	for retry.Sleep(ctx, a.cfg.Refresh) {
 		if err := a.Announce(); err != nil {
 			return stop(err)
 		}
 	}
 	return nil
-}
-
-// sleep waits d or until ctx is done; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

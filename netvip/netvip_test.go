@@ -16,6 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"driftgate/internal/netlab"
+
+	"driftgate/internal/testkit"
 )
 
 var families = []struct {
@@ -246,17 +248,6 @@ func expectDatagram(t *testing.T, c *net.UDPConn, msg string) {
 	}
 }
 
-func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestAnnounceMovesTraffic: B holds the VIP and the router has it cached at
 // B's MAC; B lets go, A takes it and announces; the router's neighbour
 // entry moves to A's MAC and traffic for the VIP arrives at A.
@@ -297,7 +288,7 @@ func TestAnnounceMovesTraffic(t *testing.T) {
 			if err := ann.Run(t.Context()); err != nil { // no Delay, no Refresh: one burst
 				t.Fatal(err)
 			}
-			waitUntil(t, "router to point the VIP at A", 2*time.Second, func() bool { return neighMAC(router, fam.vip.Addr()) == a.MAC().String() })
+			testkit.WaitFor(t, "router to point the VIP at A", 2*time.Second, func() bool { return neighMAC(router, fam.vip.Addr()) == a.MAC().String() })
 			sendFrom(t, router, dst, "to-a")
 			expectDatagram(t, la, "to-a")
 			want := uint64(2)
@@ -392,7 +383,7 @@ func TestGuard(t *testing.T) {
 			defer ann.Close()
 			// The router learns the VIP at A.
 			sendFrom(t, router, netip.AddrPortFrom(fam.vip.Addr(), 7000), "hello")
-			waitUntil(t, "router to learn A", 2*time.Second, func() bool { return neighMAC(router, fam.vip.Addr()) == a.MAC().String() })
+			testkit.WaitFor(t, "router to learn A", 2*time.Second, func() bool { return neighMAC(router, fam.vip.Addr()) == a.MAC().String() })
 
 			claims := make(chan Claim, 10)
 			ctx, cancel := context.WithCancel(t.Context())
@@ -423,8 +414,8 @@ func TestGuard(t *testing.T) {
 			case <-time.After(3 * time.Second):
 				t.Fatal("the guard reported no claim")
 			}
-			waitUntil(t, "A to re-announce", 2*time.Second, func() bool { return ann.Sent() > 0 })
-			waitUntil(t, "router back at A", 3*time.Second, func() bool { return neighMAC(router, fam.vip.Addr()) == a.MAC().String() })
+			testkit.WaitFor(t, "A to re-announce", 2*time.Second, func() bool { return ann.Sent() > 0 })
+			testkit.WaitFor(t, "router back at A", 3*time.Second, func() bool { return neighMAC(router, fam.vip.Addr()) == a.MAC().String() })
 			if g.Claims() == 0 {
 				t.Fatal("Claims() = 0")
 			}
@@ -513,15 +504,15 @@ func TestAnnounceSchedule(t *testing.T) {
 	done := make(chan error, 1)
 	start := time.Now()
 	go func() { done <- ann.Run(t.Context()) }()
-	waitUntil(t, "first burst", time.Second, func() bool { return ann.Sent() == 3 })
+	testkit.WaitFor(t, "first burst", time.Second, func() bool { return ann.Sent() == 3 })
 	if el := time.Since(start); el > 250*time.Millisecond {
 		t.Fatalf("first burst took %v", el)
 	}
-	waitUntil(t, "second burst", time.Second, func() bool { return ann.Sent() == 6 })
+	testkit.WaitFor(t, "second burst", time.Second, func() bool { return ann.Sent() == 6 })
 	if el := time.Since(start); el < 300*time.Millisecond {
 		t.Fatalf("second burst after %v, want ≥ 300ms", el)
 	}
-	waitUntil(t, "a refresh", 2*time.Second, func() bool { return ann.Sent() == 7 })
+	testkit.WaitFor(t, "a refresh", 2*time.Second, func() bool { return ann.Sent() == 7 })
 	if el := time.Since(start); el < 1300*time.Millisecond {
 		t.Fatalf("refresh after %v, want ≥ 1.3s", el)
 	}

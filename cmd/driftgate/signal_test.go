@@ -9,22 +9,23 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"driftgate/internal/testkit"
 )
 
-// TestMain lets tests run this binary as driftgate itself: with
-// DRIFTGATE_RUN_MAIN=1 the test binary behaves as the real command.
+// TestMain lets tests run this binary as driftgate itself (the role
+// "driftgate": the test binary behaves as the real command).
 func TestMain(m *testing.M) {
-	if os.Getenv("DRIFTGATE_RUN_MAIN") == "1" {
-		main()
-		return
-	}
+	testkit.RunRole(map[string]testkit.Role{"driftgate": func(args []string) error {
+		os.Exit(run(args, os.Stdout, os.Stderr))
+		return nil
+	}})
 	os.Exit(m.Run())
 }
 
 func startSelf(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "DRIFTGATE_RUN_MAIN=1")
+	cmd := testkit.Command(nil, "driftgate", args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"driftgate/internal/testkit"
 )
 
 // fakeRegistry records what the registrar wrote, failing the first
@@ -64,11 +66,7 @@ func TestRegistrar(t *testing.T) {
 	}()
 	wait := func(n int) {
 		t.Helper()
-		for deadline := time.Now().Add(5 * time.Second); len(reg.history()) < n; time.Sleep(time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("registry calls %v, want %d", reg.history(), n)
-			}
-		}
+		testkit.WaitFor(t, fmt.Sprintf("%d registry calls", n), 5*time.Second, func() bool { return len(reg.history()) >= n })
 	}
 	r.set(func(w *regWant) { w.role, w.primary = "primary", true })
 	wait(3)

@@ -24,6 +24,7 @@ import (
 
 	"driftgate/consul"
 	"driftgate/internal/config"
+	"driftgate/internal/testkit"
 	"driftgate/netvip"
 )
 
@@ -287,14 +288,12 @@ func (s *sim) emit(kind consul.EventKind, epoch uint64, deadlineIn time.Duration
 	return s.a.onElection(e)
 }
 
-// waitFor polls cond for up to a second: the step-down loop runs on a
-// goroutine of its own.
+// waitFor waits for what the step-down loop, on a goroutine of its own,
+// does.
 func (s *sim) waitFor(what string, cond func() bool) {
 	s.t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			s.t.Fatalf("%s: not after 5s; roles %v, VIP %v, step-downs %v", what, s.notes.roles(), s.vip.history(), s.el.steppedDown())
-		}
+	if _, ok := testkit.Poll(5*time.Second, cond); !ok {
+		s.t.Fatalf("%s: not after 5s; roles %v, VIP %v, step-downs %v", what, s.notes.roles(), s.vip.history(), s.el.steppedDown())
 	}
 }
 

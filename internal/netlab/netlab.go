@@ -33,6 +33,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"driftgate/internal/testkit"
 )
 
 // prefix starts every namespace name a lab creates; the process id follows,
@@ -258,6 +260,12 @@ func (h *Host) DialContext(ctx context.Context, network, addr string) (net.Conn,
 // Command returns a command that runs in the host's namespace.
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, name}, args...)...)
+}
+
+// Self returns a command that runs the test binary as role (see
+// testkit.RunRole) in the host's namespace.
+func (h *Host) Self(role string, args ...string) *exec.Cmd {
+	return testkit.Command([]string{"ip", "netns", "exec", h.NS}, role, args...)
 }
 
 // IP runs `ip ARGS` in the host's namespace and returns its output, failing

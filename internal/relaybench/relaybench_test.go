@@ -15,20 +15,17 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"driftgate/internal/netlab"
+	"driftgate/internal/testkit"
 )
 
 // TestMain runs a relay under test when re-executed with a role.
 func TestMain(m *testing.M) {
-	if os.Getenv("RELAYBENCH_ROLE") == "naive" {
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		err := RunNaive(ctx, netip.MustParseAddrPort(os.Args[1]), netip.MustParseAddrPort(os.Args[2]))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+	testkit.RunRole(map[string]testkit.Role{"naive": func(args []string) error {
+		if len(args) != 2 {
+			return fmt.Errorf("naive: want LISTEN TARGET")
 		}
-		return
-	}
+		return RunNaive(context.Background(), netip.MustParseAddrPort(args[0]), netip.MustParseAddrPort(args[1]))
+	}})
 	os.Exit(m.Run())
 }
 
@@ -71,7 +68,6 @@ func TestRelayComparison(t *testing.T) {
 			t.Fatalf("%s not found: apt-get install socat util-linux", tool)
 		}
 	}
-	self, _ := os.Executable()
 	in := fmt.Sprintf("127.0.0.1:%d", inPort)
 	out := fmt.Sprintf("127.0.0.1:%d", outPort)
 	driftgate := func(extra ...string) func(string, bool) []string {
@@ -91,7 +87,7 @@ func TestRelayComparison(t *testing.T) {
 			return []string{"socat", "-u", fmt.Sprintf("UDP4-RECV:%d,bind=127.0.0.1,rcvbuf=16777216", inPort), "UDP4-SENDTO:" + out}
 		}},
 		"naive": {"naive Go (per packet)", func(string, bool) []string {
-			return []string{"env", "RELAYBENCH_ROLE=naive", self, in, out}
+			return testkit.Argv("naive", in, out)
 		}},
 	}
 	type cfg struct {
