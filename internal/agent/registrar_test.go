@@ -47,7 +47,11 @@ func (f *fakeRegistry) SetLink(_ context.Context, up bool, note string) error {
 func (f *fakeRegistry) Restore(context.Context) error { f.record("restore"); return nil }
 func (f *fakeRegistry) Reconnected() <-chan struct{}  { return f.reconn }
 
-func (f *fakeRegistry) history() []string { f.mu.Lock(); defer f.mu.Unlock(); return slices.Clone(f.calls) }
+func (f *fakeRegistry) history() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
 
 // TestRegistrar: failed updates are retried with the latest wish; after the
 // local agent reconnects everything is written again, unchanged or not.

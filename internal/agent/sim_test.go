@@ -190,7 +190,11 @@ func (r *fakeRelay) SetForwarding(on bool) {
 	r.forwarding = on
 	r.mu.Unlock()
 }
-func (r *fakeRelay) state() (uint64, bool) { r.mu.Lock(); defer r.mu.Unlock(); return r.epoch, r.forwarding }
+func (r *fakeRelay) state() (uint64, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.epoch, r.forwarding
+}
 
 // notes records sd_notify STATUS lines: the role changes, in order.
 type notes struct {
