@@ -2,8 +2,15 @@ package main
 
 import (
 	"bytes"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"driftgate/internal/config"
 )
 
 func TestExitCodes(t *testing.T) {
@@ -38,5 +45,83 @@ func TestExitCodes(t *testing.T) {
 				t.Fatalf("run(%q) = %d, output:\n%s\nwant %d and output containing %q", tt.args, code, out.String(), tt.wantCode, tt.wantOut)
 			}
 		})
+	}
+}
+
+// TestUnitCommands runs the packaged unit's command lines as systemd would,
+// with the configuration path pointed at a test file: ExecReload exactly
+// (exit 0 for a valid file, 2 naming the key for a broken one), and the
+// flags of ExecStart and ExecStopPost (with --help, which runs nothing).
+func TestUnitCommands(t *testing.T) {
+	unit, err := os.ReadFile("../../packaging/driftgate.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "good.yaml"), filepath.Join(dir, "bad.yaml")
+	os.WriteFile(good, []byte(config.Example), 0o644)
+	os.WriteFile(bad, []byte(config.Example+"\nbogus: 1\n"), 0o644)
+	lines := map[string][]string{}
+	for _, l := range strings.Split(string(unit), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok && strings.HasPrefix(k, "Exec") {
+			f := strings.Fields(v)
+			if len(f) == 0 || f[0] != "/usr/bin/driftgate" {
+				t.Fatalf("%s runs %q, not /usr/bin/driftgate", k, v)
+			}
+			lines[k] = f[1:]
+		}
+	}
+	with := func(args []string, path string) []string {
+		out := slices.Clone(args)
+		for i, a := range out {
+			out[i] = strings.ReplaceAll(a, config.DefaultPath, path)
+		}
+		return out
+	}
+	for _, k := range []string{"ExecStart", "ExecReload", "ExecStopPost"} {
+		if !slices.Contains(lines[k], config.DefaultPath) {
+			t.Fatalf("%s %q does not name %s", k, lines[k], config.DefaultPath)
+		}
+	}
+	for _, tt := range []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantOut  string
+	}{
+		{"ExecReload, valid file", with(lines["ExecReload"], good), 0, "valid"},
+		{"ExecReload, broken file", with(lines["ExecReload"], bad), 2, "unknown key(s): bogus"},
+		{"ExecStart flags", append(with(lines["ExecStart"], good), "--help"), 0, "Usage:"},
+		{"ExecStopPost flags", append(with(lines["ExecStopPost"], good), "--help"), 0, "Usage:"},
+	} {
+		var out bytes.Buffer
+		if code := run(tt.args, &out, &out); code != tt.wantCode || !strings.Contains(out.String(), tt.wantOut) {
+			t.Errorf("%s: driftgate %q = %d, output:\n%s\nwant %d and output containing %q", tt.name, tt.args, code, out.String(), tt.wantCode, tt.wantOut)
+		}
+	}
+}
+
+// TestAgentMetricsPortTaken: with metrics.address in use the agent stops
+// at once with an error naming it, before it touches the system (it has
+// not started: no VIP clean-up, no Consul).
+func TestAgentMetricsPortTaken(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cfg := filepath.Join(t.TempDir(), "driftgate.yaml")
+	os.WriteFile(cfg, []byte(config.Example), 0o644)
+	var out bytes.Buffer
+	start := time.Now()
+	code := run([]string{"agent", "--config", cfg, "--node", "metrics-port-test", "--metrics-address", taken.Addr().String()}, &out, &out)
+	if code != 1 || !strings.Contains(out.String(), "metrics.address "+taken.Addr().String()) || !strings.Contains(out.String(), "address already in use") {
+		t.Fatalf("agent with the metrics port taken: exit %d, output:\n%s\nwant 1 naming metrics.address", code, out.String())
+	}
+	if strings.Contains(out.String(), "registering") || strings.Contains(out.String(), "clean-up") {
+		t.Fatalf("the agent started before failing:\n%s", out.String())
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("took %v to fail", took)
 	}
 }
