@@ -448,7 +448,17 @@ func (a *Agent) drop() error {
 	a.term = nil
 	a.mu.Unlock()
 	if t == nil {
-		return nil // not bound (the bind failed)
+		// The bind failed: it removed what it had added, but a removal
+		// may have failed too. Removing an absent VIP succeeds, so make
+		// sure before the election calls this term's end clean.
+		var errs []error
+		for i, v := range a.vips {
+			if err := v.Remove(); err != nil {
+				a.log.Error("removing the VIP", "vip", a.vipNames[i], "err", err)
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
 	}
 	err := t.drop()
 	a.mu.Lock()

@@ -476,6 +476,9 @@ func TestSimBindFails(t *testing.T) {
 			t.Fatalf("after a failed bind: forwarding %v, holding tasks %d", fwd, s.held)
 		}
 		s.wantRoles("candidate", "fenced", "standby")
+		// The drop removes the VIP again although the bind did not add
+		// it: a partial bind's clean-up may have failed.
+		s.wantVIP("add failed at +0s", "remove at +0s")
 		select {
 		case err := <-s.a.fatal:
 			t.Fatalf("a retryable bind failure stopped the agent: %v", err)
@@ -500,6 +503,26 @@ func TestSimBindFails(t *testing.T) {
 			t.Fatalf("EPERM asked for step-downs %v; the shutdown drops instead", got)
 		}
 	})
+}
+
+// A bind whose clean-up failed leaves a VIP that the drop must remove,
+// or report: the election must not call the term's end clean.
+func TestSimPartialBindCleanupFails(t *testing.T) {
+	s := newSim(t)
+	s.runStepDowns()
+	second := &fakeVIP{clock: s.clock, start: s.clock.Now(), addErr: errors.New("no such interface")}
+	s.a.vips = append(s.a.vips, second)
+	s.a.vipNames = append(s.a.vipNames, "198.18.0.101/24 on eth1")
+	s.vip.removeErr = errors.New("device busy")
+	s.emit(consul.Acquired, 2, 0, "")
+	s.emit(consul.Bind, 2, 3*time.Second, "")
+	// The step-down's MustDrop reports that the first VIP is still there.
+	s.waitFor("the step-down", func() bool { return len(s.el.steppedDown()) == 1 })
+	s.waitFor("fenced", func() bool { return s.role() == RoleFenced })
+	if on, _ := s.vip.Present(); !on {
+		t.Fatal("the fake lost its VIP")
+	}
+	s.wantVIP("add until +3s at +0s", "remove failed", "remove failed")
 }
 
 // A VIP that cannot be removed leaves the node fenced and tells the
