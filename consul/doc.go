@@ -1,5 +1,9 @@
 // Package consul elects driftgate's primary with a Consul session lock and
-// keeps each node registered in Consul's catalog.
+// keeps each node registered in Consul's catalog. It owns everything driftgate
+// says to Consul: the client (NewClient), the leader key's value, the service
+// and its meta keys (WatchReceivers reads them back), and the rules for a
+// series of blocking queries (watch.go), which the election and the watches
+// share.
 //
 // The protocol, its timing inequalities and the argument that no two nodes
 // ever hold the VIP at once are in docs/election.md. In short: a holder
