@@ -363,25 +363,152 @@ type acquisition struct {
 	// and we need not wait out T_wait. Empty when unknown (the key was
 	// absent, or an operator wrote it).
 	pred string
+	// broke: the lock was taken from a term whose lease had run out.
+	broke bool
 }
 
-// contend waits for the key to be free and takes it.
+// leaseView is what a contender has seen of the lease record: its
+// ModifyIndex and when this node first saw that index (on its monotonic
+// clock, at the answer's arrival: after the server processed the write).
+// exists is false while the record is absent.
+type leaseView struct {
+	mu     sync.Mutex
+	known  bool // an answer has come
+	exists bool
+	idx    uint64
+	seen   time.Time
+}
+
+func (v *leaseView) record(pair *api.KVPair, at time.Time) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	idx := uint64(0)
+	if pair != nil {
+		idx = pair.ModifyIndex
+	}
+	if !v.known || v.exists != (pair != nil) || v.idx != idx {
+		v.known, v.exists, v.idx, v.seen = true, pair != nil, idx, at
+	}
+}
+
+func (v *leaseView) get() (known, exists bool, idx uint64, seen time.Time) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.known, v.exists, v.idx, v.seen
+}
+
+// watchLease keeps view up to date with the lease record until ctx ends.
+func (e *Election) watchLease(ctx context.Context, view *leaseView) {
+	watch(ctx, e.cfg.Timing.RequestTimeout, func(q *api.QueryOptions) (*api.QueryMeta, bool, error) {
+		pair, meta, err := e.c.KV().Get(e.leaseKey(), q)
+		if err == nil {
+			view.record(pair, time.Now())
+		}
+		return meta, false, err
+	}, nil)
+}
+
+// heldView is the term a contender sees holding the key: its session, the
+// key's ModifyIndex (which renewals do not change: they write the lease
+// record) and when this node first saw it so.
+type heldView struct {
+	session string
+	idx     uint64
+	seen    time.Time
+}
+
+// proof is the lease argument for a term this node watched: with no renewal
+// after lease index leaseIdx and T_wait passed since base on this clock,
+// that term's lease has ended and its holder has dropped the VIP (see
+// docs/election.md). A transaction that checks leaseIdx makes the
+// argument hold at the server.
+type proof struct {
+	base     time.Time // the later of: the term first seen holding, its last renewal first seen
+	leaseOK  bool      // the lease record's state is known
+	leaseIdx uint64    // 0: the record is absent
+	session  string    // the term's session
+}
+
+// at is when the proof is complete.
+func (p proof) at(t Timing) time.Time { return p.base.Add(t.TWait) }
+
+// check is the transaction operation that makes the proof hold: no renewal
+// since this node's view of the lease record.
+func (p proof) check(key string) *api.KVTxnOp {
+	if p.leaseIdx == 0 {
+		return &api.KVTxnOp{Verb: api.KVCheckNotExists, Key: key}
+	}
+	return &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: p.leaseIdx}
+}
+
+// proofFor returns the lease proof for the term held as h, if this node
+// has watched it and the lease record.
+func proofFor(h heldView, lv *leaseView) (proof, bool) {
+	known, exists, idx, seen := lv.get()
+	if h.session == "" || !known {
+		return proof{}, false
+	}
+	p := proof{base: h.seen, leaseOK: true, session: h.session}
+	if exists {
+		p.leaseIdx = idx
+		if seen.After(p.base) {
+			p.base = seen
+		}
+	}
+	return p, true
+}
+
+// contend waits for the key to be free, or for the proof that its holder's
+// lease has ended, and takes it. Three ways lead to the lock, each with its
+// own earliest bind time: the key seen free (T_wait after a consistent read
+// showed it free, at once after a clean release); the key seen free after a
+// term this node watched with its lease record (T_wait after the later of
+// that term's start and its last renewal, if sooner); and breaking the
+// lock of a term whose lease has run out (no renewal for T_wait): the
+// holder's host is dead, frozen or cut off, and Consul has not noticed yet.
 func (e *Election) contend(ctx context.Context, sess string) (acquisition, error) {
 	kv := e.c.KV()
+	t := e.cfg.Timing
 	var (
 		seenIdx uint64    // ModifyIndex of the free key when first seen (0: absent)
 		seenAt  time.Time // when a consistent read first showed it free at seenIdx
 		watch   blocking
+		held    heldView // the term seen holding the key
 	)
+	lctx, stopLease := context.WithCancel(ctx)
+	defer stopLease()
+	var lease leaseView
+	go e.watchLease(lctx, &lease)
+	prio := time.Duration(100-e.cfg.Priority) * time.Millisecond
 	for {
 		if err := ctx.Err(); err != nil {
 			return acquisition{}, err
 		}
 		// 1. A blocking read notices the key becoming free cheaply. Its
-		// answer proves nothing about "now"; step 2 does.
-		q, cancel := watch.options(ctx, e.cfg.Timing.RequestTimeout)
+		// answer proves nothing about "now"; step 3 and the transactions
+		// do. While a term holds the key, the read ends when the proof
+		// that its lease has run out would be complete.
+		q, cancel := watch.options(ctx, t.RequestTimeout)
+		breakAt := time.Time{}
+		if p, ok := proofFor(held, &lease); ok {
+			breakAt = p.at(t).Add(prio)
+			q = q.WithContext(breakContext(q.Context(), breakAt))
+		}
 		pair, meta, err := kv.Get(e.cfg.Key, q)
 		cancel()
+		if err != nil && errors.Is(err, context.DeadlineExceeded) && !breakAt.IsZero() && !time.Now().Before(breakAt) && ctx.Err() == nil {
+			// The wait for the proof ended the read: break, if the
+			// proof holds at the server.
+			if acq, ok, err := e.breakLock(ctx, sess, held, &lease); err != nil || ok {
+				return acq, err
+			}
+			// A renewal came (or the key changed): look again once the
+			// watches have caught up.
+			if !e.sleep(ctx, 50*time.Millisecond) {
+				return acquisition{}, ctx.Err()
+			}
+			continue
+		}
 		if err != nil {
 			n, wait := watch.failed()
 			if ctx.Err() == nil {
@@ -397,6 +524,9 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 			if pair.Session == sess {
 				return acquisition{}, errors.New("the key is held by this session already")
 			}
+			if held.session != pair.Session || held.idx != pair.ModifyIndex {
+				held = heldView{session: pair.Session, idx: pair.ModifyIndex, seen: time.Now()}
+			}
 			continue
 		}
 		if ok, err := e.sessionAlive(ctx, sess); err == nil && !ok {
@@ -406,7 +536,7 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 		// (1 ms per point below 100). After a clean release there is no
 		// race worth ordering, and the hand-over must be quick.
 		if pair == nil || !parseValue(pair.Value).Released {
-			if d := time.Duration(100-e.cfg.Priority) * time.Millisecond; d > 0 && !e.sleep(ctx, d) {
+			if prio > 0 && !e.sleep(ctx, prio) {
 				return acquisition{}, ctx.Err()
 			}
 		}
@@ -442,6 +572,15 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 			seenIdx, seenAt = idx, now
 		}
 		clean := pair != nil && parseValue(pair.Value).Released
+		bindAt := seenAt.Add(t.TWait)
+		// The term that just ended, if this node watched it and its
+		// lease: its lease proof may complete sooner. The transaction
+		// then also checks that no renewal came after what this node saw.
+		p, watched := proofFor(held, &lease)
+		watched = watched && pred != "" && pred == held.session
+		if watched && p.at(t).Before(bindAt) {
+			bindAt = p.at(t)
+		}
 		// 4. Take it, only if nothing changed since the read; read back
 		// the ModifyIndex of our write: the epoch.
 		check := &api.KVTxnOp{Verb: api.KVCheckIndex, Key: e.cfg.Key, Index: idx}
@@ -449,53 +588,109 @@ func (e *Election) contend(ctx context.Context, sess string) (acquisition, error
 			check = &api.KVTxnOp{Verb: api.KVCheckNotExists, Key: e.cfg.Key}
 		}
 		val := leaderValue{Node: e.cfg.Node, Since: time.Now().UTC(), Session: sess}
-		ops := api.KVTxnOps{
-			check,
-			{Verb: api.KVLock, Key: e.cfg.Key, Value: val.encode(), Session: sess},
-			{Verb: api.KVGet, Key: e.cfg.Key},
+		ops := api.KVTxnOps{check}
+		if watched {
+			ops = append(ops, p.check(e.leaseKey()))
 		}
-		rctx, cancel = e.reqCtx(ctx)
-		sent := time.Now()
-		ok, resp, _, err := kv.Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
-		cancel()
-		if err != nil || !ok {
-			// The key may be free but locked by lock-delay: the next read
-			// must not block waiting for a change that will not come.
-			watch.reset()
-		}
+		ops = append(ops, &api.KVTxnOp{Verb: api.KVLock, Key: e.cfg.Key, Value: val.encode(), Session: sess}, &api.KVTxnOp{Verb: api.KVGet, Key: e.cfg.Key})
+		got, sent, err := e.lockTxn(ctx, ops)
 		if err != nil {
-			if !e.sleep(ctx, 50*time.Millisecond) {
-				return acquisition{}, ctx.Err()
-			}
-			continue
-		}
-		if !ok {
-			// Changed since the read, or lock-delay, or our session is
-			// gone; look again shortly.
-			for _, te := range resp.Errors {
-				if strings.Contains(te.What, "invalid session") || strings.Contains(te.What, "does not exist") {
-					return acquisition{}, errSessionGone
-				}
+			// Changed since the read, or lock-delay: the next read must
+			// not block waiting for a change that will not come.
+			watch.reset()
+			if errors.Is(err, errSessionGone) {
+				return acquisition{}, err
 			}
 			if !e.sleep(ctx, 50*time.Millisecond) {
 				return acquisition{}, ctx.Err()
 			}
 			continue
 		}
-		// The get is the last operation (check-not-exists returns nothing).
-		got := (*api.KVPair)(nil)
-		if n := len(resp.Results); n > 0 {
-			got = resp.Results[n-1]
-		}
-		if got == nil || got.Session != sess {
+		if got.Session != sess {
 			return acquisition{}, fmt.Errorf("lock transaction on %s: the read-back does not show our session", e.cfg.Key)
 		}
-		a := acquisition{epoch: got.ModifyIndex, sent: sent, bindAt: seenAt.Add(e.cfg.Timing.TWait), clean: clean, pred: pred}
+		a := acquisition{epoch: got.ModifyIndex, sent: sent, bindAt: bindAt, clean: clean, pred: pred}
 		if clean {
 			a.bindAt = time.Now()
 		}
 		return a, nil
 	}
+}
+
+// breakContext is ctx ending at d at the latest; it is released with ctx
+// (the query's own context, cancelled after each read).
+func breakContext(ctx context.Context, d time.Time) context.Context {
+	bctx, cancel := context.WithDeadline(ctx, d)
+	context.AfterFunc(ctx, cancel)
+	return bctx
+}
+
+// errTxnRefused: a lock transaction's checks failed (the key or the lease
+// record changed since it was read, or lock-delay).
+var errTxnRefused = errors.New("lock transaction refused")
+
+// lockTxn runs a transaction that ends with locking the key and reading
+// it back; it returns the read-back and when the request was sent.
+func (e *Election) lockTxn(ctx context.Context, ops api.KVTxnOps) (*api.KVPair, time.Time, error) {
+	rctx, cancel := e.reqCtx(ctx)
+	defer cancel()
+	sent := time.Now()
+	ok, resp, _, err := e.c.KV().Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
+	if err != nil {
+		return nil, sent, err
+	}
+	if !ok {
+		for _, te := range resp.Errors {
+			if strings.Contains(te.What, "invalid session") || strings.Contains(te.What, "does not exist") {
+				return nil, sent, errSessionGone
+			}
+		}
+		return nil, sent, errTxnRefused
+	}
+	// The get is the last operation (check-not-exists returns nothing).
+	if n := len(resp.Results); n > 0 && resp.Results[n-1] != nil {
+		return resp.Results[n-1], sent, nil
+	}
+	return nil, sent, fmt.Errorf("lock transaction on %s: no read-back", e.cfg.Key)
+}
+
+// breakLock takes the key from a term whose lease has run out, in one
+// transaction that holds only if, at the server, the key is still as this
+// node saw that term hold it and the lease record has not changed since
+// this node's view of it: no renewal for T_wait, so the holder has dropped
+// the VIP (its lease ended, and its kernel removed the VIP even if it is
+// frozen). Deleting the key (check-and-set) does not trigger lock-delay,
+// and the lock and read-back follow in the same transaction; the new epoch
+// is above every earlier one. It reports ok=false, and no error, when the
+// proof does not hold (a renewal came, the key changed).
+func (e *Election) breakLock(ctx context.Context, sess string, held heldView, lease *leaseView) (acquisition, bool, error) {
+	p, ok := proofFor(held, lease)
+	if !ok || time.Now().Before(p.at(e.cfg.Timing)) {
+		return acquisition{}, false, nil
+	}
+	val := leaderValue{Node: e.cfg.Node, Since: time.Now().UTC(), Session: sess}
+	ops := api.KVTxnOps{
+		{Verb: api.KVCheckIndex, Key: e.cfg.Key, Index: held.idx},
+		p.check(e.leaseKey()),
+		{Verb: api.KVDeleteCAS, Key: e.cfg.Key, Index: held.idx},
+		{Verb: api.KVLock, Key: e.cfg.Key, Value: val.encode(), Session: sess},
+		{Verb: api.KVGet, Key: e.cfg.Key},
+	}
+	got, sent, err := e.lockTxn(ctx, ops)
+	switch {
+	case errors.Is(err, errSessionGone):
+		return acquisition{}, false, err
+	case err != nil:
+		e.log.Debug("breaking the lock did not go through", "err", err, "holder_session", held.session)
+		return acquisition{}, false, nil
+	case got.Session != sess:
+		return acquisition{}, false, fmt.Errorf("break transaction on %s: the read-back does not show our session", e.cfg.Key)
+	}
+	e.log.Warn("broke the lock of a holder whose lease ran out", "holder_session", held.session,
+		"no_renewal_for", time.Since(p.base).Round(time.Millisecond), "epoch", got.ModifyIndex)
+	// The holder's lease has ended: bind at once; no dropped marker to
+	// wait for.
+	return acquisition{epoch: got.ModifyIndex, sent: sent, bindAt: time.Now(), broke: true}, true, nil
 }
 
 func (e *Election) sessionAlive(ctx context.Context, sess string) (bool, error) {
@@ -508,7 +703,7 @@ func (e *Election) sessionAlive(ctx context.Context, sess string) (bool, error) 
 	return info != nil, nil
 }
 
-// confirmResult is one consistent read of the key by the holder.
+// confirmResult is one renewal of the holder's lease.
 type confirmResult struct {
 	sent time.Time
 	mine bool
@@ -527,6 +722,7 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 	bound := false
 	results := make(chan confirmResult, 1)
 	inflight := false
+	var renewals uint64
 	// Confirmations outlive an early return at most by RequestTimeout;
 	// their results go to the buffered channel and are dropped.
 	cctx, cancelConfirms := context.WithCancel(context.Background())
@@ -594,7 +790,8 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 		case <-tick.C:
 			if !inflight {
 				inflight = true
-				go e.confirm(cctx, sess, acq.epoch, results)
+				renewals++
+				go e.renew(cctx, sess, acq.epoch, renewals, results)
 			}
 		case r := <-results:
 			inflight = false
@@ -629,29 +826,42 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 	}
 }
 
-func (e *Election) confirm(ctx context.Context, sess string, epoch uint64, out chan<- confirmResult) {
+// renew extends the holder's lease with a Raft write that others can see:
+// one transaction that succeeds only while the leader key is exactly as
+// this term acquired it (same index, so held by this session, not released,
+// deleted, written over or broken), and then writes the lease record. A
+// standby that sees no newer lease record for T_wait may break the lock
+// (contend); a renewal processed after that fails here, and the holder drops.
+// The renewal is the holder's only confirmation: a write proves the lock
+// and the leader's authority at once (one request, not a read and a write).
+func (e *Election) renew(ctx context.Context, sess string, epoch, n uint64, out chan<- confirmResult) {
 	rctx, cancel := context.WithTimeout(ctx, e.cfg.Timing.RequestTimeout)
 	defer cancel()
+	v := leaderValue{Node: e.cfg.Node, Epoch: epoch, Session: sess, Renewal: n}
+	ops := api.KVTxnOps{
+		{Verb: api.KVCheckIndex, Key: e.cfg.Key, Index: epoch},
+		{Verb: api.KVCheckSession, Key: e.cfg.Key, Session: sess},
+		{Verb: api.KVSet, Key: e.leaseKey(), Value: v.encode()},
+	}
 	sent := time.Now()
-	pair, _, err := e.c.KV().Get(e.cfg.Key, (&api.QueryOptions{RequireConsistent: true}).WithContext(rctx))
+	ok, resp, _, err := e.c.KV().Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
 	r := confirmResult{sent: sent, err: err}
 	switch {
 	case err != nil:
-	case pair == nil:
-		r.why = "lost the lock: the leader key was deleted"
-	case pair.Session != sess:
-		holder := "nobody"
-		if pair.Session != "" {
-			holder = "session " + pair.Session
+	case !ok:
+		what := "the transaction was refused"
+		if resp != nil && len(resp.Errors) > 0 {
+			what = resp.Errors[0].What
 		}
-		r.why = "lost the lock: the key is held by " + holder
-	case pair.ModifyIndex != epoch:
-		r.why = fmt.Sprintf("lost the lock: the key was written over (index %d, epoch %d)", pair.ModifyIndex, epoch)
+		r.why = fmt.Sprintf("lost the lock: the leader key is no longer as epoch %d acquired it (%s)", epoch, what)
 	default:
 		r.mine = true
 	}
 	out <- r
 }
+
+// leaseKey holds the holder's lease record, renewed every ConfirmInterval.
+func (e *Election) leaseKey() string { return e.cfg.Key + ".lease" }
 
 // droppedKey holds the last dropped marker.
 func (e *Election) droppedKey() string { return e.cfg.Key + ".dropped" }

@@ -7,7 +7,8 @@ import (
 
 // leaderValue is the leader key's value. A holder writes Node, Since and
 // Session when it acquires; releasing, it writes Released (if clean), its
-// epoch and Session.
+// epoch and Session. The lease record and the dropped marker have the same
+// form.
 type leaderValue struct {
 	Node  string    `json:"node"`
 	Since time.Time `json:"since,omitzero"`
@@ -20,6 +21,9 @@ type leaderValue struct {
 	// kept on release: a free key names the last term, whose dropped
 	// marker a successor may then trust.
 	Session string `json:"session,omitempty"`
+	// Renewal counts a term's lease renewals, in the lease record only
+	// (<key>.lease): people read it; standbys go by its ModifyIndex.
+	Renewal uint64 `json:"renewal,omitempty"`
 }
 
 func (v leaderValue) encode() []byte {

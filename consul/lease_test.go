@@ -1,0 +1,115 @@
+package consul
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"driftgate/internal/testkit"
+)
+
+// TestLeaseBreak: the holder freezes (no renewals, no drop) while Consul
+// sees nothing wrong (its heartbeat goes on, its session stays valid). The
+// standby sees the lease record stop and breaks the lock T_wait after the
+// last renewal it saw: it binds only after the frozen holder's lease ended
+// (the tracker checks), with a higher epoch. Thawed, the old holder finds
+// its lease expired and drops; the new holder keeps the lock.
+func TestLeaseBreak(t *testing.T) {
+	c := sharedServer(t)
+	vip := &vipTracker{t: t}
+	tm := testTiming()
+	ns := []*node{startNode(t, c, vip, "test/break", "n1", nodeOpts{}), startNode(t, c, vip, "test/break", "n2", nodeOpts{})}
+	testkit.WaitFor(t, "a holder", 10*time.Second, func() bool { return vip.current() != "" })
+	time.Sleep(2 * tm.ConfirmInterval) // a few renewals
+	old := holderOf(vip, ns)
+	other := ns[0]
+	if other == old {
+		other = ns[1]
+	}
+	oldBind, _ := old.last(Bind)
+	vip.freeze(old.name)
+	old.freeze()
+	frozen := time.Now()
+	took := testkit.WaitFor(t, "the standby to take over", 10*time.Second, func() bool { return vip.current() == other.name })
+	bind, _ := other.last(Bind)
+	if bind.Epoch <= oldBind.Epoch {
+		t.Fatalf("epoch after the break %d, not above %d", bind.Epoch, oldBind.Epoch)
+	}
+	// T_wait after the last renewal seen, plus priority and a renewal
+	// interval (the freeze lands between two renewals).
+	limit := tm.TWait + 100*time.Millisecond + tm.ConfirmInterval + 300*time.Millisecond
+	t.Logf("holder %s frozen; %s bound after %v (t_wait %v, limit %v), epoch %d → %d", old.name, other.name,
+		took.Round(time.Millisecond), tm.TWait, limit, oldBind.Epoch, bind.Epoch)
+	if took > limit {
+		t.Fatalf("the break took %v, want ≤ %v", took, limit)
+	}
+	if took < tm.TWait-tm.ConfirmInterval-50*time.Millisecond {
+		t.Fatalf("the standby bound %v after the freeze: before T_wait %v could have passed since the last renewal", took, tm.TWait)
+	}
+	vip.freeze("")
+	old.unfreeze()
+	testkit.WaitFor(t, "the thawed holder to drop", 5*time.Second, func() bool { return old.count(MustDrop) > 0 })
+	drop, _ := old.last(MustDrop)
+	if !strings.Contains(drop.Reason, "lease expired") && !strings.Contains(drop.Reason, "lost the lock") {
+		t.Fatalf("thawed holder dropped because %q", drop.Reason)
+	}
+	time.Sleep(2 * tm.TWait)
+	if vip.current() != other.name || other.count(MustDrop) != 0 {
+		t.Fatalf("after the thaw: holder %q, %s dropped %d times", vip.current(), other.name, other.count(MustDrop))
+	}
+	t.Logf("thawed %s dropped after %v: %s", old.name, time.Since(frozen).Round(time.Millisecond), drop.Reason)
+}
+
+// TestNoBreakWhileRenewing: with a healthy holder renewing, a standby
+// never breaks the lock, over many T_wait periods.
+func TestNoBreakWhileRenewing(t *testing.T) {
+	c := sharedServer(t)
+	vip := &vipTracker{t: t}
+	tm := testTiming()
+	ns := []*node{startNode(t, c, vip, "test/nobreak", "n1", nodeOpts{}), startNode(t, c, vip, "test/nobreak", "n2", nodeOpts{})}
+	testkit.WaitFor(t, "a holder", 10*time.Second, func() bool { return vip.current() != "" })
+	time.Sleep(5 * tm.TWait)
+	if binds := ns[0].count(Bind) + ns[1].count(Bind); binds != 1 {
+		t.Fatalf("%d binds in 5·t_wait with a healthy holder, want 1", binds)
+	}
+}
+
+// TestHolderBroken: a standby (here the test, with a session of its own)
+// breaks the lock as contend does; the holder's next renewal fails and it
+// drops within a renewal interval and a request timeout.
+func TestHolderBroken(t *testing.T) {
+	c := sharedServer(t)
+	vip := &vipTracker{t: t}
+	tm := testTiming()
+	n := startNode(t, c, vip, "test/broken", "n1", nodeOpts{})
+	testkit.WaitFor(t, "a holder", 10*time.Second, func() bool { return vip.current() == "n1" })
+	kv := c.KV()
+	pair, _, err := kv.Get("test/broken", nil)
+	if err != nil || pair == nil {
+		t.Fatalf("reading the key: %v", err)
+	}
+	sess, _, err := c.Session().Create(&api.SessionEntry{Name: "breaker", Behavior: api.SessionBehaviorRelease, LockDelay: time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Session().Destroy(sess, nil)
+	ok, resp, _, err := kv.Txn(api.KVTxnOps{
+		{Verb: api.KVDeleteCAS, Key: "test/broken", Index: pair.ModifyIndex},
+		{Verb: api.KVLock, Key: "test/broken", Value: []byte(`{"node":"breaker"}`), Session: sess},
+	}, nil)
+	if err != nil || !ok {
+		t.Fatalf("break: %v %+v", err, resp)
+	}
+	broken := time.Now()
+	took := testkit.WaitFor(t, "the holder to drop", 5*time.Second, func() bool { return n.count(MustDrop) > 0 })
+	drop, _ := n.last(MustDrop)
+	if !strings.Contains(drop.Reason, "lost the lock") {
+		t.Fatalf("drop reason %q, want lost the lock", drop.Reason)
+	}
+	if limit := tm.ConfirmInterval + tm.RequestTimeout + 100*time.Millisecond; took > limit {
+		t.Fatalf("the holder dropped %v after the break, want ≤ %v", took, limit)
+	}
+	t.Logf("broken at %s; holder dropped after %v: %s", broken.Format("15:04:05.000"), took.Round(time.Millisecond), drop.Reason)
+}
