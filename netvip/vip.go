@@ -105,6 +105,20 @@ const ExpirySlack = 300 * time.Millisecond
 // is under the kernel's one-second lifetime resolution.
 var ErrLeaseTooShort = errors.New("lease too short for a kernel address lifetime (whole seconds)")
 
+// Expires is when the kernel's valid lifetime that Add sets now for a lease
+// ending at until runs out: after it the kernel removes the address (up to
+// ExpirySlack later), never before. A zero until never expires (zero time).
+func Expires(until, now time.Time) (time.Time, error) {
+	if until.IsZero() {
+		return time.Time{}, nil
+	}
+	secs, err := lifetime(until, now)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return now.Add(time.Duration(secs) * time.Second), nil
+}
+
 // lifetime turns a lease end into the address's valid lifetime in whole
 // seconds, rounded down so the kernel removes the address before the lease
 // ends even if the kernel is ExpirySlack late. A zero time is no lease.

@@ -521,8 +521,16 @@ func (a *Agent) onLink(e netvip.Event) {
 	case netvip.CarrierGained:
 		a.regs.set(func(w *regWant) { w.linkUp, w.linkNote = true, e.Kind.String() })
 	case netvip.VIPRemoved:
-		// Our own drop ends holding before removing, so this is someone else.
-		if t != nil && t.holding.Load() {
+		// Our own drop ends holding before removing, so this is someone
+		// else — or the kernel, when the lifetime set for the lease has
+		// run out: the lease doing its job, and the election's deadline
+		// (at most ExpirySlack + 50 ms later) ends the term. A step-down
+		// then would only cost the hold-off.
+		switch {
+		case t == nil || !t.holding.Load():
+		case t.leaseRanOut():
+			a.log.Warn("the VIP's kernel lifetime ran out: no lease renewal in time; the term ends at its deadline", "vip", e.VIP.String(), "epoch", t.epoch)
+		default:
 			a.requestStepDown(t.epoch, "the VIP "+e.VIP.String()+" was removed from "+e.Iface+" by someone else")
 		}
 	}

@@ -392,6 +392,32 @@ func TestSimLeaseExpiry(t *testing.T) {
 	s.wantRoles("candidate", "primary", "fenced", "standby")
 }
 
+// The kernel removing the VIP when the lifetime set for the lease runs out
+// is the lease doing its job, not an operator's act: no step-down (which
+// would cost the hold-off); the election's deadline ends the term. The
+// same removal before that instant is someone else's.
+func TestSimOwnLeaseRunsOut(t *testing.T) {
+	s := newSim(t)
+	removed := netvip.Event{Kind: netvip.VIPRemoved, Iface: "eth0", VIP: netip.MustParsePrefix("198.18.0.100/24")}
+	s.emit(consul.Acquired, 9, 0, "")
+	s.emit(consul.Bind, 9, 2700*time.Millisecond, "")
+	// Lifetime 2 s at +0; the timed renewal at +350 ms sets 2 s again:
+	// the kernel removes the VIP from +2.35 s on.
+	s.clock.Advance(time.Second)
+	s.a.onLink(removed)
+	if req := <-s.a.stepDownCh; req.epoch != 9 || !strings.Contains(req.reason, "by someone else") {
+		t.Fatalf("a removal before the lifetime ran out: step-down %+v, want epoch 9, by someone else", req)
+	}
+	s.clock.Advance(1350 * time.Millisecond) // +2.35 s
+	s.a.onLink(removed)
+	if n := len(s.a.stepDownCh); n != 0 {
+		t.Fatalf("the lease running out asked for %d step-downs, want none", n)
+	}
+	s.clock.Advance(350 * time.Millisecond) // the deadline
+	s.emit(consul.MustDrop, 9, 0, "lease expired: no confirmation sent in the last 2.7s")
+	s.wantRoles("candidate", "primary", "fenced", "standby")
+}
+
 // Link down on the primary: the link check goes critical and the term the
 // event was about is ended; carrier back passes the check again.
 func TestSimLinkDown(t *testing.T) {

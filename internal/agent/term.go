@@ -52,6 +52,10 @@ type term struct {
 
 	mu        sync.Mutex // orders renewals, including the timer's, against drop
 	stopTimer func() bool
+	// expires is when the kernel's lifetime for the VIPs, as last set,
+	// runs out: a removal seen after it is the lease running out, not an
+	// operator's act.
+	expires time.Time
 }
 
 // bindTerm adds every VIP until deadline and starts the holding tasks. If
@@ -69,6 +73,7 @@ func bindTerm(ctx context.Context, epoch uint64, deadline time.Time, vips []VIP,
 		}
 	}
 	t := &term{epoch: epoch, clock: clock, log: log, vips: vips, names: names}
+	t.expires, _ = netvip.Expires(deadline, clock.Now())
 	t.holding.Store(true)
 	tctx, cancel := context.WithCancel(ctx)
 	t.cancel = cancel
@@ -143,6 +148,8 @@ func (t *term) scheduleRenewalLocked(deadline time.Time) {
 // setLifetimes sets the VIPs' kernel lifetimes for a lease ending at
 // deadline; called with mu held.
 func (t *term) setLifetimes(deadline time.Time) {
+	now := t.clock.Now()
+	set := false
 	for i, v := range t.vips {
 		if err := v.Add(deadline); err != nil {
 			if errors.Is(err, netvip.ErrLeaseTooShort) {
@@ -153,8 +160,21 @@ func (t *term) setLifetimes(deadline time.Time) {
 			// If renewals keep failing the kernel removes the VIP and
 			// the watcher steps down.
 			t.log.Warn("extending the VIP's lifetime", "vip", t.names[i], "err", err)
+			continue
 		}
+		set = true
 	}
+	if exp, err := netvip.Expires(deadline, now); set && err == nil {
+		t.expires = exp
+	}
+}
+
+// leaseRanOut reports whether the kernel's lifetime for the VIPs has ended
+// by now, so that their removal is the lease doing its job.
+func (t *term) leaseRanOut() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return !t.expires.IsZero() && !t.clock.Now().Before(t.expires)
 }
 
 // drop removes the VIPs, first and fast, then ends the holding tasks
