@@ -264,9 +264,9 @@ func TestTimingValidate(t *testing.T) {
 		mod  func(*Timing)
 		want string
 	}{
-		{"t_wait too short", func(t *Timing) { t.TWait = t.TFence }, "t_wait: 3s is unsafe"},
-		{"request timeout", func(t *Timing) { t.RequestTimeout = t.TFence }, "request_timeout: 3s must be shorter than t_fence"},
-		{"one lost confirm", func(t *Timing) { t.ConfirmInterval = 1500 * time.Millisecond }, "t_fence: 3s is below 2·confirm_interval + request_timeout"},
+		{"t_wait too short", func(t *Timing) { t.TWait = t.TFence }, "t_wait: 2.1s is unsafe"},
+		{"request timeout", func(t *Timing) { t.RequestTimeout = t.TFence }, "request_timeout: 2.1s must be shorter than t_fence"},
+		{"one lost confirm", func(t *Timing) { t.ConfirmInterval = 1500 * time.Millisecond }, "t_fence: 2.1s is below 2·confirm_interval + request_timeout"},
 		{"heartbeat", func(t *Timing) { t.HeartbeatInterval = time.Second }, "heartbeat_interval: 1s is more than heartbeat_ttl/3"},
 		{"lock delay", func(t *Timing) { t.LockDelay = 10 * time.Second }, "lock_delay: 10s must be between 0 and t_wait"},
 		{"session ttl", func(t *Timing) { t.SessionTTL = time.Second }, "session_ttl: 1s is out of range"},

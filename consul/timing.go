@@ -1,7 +1,9 @@
 package consul
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -44,23 +46,72 @@ type Timing struct {
 	SessionTTL time.Duration
 }
 
-// DefaultTiming satisfies every inequality of Validate. A daemon that dies
-// is replaced after about HeartbeatTTL + TWait (≈ 5.5 s); a holder cut off
-// from Consul drops within TFence (the agent's kernel lifetime for the VIP
-// ends 0.35 s earlier still).
-func DefaultTiming() Timing {
-	return Timing{
-		TFence:            3 * time.Second,
-		TWait:             3500 * time.Millisecond,
-		ConfirmInterval:   250 * time.Millisecond,
-		RequestTimeout:    time.Second,
+// Profiles are the named timings (election.profile). Each satisfies
+// Validate and the agent's kernel-lifetime rule (t_fence ≥ request_timeout
+// + 1.3 s: the VIP's address lifetime has whole seconds). What each rides
+// out and what a host failure costs is in docs/election.md; in short:
+//
+//	default   host failure ≈ t_wait (2.4 s); rides out ≈ 1.7 s of Consul outage
+//	fast      host failure ≈ 1.65 s;         rides out ≈ 1.1 s (Consul servers close)
+//	tolerant  host failure ≈ 8.5 s;          rides out ≈ 7.5 s (a Consul leader election at raft_multiplier 5)
+//
+// A host failure costs t_wait because a standby breaks the lock t_wait after
+// the last lease renewal it saw (the lease proof); the outage a holder
+// rides out is t_fence less the kernel's expiry slack and a renewal
+// interval.
+var profiles = map[string]Timing{
+	"default": {
+		TFence:            2100 * time.Millisecond,
+		TWait:             2400 * time.Millisecond,
+		ConfirmInterval:   200 * time.Millisecond,
+		RequestTimeout:    800 * time.Millisecond,
 		DropBudget:        250 * time.Millisecond,
 		HeartbeatTTL:      2 * time.Second,
 		HeartbeatInterval: 500 * time.Millisecond,
 		LockDelay:         time.Second,
 		SessionTTL:        10 * time.Second,
-	}
+	},
+	"fast": {
+		TFence:            1500 * time.Millisecond,
+		TWait:             1650 * time.Millisecond,
+		ConfirmInterval:   100 * time.Millisecond,
+		RequestTimeout:    200 * time.Millisecond,
+		DropBudget:        100 * time.Millisecond,
+		HeartbeatTTL:      time.Second,
+		HeartbeatInterval: 300 * time.Millisecond,
+		LockDelay:         500 * time.Millisecond,
+		SessionTTL:        10 * time.Second,
+	},
+	"tolerant": {
+		TFence:            8 * time.Second,
+		TWait:             8500 * time.Millisecond,
+		ConfirmInterval:   500 * time.Millisecond,
+		RequestTimeout:    2 * time.Second,
+		DropBudget:        250 * time.Millisecond,
+		HeartbeatTTL:      3 * time.Second,
+		HeartbeatInterval: time.Second,
+		LockDelay:         time.Second,
+		SessionTTL:        15 * time.Second,
+	},
 }
+
+// ProfileNames lists the profiles, default first.
+func ProfileNames() []string { return []string{"default", "fast", "tolerant"} }
+
+// ErrUnknownProfile: Profile was given a name it does not know.
+var ErrUnknownProfile = errors.New("unknown timing profile")
+
+// Profile returns the named timing.
+func Profile(name string) (Timing, error) {
+	t, ok := profiles[name]
+	if !ok {
+		return Timing{}, fmt.Errorf("%w %q: want %s", ErrUnknownProfile, name, strings.Join(ProfileNames(), ", "))
+	}
+	return t, nil
+}
+
+// DefaultTiming is the default profile.
+func DefaultTiming() Timing { return profiles["default"] }
 
 // MinTWait is the smallest TWait that is safe for t's TFence and DropBudget:
 // TWait·(1−ρ) ≥ TFence·(1+ρ) + DropBudget.

@@ -13,8 +13,6 @@ import (
 
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
-
-	"driftgate/consul"
 )
 
 // DefaultPath is where the packaged configuration lives.
@@ -46,6 +44,7 @@ type raw struct {
 		Tags []string `mapstructure:"tags"`
 	} `mapstructure:"service"`
 	Election struct {
+		Profile           string `mapstructure:"profile"`
 		TFence            string `mapstructure:"t_fence"`
 		TWait             string `mapstructure:"t_wait"`
 		ConfirmInterval   string `mapstructure:"confirm_interval"`
@@ -123,28 +122,30 @@ type rawHook struct {
 // known to viper, so its DRIFTGATE_* variable is honoured.
 func defaults(v *viper.Viper) {
 	host, _ := os.Hostname()
-	t := consul.DefaultTiming()
 	for k, val := range map[string]any{
-		"node":                        host,
-		"consul.address":              "127.0.0.1:8500",
-		"consul.token":                "",
-		"consul.token_file":           "",
-		"consul.datacenter":           "",
-		"consul.key_prefix":           "driftgate",
-		"consul.tls.ca_file":          "",
-		"consul.tls.cert_file":        "",
-		"consul.tls.key_file":         "",
-		"service.name":                "driftgate",
-		"service.tags":                []string{},
-		"election.t_fence":            t.TFence.String(),
-		"election.t_wait":             t.TWait.String(),
-		"election.confirm_interval":   t.ConfirmInterval.String(),
-		"election.request_timeout":    t.RequestTimeout.String(),
-		"election.drop_budget":        t.DropBudget.String(),
-		"election.heartbeat_ttl":      t.HeartbeatTTL.String(),
-		"election.heartbeat_interval": t.HeartbeatInterval.String(),
-		"election.lock_delay":         t.LockDelay.String(),
-		"election.session_ttl":        t.SessionTTL.String(),
+		"node":                 host,
+		"consul.address":       "127.0.0.1:8500",
+		"consul.token":         "",
+		"consul.token_file":    "",
+		"consul.datacenter":    "",
+		"consul.key_prefix":    "driftgate",
+		"consul.tls.ca_file":   "",
+		"consul.tls.cert_file": "",
+		"consul.tls.key_file":  "",
+		"service.name":         "driftgate",
+		"service.tags":         []string{},
+		// The timing keys are empty unless set: the profile's values
+		// apply, and a key that is set overrides its own.
+		"election.profile":            "default",
+		"election.t_fence":            "",
+		"election.t_wait":             "",
+		"election.confirm_interval":   "",
+		"election.request_timeout":    "",
+		"election.drop_budget":        "",
+		"election.heartbeat_ttl":      "",
+		"election.heartbeat_interval": "",
+		"election.lock_delay":         "",
+		"election.session_ttl":        "",
 		"election.priority":           0,
 		"election.step_down_hold_off": "10s",
 		"relay.listen":                []string{},

@@ -50,7 +50,7 @@ func TestExample(t *testing.T) {
 	}
 	got := view{c.Node, c.Consul.LeaderKey(), c.Election.Timing.TFence, c.VIPs[0].String(), c.VIPs[0].Announce.Count,
 		c.Relay.Listen, c.Relay.Group, c.Receive.DeliverURL.String(), len(c.Checks), len(c.Hooks), c.Metrics.Address, c.Election.StepDownHoldOff, c.Receive.Group}
-	want := view{"gw1", "driftgate/leader", 3 * time.Second, "198.18.0.100/24 on eth0", 3,
+	want := view{"gw1", "driftgate/leader", 2100 * time.Millisecond, "198.18.0.100/24 on eth0", 3,
 		[]netip.AddrPort{netip.MustParseAddrPort("198.18.0.100:5000")}, netip.MustParseAddrPort("239.255.0.1:5001"),
 		"udp://127.0.0.1:6000", 1, 1, "127.0.0.1:9469", 10 * time.Second, netip.MustParseAddrPort("239.255.0.1:5001")}
 	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
@@ -81,9 +81,20 @@ func TestDefaults(t *testing.T) {
 		c.VIPs[0].Announce.Delay != 2*time.Second || c.Log.Level != "info" {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
-	// The election's defaults are consul.DefaultTiming's, every one.
+	// The election's defaults are consul.DefaultTiming's, every one; a
+	// profile's are its own, every one.
 	if diff := cmp.Diff(consul.DefaultTiming(), c.Election.Timing); diff != "" {
 		t.Fatalf("election timing defaults (-want +got):\n%s", diff)
+	}
+	for _, name := range consul.ProfileNames() {
+		c, err := Load(write(t, merge(minimal, "election:\n  profile: "+name+"\n")), nil)
+		if err != nil {
+			t.Fatalf("profile %s: %v", name, err)
+		}
+		want, _ := consul.Profile(name)
+		if diff := cmp.Diff(want, c.Election.Timing); diff != "" || c.Election.Profile != name {
+			t.Fatalf("profile %s (%q) timing (-want +got):\n%s", name, c.Election.Profile, diff)
+		}
 	}
 }
 
@@ -115,6 +126,8 @@ func TestErrors(t *testing.T) {
 		{"reserved tag", "service:\n  tags: [primary]\n", `service.tags[0]: "primary" is reserved`},
 		{"log level", "log:\n  level: loud\n", `log.level: "loud"`},
 		{"priority", "election:\n  priority: 101\n", "election.priority: 101 is out of range 0..100"},
+		{"profile", "election:\n  profile: quick\n", `election.profile: unknown timing profile "quick": want default, fast, tolerant`},
+		{"profile override unsafe", "election:\n  profile: fast\n  t_fence: 3s\n", "election.t_wait: 1.65s is unsafe"},
 		{"token both", "consul:\n  token: a\n  token_file: /x\n", "consul.token_file: set either"},
 	}
 	for _, tt := range tests {
@@ -175,7 +188,8 @@ func merge(base, edit string) string {
 }
 
 func TestEnvAndFlags(t *testing.T) {
-	t.Setenv("DRIFTGATE_ELECTION_T_FENCE", "2500ms")
+	t.Setenv("DRIFTGATE_ELECTION_PROFILE", "tolerant")
+	t.Setenv("DRIFTGATE_ELECTION_T_FENCE", "7s")
 	t.Setenv("DRIFTGATE_CONSUL_ADDRESS", "127.0.0.1:18500")
 	t.Setenv("DRIFTGATE_RELAY_TTL", "4")
 	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
@@ -188,7 +202,7 @@ func TestEnvAndFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Election.Timing.TFence != 2500*time.Millisecond || c.Consul.Address != "127.0.0.1:18500" || c.Relay.TTL != 4 || c.Log.Level != "debug" || c.Node != "from-flag" {
+	if c.Election.Timing.TFence != 7*time.Second || c.Election.Timing.TWait != 8500*time.Millisecond || c.Consul.Address != "127.0.0.1:18500" || c.Relay.TTL != 4 || c.Log.Level != "debug" || c.Node != "from-flag" {
 		t.Fatalf("overrides not applied: t_fence %s consul %s ttl %d level %s node %s", c.Election.Timing.TFence, c.Consul.Address, c.Relay.TTL, c.Log.Level, c.Node)
 	}
 	t.Setenv("DRIFTGATE_ELECTION_T_WAIT", "1")
@@ -224,7 +238,7 @@ func TestEffective(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"TFence":"3s"`, `"Prefix":"198.18.0.100/24"`, `"Group":"239.255.0.1:5001"`, `"Token":"(set)"`, `"Listen":["198.18.0.100:5000"]`, `"Interval":"100ms"`} {
+	for _, want := range []string{`"TFence":"2.1s"`, `"Prefix":"198.18.0.100/24"`, `"Group":"239.255.0.1:5001"`, `"Token":"(set)"`, `"Listen":["198.18.0.100:5000"]`, `"Interval":"100ms"`} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("effective config lacks %s:\n%s", want, b)
 		}

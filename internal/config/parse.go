@@ -45,6 +45,8 @@ type Service struct {
 
 // Election is the election's timing and preferences.
 type Election struct {
+	// Profile names the timing the keys set start from (consul.Profile).
+	Profile         string
 	Timing          consul.Timing
 	Priority        int
 	StepDownHoldOff time.Duration
@@ -174,6 +176,11 @@ func parseService(r *raw) (Service, error) {
 func parseElection(r *raw) (Election, error) {
 	e := r.Election
 	var el Election
+	var err error
+	if el.Timing, err = consul.Profile(strings.TrimSpace(e.Profile)); err != nil {
+		return el, fmt.Errorf("election.profile: %w", err)
+	}
+	el.Profile = strings.TrimSpace(e.Profile)
 	t := &el.Timing
 	for _, d := range []struct {
 		key string
@@ -186,6 +193,9 @@ func parseElection(r *raw) (Election, error) {
 		{"heartbeat_interval", e.HeartbeatInterval, &t.HeartbeatInterval}, {"lock_delay", e.LockDelay, &t.LockDelay},
 		{"session_ttl", e.SessionTTL, &t.SessionTTL}, {"step_down_hold_off", e.StepDownHoldOff, &el.StepDownHoldOff},
 	} {
+		if d.raw == "" {
+			continue // the profile's
+		}
 		v, err := duration("election."+d.key, d.raw)
 		if err != nil {
 			return el, err
