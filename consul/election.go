@@ -113,6 +113,11 @@ type Snapshot struct {
 	Session     string
 	LastConfirm time.Time // when the last successful confirmation was sent
 	Deadline    time.Time // holder's lease deadline
+	// Eligible: contending with a live session, so this node takes over if
+	// the holder fails. Ineligible says why not (a check critical, the
+	// heartbeat to the local agent failing, holding off, holding).
+	Eligible   bool
+	Ineligible string
 }
 
 // Election runs the leader election for one node.
@@ -208,15 +213,23 @@ func (e *Election) Run(ctx context.Context, emit func(Event) error) error {
 	for ctx.Err() == nil {
 		stale = e.destroySessions(stale)
 		if holdOff > 0 {
-			e.setSnap(func(s *Snapshot) { *s = Snapshot{Phase: PhaseHoldOff} })
+			e.setSnap(func(s *Snapshot) {
+				*s = Snapshot{Phase: PhaseHoldOff, Ineligible: fmt.Sprintf("holding off for %s after a step-down", holdOff)}
+			})
 			e.log.Info("holding off before contending again", "for", holdOff)
 			if !e.sleep(ctx, holdOff) {
 				return nil
 			}
 			holdOff = 0
 		}
-		e.setSnap(func(s *Snapshot) { *s = Snapshot{Phase: PhaseContending} })
+		e.setSnap(func(s *Snapshot) {
+			*s = Snapshot{Phase: PhaseContending, Ineligible: s.Ineligible}
+			if s.Ineligible == "" {
+				s.Ineligible = "creating a session"
+			}
+		})
 		if e.cfg.Ready != nil && !e.cfg.Ready() {
+			e.setSnap(func(s *Snapshot) { s.Ineligible = "the heartbeat to the local Consul agent is failing" })
 			if !e.sleep(ctx, 100*time.Millisecond) {
 				return nil
 			}
@@ -230,13 +243,14 @@ func (e *Election) Run(ctx context.Context, emit func(Event) error) error {
 			attempt++
 			wait := retry.Backoff(attempt)
 			e.log.Warn("cannot create session; retrying", "err", err, "attempt", attempt, "retry_in", wait)
+			e.setSnap(func(s *Snapshot) { s.Ineligible = "no session: " + err.Error() })
 			if !e.sleep(ctx, wait) {
 				return nil
 			}
 			continue
 		}
 		attempt = 0
-		e.setSnap(func(s *Snapshot) { s.Session = sess })
+		e.setSnap(func(s *Snapshot) { s.Session, s.Eligible, s.Ineligible = sess, true, "" })
 		holdOff = e.term(ctx, sess, emit)
 		stale = e.destroySessions(append(stale, sess))
 	}
@@ -338,6 +352,7 @@ func (e *Election) term(ctx context.Context, sess string, emit func(Event) error
 	}
 	e.setSnap(func(s *Snapshot) {
 		s.Phase, s.Epoch, s.LastConfirm, s.Deadline = PhaseWaiting, acq.epoch, acq.sent, acq.sent.Add(e.cfg.Timing.TFence)
+		s.Eligible, s.Ineligible = false, "holds the lock"
 	})
 	e.log.Info("acquired the lock", "epoch", acq.epoch, "clean_predecessor", acq.clean, "bind_in", time.Until(acq.bindAt).Round(time.Millisecond))
 	e.emitLogged(emit, Event{Kind: Acquired, Epoch: acq.epoch, Time: time.Now()})
@@ -466,7 +481,37 @@ func proofFor(h heldView, lv *leaseView) (proof, bool) {
 // that term's start and its last renewal, if sooner); and breaking the
 // lock of a term whose lease has run out (no renewal for T_wait): the
 // holder's host is dead, frozen or cut off, and Consul has not noticed yet.
-func (e *Election) contend(ctx context.Context, sess string) (acquisition, error) {
+func (e *Election) contend(parent context.Context, sess string) (acquisition, error) {
+	// A contender's session can end while it waits (a check turned
+	// critical): it is then not eligible to take over, and must make a
+	// new session (which fails, and says why, while the check is
+	// critical) instead of waiting with a dead one.
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	go e.watchSession(ctx, sess, cancel)
+	acq, err := e.contendWith(ctx, sess)
+	if err != nil && errors.Is(context.Cause(ctx), errSessionGone) && parent.Err() == nil {
+		return acquisition{}, errSessionGone
+	}
+	return acq, err
+}
+
+// watchSession ends ctx (cause errSessionGone) when the session is gone.
+func (e *Election) watchSession(ctx context.Context, sess string, cancel context.CancelCauseFunc) {
+	watch(ctx, e.cfg.Timing.RequestTimeout, func(q *api.QueryOptions) (*api.QueryMeta, bool, error) {
+		info, meta, err := e.c.Session().Info(sess, q)
+		if err != nil {
+			return nil, false, err
+		}
+		if info == nil {
+			cancel(errSessionGone)
+			return meta, true, nil
+		}
+		return meta, false, nil
+	}, nil)
+}
+
+func (e *Election) contendWith(ctx context.Context, sess string) (acquisition, error) {
 	kv := e.c.KV()
 	t := e.cfg.Timing
 	var (
@@ -751,7 +796,9 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 		}
 		e.log.Warn("leaving leadership", "reason", reason, "epoch", acq.epoch, "had_vip", bound)
 		err := emit(Event{Kind: kind, Epoch: acq.epoch, Reason: reason, Time: time.Now()})
-		e.setSnap(func(s *Snapshot) { s.Phase, s.Deadline = PhaseContending, time.Time{} })
+		e.setSnap(func(s *Snapshot) {
+			s.Phase, s.Deadline, s.Eligible, s.Ineligible = PhaseContending, time.Time{}, false, "its term ended"
+		})
 		if err != nil {
 			e.log.Error("the VIP may not have been dropped: the next holder will wait out t_wait", "err", err)
 			return false

@@ -113,3 +113,46 @@ func TestHolderBroken(t *testing.T) {
 	}
 	t.Logf("broken at %s; holder dropped after %v: %s", broken.Format("15:04:05.000"), took.Round(time.Millisecond), drop.Reason)
 }
+
+// TestStatusEligible: status tells which standby would take over, and why
+// one would not (its check critical: no session can be made).
+func TestStatusEligible(t *testing.T) {
+	c := sharedServer(t)
+	const key = "test/eligible"
+	vip := &vipTracker{t: t}
+	l1, l2 := checkTarget(t, "127.0.0.1:0"), checkTarget(t, "127.0.0.1:0")
+	n1 := startNode(t, c, vip, key, "n1", nodeOpts{checks: tcpCheck(l1)})
+	testkit.WaitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
+	n2 := startNode(t, c, vip, key, "n2", nodeOpts{checks: tcpCheck(l2)})
+	read := func() Status {
+		st, err := ReadStatus(t.Context(), c, key, "driftgate")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	testkit.WaitFor(t, "n2 eligible", 10*time.Second, func() bool { return read().EligibleStandbys == 1 && n2.el.Snapshot().Eligible })
+	for _, ns := range read().Nodes {
+		if want := ns.Node == "n2"; ns.Eligible != want {
+			t.Fatalf("%s eligible %v (%s), want %v", ns.Node, ns.Eligible, ns.Ineligible, want)
+		}
+	}
+	l2.Close() // n2's check turns critical: its session goes, no new one
+	if _, ok := testkit.Poll(10*time.Second, func() bool {
+		st := read()
+		return st.EligibleStandbys == 0 && !n2.el.Snapshot().Eligible
+	}); !ok {
+		t.Fatalf("n2 still eligible: status %+v; its own view %+v", read(), n2.el.Snapshot())
+	}
+	var why string
+	for _, ns := range read().Nodes {
+		if ns.Node == "n2" {
+			why = ns.Ineligible
+		}
+	}
+	if !strings.Contains(why, "critical") || !strings.Contains(n2.el.Snapshot().Ineligible, "critical") {
+		t.Fatalf("ineligible because %q (status) and %q (the node's own view), want the critical check named", why, n2.el.Snapshot().Ineligible)
+	}
+	_ = n1
+	t.Logf("n2 ineligible: status %q; its own view %q", why, n2.el.Snapshot().Ineligible)
+}

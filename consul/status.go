@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -11,11 +12,16 @@ import (
 
 // NodeStatus is one node's registration as the catalog sees it.
 type NodeStatus struct {
-	Node      string
+	Node      string // driftgate's node name (the service meta)
 	ServiceID string
 	Role      string // from the service meta
 	Primary   bool   // carries the primary tag
 	Checks    map[string]string
+	// Eligible: not the holder, with a live election session (so its
+	// checks were passing when it was made and are bound to it): it takes
+	// over if the holder fails. Ineligible says why not.
+	Eligible   bool
+	Ineligible string
 }
 
 // Status is the cluster's election state, for `driftgate status`.
@@ -29,6 +35,9 @@ type Status struct {
 	Released       bool
 	SessionHealthy bool // the holder's session exists
 	Nodes          []NodeStatus
+	// EligibleStandbys counts the nodes that would take over now; 0 with
+	// a holder means a host failure would leave the service dark.
+	EligibleStandbys int
 }
 
 // ReadStatus reads the leader key (consistently), the holder's session and
@@ -56,11 +65,39 @@ func ReadStatus(ctx context.Context, c *api.Client, key, service string) (Status
 	if err != nil {
 		return st, fmt.Errorf("reading service %s: %w", service, err)
 	}
+	sessions, _, err := c.Session().List((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return st, fmt.Errorf("listing sessions: %w", err)
+	}
 	for _, e := range entries {
-		ns := NodeStatus{Node: e.Node.Node, ServiceID: e.Service.ID, Role: e.Service.Meta[metaRole],
+		node := e.Service.Meta[metaNode] // driftgate's name; Consul's node name may differ
+		if node == "" {
+			node = e.Node.Node
+		}
+		ns := NodeStatus{Node: node, ServiceID: e.Service.ID, Role: e.Service.Meta[metaRole],
 			Primary: slices.Contains(e.Service.Tags, PrimaryTag), Checks: map[string]string{}}
+		var critical []string
 		for _, ch := range e.Checks {
 			ns.Checks[ch.Name] = ch.Status
+			if ch.Status == api.HealthCritical {
+				critical = append(critical, ch.Name)
+			}
+		}
+		live := slices.ContainsFunc(sessions, func(s *api.SessionEntry) bool {
+			return s.Name == sessionName(node) && s.Node == e.Node.Node && s.ID != st.Session
+		})
+		holder := node == st.Holder && st.Holder != ""
+		switch {
+		case holder:
+			ns.Ineligible = "holds the lock"
+		case len(critical) > 0:
+			slices.Sort(critical)
+			ns.Ineligible = "critical: " + strings.Join(critical, ", ")
+		case !live:
+			ns.Ineligible = "no election session (starting, holding off, or its agent cannot reach Consul)"
+		default:
+			ns.Eligible = true
+			st.EligibleStandbys++
 		}
 		st.Nodes = append(st.Nodes, ns)
 	}

@@ -303,18 +303,30 @@ func printStatus(w io.Writer, st consul.Status, local *agent.State) {
 			st.Since.Format(time.RFC3339), time.Since(st.Since).Round(time.Second), st.SessionHealthy)
 	}
 	tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tPRIMARY TAG\tCHECKS")
+	fmt.Fprintln(tw, "NODE\tROLE\tPRIMARY TAG\tELIGIBLE\tCHECKS")
 	for _, n := range st.Nodes {
 		var checks []string
 		for name, s := range n.Checks {
 			checks = append(checks, name+"="+s)
 		}
 		sort.Strings(checks)
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", n.Node, n.Role, n.Primary, strings.Join(checks, ", "))
+		eligible := "yes"
+		if !n.Eligible {
+			eligible = "no: " + n.Ineligible
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\n", n.Node, n.Role, n.Primary, eligible, strings.Join(checks, ", "))
 	}
 	tw.Flush()
+	if st.EligibleStandbys == 0 {
+		fmt.Fprintln(w, "WARNING: no eligible standby: if the primary's host fails, nobody takes over")
+	} else {
+		fmt.Fprintf(w, "eligible standbys: %d\n", st.EligibleStandbys)
+	}
 	if local != nil {
 		fmt.Fprintf(w, "this node (%s): role %s, epoch %d, forwarding %v, VIPs %v\n", local.Node, local.Role, local.Epoch, local.Forwarding, local.VIPs)
+		if !local.Eligible && local.Role != "primary" {
+			fmt.Fprintf(w, "  not eligible to take over: %s\n", local.Ineligible)
+		}
 		for _, r := range local.Relay {
 			fmt.Fprintf(w, "  relay %s: received %d forwarded %d dropped %v\n", r.Listen, r.Received, r.Forwarded, r.Dropped)
 		}

@@ -235,6 +235,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.register(ctx); err != nil {
 		return err
 	}
+	// The link check says what the carrier is now: it changes only on
+	// events, and there may be none for a long time.
+	up := true
+	for _, w := range watchers {
+		up = up && w.CarrierUp()
+	}
+	a.regs.set(func(w *regWant) { w.linkUp, w.linkNote = up, "at start" })
 	timing := a.cfg.Election.Timing
 	if a.el, err = consul.NewElection(a.client, consul.Config{Key: a.cfg.Consul.LeaderKey(), Node: a.cfg.Node, Timing: timing,
 		ServiceChecks: a.reg.CheckIDs(), Priority: a.cfg.Election.Priority,
@@ -598,6 +605,8 @@ type State struct {
 	Phase       string                 `json:"election_phase"`
 	LastConfirm time.Time              `json:"last_confirm,omitzero"`
 	Deadline    time.Time              `json:"lease_deadline,omitzero"`
+	Eligible    bool                   `json:"eligible"`
+	Ineligible  string                 `json:"ineligible_reason,omitempty"`
 	VIPs        map[string]bool        `json:"vips"` // present on this host
 	Forwarding  bool                   `json:"forwarding"`
 	Relay       []gateway.RelayStats   `json:"relay"`
@@ -618,6 +627,7 @@ func (a *Agent) State() State {
 	if a.el != nil {
 		s := a.el.Snapshot()
 		st.Phase, st.LastConfirm, st.Deadline = s.Phase.String(), s.LastConfirm, s.Deadline
+		st.Eligible, st.Ineligible = s.Eligible, s.Ineligible
 	}
 	for i, v := range a.vips {
 		ok, _ := v.Present()

@@ -57,6 +57,7 @@ type agentCollector struct {
 	a                                          *Agent
 	role, epoch, sinceConfirm, transitions     *prometheus.Desc
 	reasons, illegal, conflicts, announcements *prometheus.Desc
+	eligible                                   *prometheus.Desc
 	vipPresent, relayReceived, relayPackets    *prometheus.Desc
 	relayBytes, relaySendErrors, recvReceived  *prometheus.Desc
 	recvFrames, recvLost, recvReordered, hooks *prometheus.Desc
@@ -77,6 +78,7 @@ func (a *Agent) collector() prometheus.Collector {
 		announcements: d("vip_announcements_total", "Gratuitous ARP / neighbour advertisements sent."),
 		vipPresent:    d("vip_present", "1 if the VIP is on this host.", "vip"),
 		illegal:       d("role_illegal_transitions_total", "Role changes the role loop must never make (a bug)."),
+		eligible:      d("eligible", "1 if this node takes over should the primary fail (contending with a live session); alert when no standby is."),
 		// Totals and outcomes are separate metrics, so that the outcomes
 		// of one total add up to it: sum(relay_packets_total) ==
 		// relay_received_total, sum(receiver_frames_total) ==
@@ -115,6 +117,7 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 		g(c.role, v, r.String())
 	}
 	g(c.epoch, float64(st.Epoch))
+	g(c.eligible, map[bool]float64{true: 1}[st.Eligible])
 	if !st.LastConfirm.IsZero() {
 		g(c.sinceConfirm, time.Since(st.LastConfirm).Seconds())
 	}

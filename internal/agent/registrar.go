@@ -40,8 +40,10 @@ type registrar struct {
 }
 
 func newRegistrar(reg registry, log *slog.Logger) *registrar {
-	return &registrar{reg: reg, log: log, retryEvery: time.Second, kick: make(chan struct{}, 1),
+	r := &registrar{reg: reg, log: log, retryEvery: time.Second, kick: make(chan struct{}, 1),
 		want: regWant{role: RoleStandby.String(), linkUp: true}}
+	r.kick <- struct{}{} // write everything once at start (see Run)
+	return r
 }
 
 // set records a wish and wakes the registrar; it never blocks.
@@ -65,10 +67,13 @@ func (r *registrar) wanted() regWant {
 // Run applies wishes until ctx ends, then returns nil. A failed update is
 // retried after retryEvery with whatever is wanted by then. After a failure
 // the state in Consul is unknown (a request that timed out may have been
-// applied), so it is written again even if it looks unchanged.
+// applied), so it is written again even if it looks unchanged. So is it at
+// start: a Consul agent that restarted on its data directory restores the
+// checks of an earlier run with their last status (a link check critical
+// since a crash), and re-registering keeps that status.
 func (r *registrar) Run(ctx context.Context) error {
-	applied := regWant{role: RoleStandby.String(), linkUp: true}
-	roleKnown, linkKnown, restore := true, true, false
+	var applied regWant
+	roleKnown, linkKnown, restore := false, false, false
 	var retry <-chan time.Time
 	for {
 		select {

@@ -53,12 +53,14 @@ func (f *fakeRegistry) history() []string {
 	return slices.Clone(f.calls)
 }
 
-// TestRegistrar: failed updates are retried with the latest wish; after the
-// local agent reconnects everything is written again, unchanged or not.
+// TestRegistrar: everything is written at start; failed updates are
+// retried with the latest wish; after the local agent reconnects everything
+// is written again, unchanged or not.
 func TestRegistrar(t *testing.T) {
-	reg := &fakeRegistry{failRole: 2, reconn: make(chan struct{}, 1)}
+	reg := &fakeRegistry{failRole: 3, reconn: make(chan struct{}, 1)}
 	r := newRegistrar(reg, slog.New(slog.DiscardHandler))
 	r.retryEvery = time.Millisecond
+	r.set(func(w *regWant) { w.role, w.primary = "primary", true })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -72,13 +74,15 @@ func TestRegistrar(t *testing.T) {
 		t.Helper()
 		testkit.WaitFor(t, fmt.Sprintf("%d registry calls", n), 5*time.Second, func() bool { return len(reg.history()) >= n })
 	}
-	r.set(func(w *regWant) { w.role, w.primary = "primary", true })
-	wait(3)
+	// At start everything is written, changed or not: Consul may have
+	// restored stale check states.
+	wait(5)
 	r.set(func(w *regWant) { w.linkUp, w.linkNote = false, "carrier_lost" })
-	wait(4)
+	wait(6)
 	reg.reconn <- struct{}{}
-	wait(7)
+	wait(9)
 	want := []string{
+		"role primary failed", "link up=true ",
 		"role primary failed", "role primary failed", "role primary primary=true",
 		"link up=false carrier_lost",
 		"restore", "role primary primary=true", "link up=false carrier_lost",
