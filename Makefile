@@ -13,7 +13,8 @@ help:
 	@echo "build        build $(BIN) (version $(VERSION))"
 	@echo "test         unit, integration and namespace tests with the race detector (root for the namespace tests)"
 	@echo "test-e2e     only the multi-host tests in network namespaces (root)"
-	@echo "test-chaos   the chaos suite, CHAOS_TRIALS (default 5) trials of each fault, report in chaos-report.md (root)"
+	@echo "test-chaos   the chaos suite, CHAOS_TRIALS (default 5) trials of each fault (CHAOS_FAULTS: a comma-separated subset),"
+	@echo "             in election profile CHAOS_PROFILE (default), report in chaos-report.md (root)"
 	@echo "bench        micro-benchmarks with -benchmem, then relay vs socat vs naive Go relay"
 	@echo "fuzz         fuzz the frame decoder and the config loader for FUZZTIME each (default 30s)"
 	@echo "lint         gofmt, go vet, staticcheck, go mod tidy check"
@@ -97,9 +98,11 @@ demo: deps consul build
 # `make test` runs each fault once. Root.
 CHAOS_TRIALS ?= 5
 CHAOS_NODES ?= 2
+CHAOS_PROFILE ?= default
 test-chaos: deps consul
 	$(GO) test -c -o bin/e2e.test ./e2e/
 	cd e2e && DRIFTGATE_CHAOS_TRIALS=$(CHAOS_TRIALS) DRIFTGATE_CHAOS_NODES=$(CHAOS_NODES) DRIFTGATE_CHAOS_SEED=$(CHAOS_SEED) \
+		DRIFTGATE_CHAOS_PROFILE=$(CHAOS_PROFILE) DRIFTGATE_CHAOS_FAULTS="$(CHAOS_FAULTS)" \
 		DRIFTGATE_CHAOS_REPORT=$(CURDIR)/chaos-report.md DRIFTGATE_CHAOS_LOGS=$(CURDIR)/chaos-logs \
 		../bin/e2e.test -test.run '^TestChaos$$' -test.v -test.timeout 240m
 

@@ -534,13 +534,25 @@ func (e *Election) contendWith(ctx context.Context, sess string) (acquisition, e
 		// do. While a term holds the key, the read ends when the proof
 		// that its lease has run out would be complete.
 		q, cancel := watch.options(ctx, t.RequestTimeout)
-		breakAt := time.Time{}
-		if p, ok := proofFor(held, &lease); ok {
+		breakAt, rearm := time.Time{}, false
+		switch p, ok := proofFor(held, &lease); {
+		case ok:
 			breakAt = p.at(t).Add(prio)
 			q = q.WithContext(breakContext(q.Context(), breakAt))
+		case held.session != "":
+			// A term holds the key but the lease watch has not answered
+			// yet: look again shortly, or this read would block until
+			// the key changes and the proof would never be acted on.
+			// (Renewals only move the proof later, which the loop
+			// handles by looking again when it would have been due.)
+			rearm = true
+			q = q.WithContext(breakContext(q.Context(), time.Now().Add(50*time.Millisecond)))
 		}
 		pair, meta, err := kv.Get(e.cfg.Key, q)
 		cancel()
+		if err != nil && errors.Is(err, context.DeadlineExceeded) && rearm && ctx.Err() == nil {
+			continue
+		}
 		if err != nil && errors.Is(err, context.DeadlineExceeded) && !breakAt.IsZero() && !time.Now().Before(breakAt) && ctx.Err() == nil {
 			// The wait for the proof ended the read: break, if the
 			// proof holds at the server.
@@ -726,7 +738,7 @@ func (e *Election) breakLock(ctx context.Context, sess string, held heldView, le
 	case errors.Is(err, errSessionGone):
 		return acquisition{}, false, err
 	case err != nil:
-		e.log.Debug("breaking the lock did not go through", "err", err, "holder_session", held.session)
+		e.log.Info("breaking the lock did not go through (a renewal came, or the key changed)", "err", err, "holder_session", held.session)
 		return acquisition{}, false, nil
 	case got.Session != sess:
 		return acquisition{}, false, fmt.Errorf("break transaction on %s: the read-back does not show our session", e.cfg.Key)

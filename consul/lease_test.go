@@ -156,3 +156,24 @@ func TestStatusEligible(t *testing.T) {
 	_ = n1
 	t.Logf("n2 ineligible: status %q; its own view %q", why, n2.el.Snapshot().Ineligible)
 }
+
+// TestLeaseBreakNewStandby: a standby that has only just started to watch
+// (its lease watch may answer after its first blocking read of the key was
+// sent) still breaks the lock of a holder that freezes at once.
+func TestLeaseBreakNewStandby(t *testing.T) {
+	c := sharedServer(t)
+	vip := &vipTracker{t: t}
+	tm := testTiming()
+	n1 := startNode(t, c, vip, "test/newstandby", "n1", nodeOpts{})
+	testkit.WaitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
+	n2 := startNode(t, c, vip, "test/newstandby", "n2", nodeOpts{})
+	testkit.WaitFor(t, "n2 to contend", 10*time.Second, func() bool { return n2.el.Snapshot().Eligible })
+	vip.freeze("n1")
+	n1.freeze()
+	took := testkit.WaitFor(t, "n2 to take over", 10*time.Second, func() bool { return vip.current() == "n2" })
+	limit := tm.TWait + 100*time.Millisecond + tm.ConfirmInterval + 300*time.Millisecond
+	t.Logf("n1 frozen just after n2 began to contend: n2 bound after %v (limit %v)", took.Round(time.Millisecond), limit)
+	if took > limit {
+		t.Fatalf("the new standby took %v to break the lock, want ≤ %v", took, limit)
+	}
+}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -164,6 +165,8 @@ type clusterSpec struct {
 	deliver func(node string) string
 	// config is appended to every node's configuration.
 	config string
+	// profile is the agents' election.profile; "" is the default.
+	profile string
 	// beforeAgents, if set, runs once the namespaces exist, before any
 	// agent starts.
 	beforeAgents func(*netlab.Lab)
@@ -200,6 +203,7 @@ vips:
   deliver: %s
 election:
   step_down_hold_off: 1s
+  profile: %s
 metrics:
   address: 127.0.0.1:9469
 hooks:
@@ -208,7 +212,7 @@ hooks:
     timeout: 2s
 log:
   level: info
-%s`, name, agentVIP, relayReceive(h, spec.unicast), deliver, hook, spec.config)
+%s`, name, agentVIP, relayReceive(h, spec.unicast), deliver, cmp.Or(spec.profile, "default"), hook, spec.config)
 	p := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -23,6 +24,7 @@ import (
 	"driftgate/consul"
 	"driftgate/consul/consultest"
 	"driftgate/internal/netlab"
+	"driftgate/internal/testkit"
 )
 
 // The chaos suite: the agent cluster (three Consul servers, a client agent
@@ -37,6 +39,7 @@ import (
 //	DRIFTGATE_CHAOS_SEED    seed of the order and timing (default: the clock)
 //	DRIFTGATE_CHAOS_FAULTS  comma-separated fault names to run (default all)
 //	DRIFTGATE_CHAOS_REPORT  file to write the report table to (markdown)
+//	DRIFTGATE_CHAOS_PROFILE the agents' election.profile (default "default")
 
 const (
 	chaosRate = 200 // feed datagrams per second
@@ -91,6 +94,22 @@ func faults() []fault {
 			}}
 	}
 	return []fault{
+		{name: "host crash", on: "primary", hold: between(2*time.Second, 8*time.Second),
+			inject: func(c *chaos, v string) func() {
+				c.hostCrash(v)
+				return func() { c.reboot(v) }
+			}},
+		{name: "host freeze", on: "primary", hold: fixed(15 * time.Second),
+			inject: func(c *chaos, v string) func() {
+				// Every process of the host at once: a hung host or a
+				// paused VM.
+				c.nodes[v].proc.Signal(syscall.SIGSTOP)
+				c.consul[v].Pause()
+				return func() {
+					c.consul[v].Resume()
+					c.nodes[v].proc.Signal(syscall.SIGCONT)
+				}
+			}},
 		{name: "daemon SIGKILL", on: "primary", hold: between(200*time.Millisecond, 2*time.Second),
 			inject: func(c *chaos, v string) func() {
 				c.kill(v)
@@ -234,9 +253,10 @@ func TestChaos(t *testing.T) {
 		order = append(order, all...)
 	}
 	rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
-	t.Logf("chaos: %d trials, %d nodes, seed %d (DRIFTGATE_CHAOS_SEED=%d repeats the order and timing)", len(order), nNodes, seed, seed)
+	profile := cmp.Or(os.Getenv("DRIFTGATE_CHAOS_PROFILE"), "default")
+	t.Logf("chaos: %d trials, %d nodes, profile %s, seed %d (DRIFTGATE_CHAOS_SEED=%d repeats the order and timing)", len(order), nNodes, profile, seed, seed)
 
-	c := startChaos(t, nNodes)
+	c := startChaos(t, nNodes, profile)
 	// The feed runs for the whole suite; it is bounded by count and so by
 	// time (MAX/RATE + 10 s).
 	budget := 120 + len(order)*90
@@ -334,7 +354,7 @@ func (ct *checkTarget) set(up bool) {
 	}(ct.l)
 }
 
-func startChaos(t *testing.T, nNodes int) *chaos {
+func startChaos(t *testing.T, nNodes int, profile string) *chaos {
 	var names []string
 	for i := range nNodes {
 		names = append(names, fmt.Sprintf("n%d", i+1))
@@ -343,7 +363,7 @@ func startChaos(t *testing.T, nNodes int) *chaos {
 	os.Chmod(sockDir, 0o777)
 	var rec *recorder
 	c := &chaos{t: t, checks: map[string]*checkTarget{}}
-	spec := clusterSpec{nodes: names, extra: []string{"rogue"},
+	spec := clusterSpec{nodes: names, extra: []string{"rogue"}, profile: profile,
 		deliver: func(node string) string { return rec.frameSink(t, sockDir, node) },
 		config: `checks:
   - name: app
@@ -379,7 +399,7 @@ func startChaos(t *testing.T, nNodes int) *chaos {
 
 // kill SIGKILLs node's daemon and waits until it is gone (reaped), as
 // systemd does before it runs ExecStopPost.
-func (c *chaos) kill(n string) {
+func (c *agentCluster) kill(n string) {
 	if err := c.nodes[n].proc.Kill(); err != nil {
 		c.t.Fatalf("the daemon of %s: %v", n, err)
 	}
@@ -397,10 +417,50 @@ func (c *chaos) cleanup(n string) {
 
 func (c *chaos) startDaemon(n string) { c.nodes[n].start(c.t) }
 
+// hostCrash is node n's host dying: every process in its namespace (the
+// daemon and its Consul agent) SIGKILLed and its link down at once. It
+// returns once both processes are gone.
+func (c *agentCluster) hostCrash(n string) {
+	var wg sync.WaitGroup
+	wg.Go(func() { c.kill(n) })
+	wg.Go(func() { c.consul[n].Kill() })
+	c.bridgePort(n, "", "down", "up")
+	wg.Wait()
+}
+
+// reboot brings a crashed host back: link up, its Consul agent on its old
+// data directory (which restores the dead run's checks with their last
+// status), driftgate started fresh. Within rebootEligible of its agent
+// rejoining the node must be an eligible standby again: a pair that
+// silently lost its standby is the failure this guards.
+func (c *chaos) reboot(n string) {
+	if out, err := exec.Command("ip", "-n", c.lab.BridgeNS, "link", "set", "dev", c.nodes[n].host.Port, "up").CombinedOutput(); err != nil {
+		c.t.Errorf("link up: %v: %s", err, out)
+	}
+	c.consul[n].Restart() // returns once the agent is back in the cluster
+	rejoined := time.Now()
+	c.rec.add(n, "consul agent rejoined", "")
+	c.startDaemon(n)
+	_, ok := testkit.Poll(rebootEligible-time.Since(rejoined), func() bool {
+		s, err := c.nodes[n].state(c.t)
+		return err == nil && s.Role == "standby" && s.Eligible
+	})
+	if !ok {
+		s, _ := c.nodes[n].state(c.t)
+		c.t.Errorf("%s rebooted: not an eligible standby %v after its Consul agent rejoined: %s (%s)", n, rebootEligible, s.Role, s.Ineligible)
+		return
+	}
+	c.rec.add(n, "eligible standby again", fmt.Sprintf("%v after its agent rejoined", time.Since(rejoined).Round(time.Millisecond)))
+}
+
+// rebootEligible bounds how long a rebooted host may take to be an eligible
+// standby once its Consul agent is back.
+const rebootEligible = 5 * time.Second
+
 // bridgePort changes n's port on the bridge: with attr "state", the STP
 // port state (0 disabled: nothing passes, yet the host keeps its carrier);
 // with attr "", the link itself (down: the host loses carrier).
-func (c *chaos) bridgePort(n, attr, broken, healed string) func() {
+func (c *agentCluster) bridgePort(n, attr, broken, healed string) func() {
 	set := func(v string) {
 		args := []string{"-n", c.lab.BridgeNS, "link", "set", "dev", c.nodes[n].host.Port, v}
 		cmd := "ip"
@@ -523,7 +583,12 @@ func (c *chaos) whole(since time.Time) (bool, string) {
 			epoch = s.Epoch
 		case s.Role != "standby" || s.Phase != "contending":
 			return false, fmt.Sprintf("%s is %s (%s)", n, s.Role, s.Phase)
+		case !s.Eligible:
+			return false, fmt.Sprintf("%s is standby but not eligible: %s", n, s.Ineligible)
 		}
+	}
+	if st.EligibleStandbys != len(c.nodes)-1 {
+		return false, fmt.Sprintf("Consul shows %d eligible standbys, want %d", st.EligibleStandbys, len(c.nodes)-1)
 	}
 	for n := range c.nodes {
 		if at, e := c.rec.lastFrame(n); at.Before(since) || e != epoch {

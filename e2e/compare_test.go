@@ -51,12 +51,15 @@ func firstAfter(s *sink, t0 time.Time) time.Duration {
 }
 
 // killAll SIGKILLs every process in h's namespace.
-func killAll(h *netlab.Host) {
+func killAll(h *netlab.Host) { signalAll(h, syscall.SIGKILL) }
+
+// signalAll sends sig to every process in h's namespace.
+func signalAll(h *netlab.Host, sig syscall.Signal) {
 	out, _ := exec.Command("ip", "netns", "pids", h.NS).Output()
 	for _, f := range strings.Fields(string(out)) {
 		var pid int
 		fmt.Sscan(f, &pid)
-		syscall.Kill(pid, syscall.SIGKILL)
+		syscall.Kill(pid, sig)
 	}
 }
 
@@ -181,6 +184,42 @@ vrrp_instance VI_1 {
 		time.Sleep(3 * time.Second)
 		samples, dual = ov.end()
 		rows = append(rows, compareRow{"keepalived", "VIP on both nodes, 8 s partition between them", fmt.Sprintf("%d of %d samples", dual, samples)})
+
+		// Host crash: every keepalived process of the master killed and
+		// its link down at once.
+		port := func(h *netlab.Host, state string) {
+			if out, err := exec.Command("ip", "-n", lab.BridgeNS, "link", "set", "dev", h.Port, state).CombinedOutput(); err != nil {
+				t.Fatalf("link %s: %v: %s", state, err, out)
+			}
+		}
+		time.Sleep(2 * time.Second)
+		crash = time.Now()
+		killAll(k1)
+		port(k1, "down")
+		if err := c1.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		waitVIP(k2, 10*time.Second)
+		time.Sleep(2 * time.Second)
+		rows = append(rows, compareRow{"keepalived", "host crash of the master (keepalived killed, link down)", fmt.Sprintf("backup receives the feed after %v", firstAfter(sinks[1], crash).Round(time.Millisecond))})
+		port(k1, "up")
+		k1.IP("addr", "flush", "dev", "eth0", "label", "eth0")
+		k1.IP("addr", "add", k1.Addr4.String(), "dev", "eth0")
+		k1.IP("route", "replace", "224.0.0.0/4", "dev", "eth0")
+		c1 = start(k1, 150)
+		waitVIP(k1, 20*time.Second)
+		time.Sleep(3 * time.Second)
+
+		// Host freeze: every keepalived process of the master stopped 15 s.
+		ov = sampleOverlap(t, k1, k2)
+		freeze := time.Now()
+		signalAll(k1, syscall.SIGSTOP)
+		waitVIP(k2, 10*time.Second)
+		time.Sleep(15*time.Second - time.Since(freeze))
+		signalAll(k1, syscall.SIGCONT)
+		time.Sleep(3 * time.Second)
+		samples, dual = ov.end()
+		rows = append(rows, compareRow{"keepalived", "host freeze of the master 15 s (keepalived stopped)", fmt.Sprintf("backup receives the feed after %v; VIP on both nodes in %d of %d samples", firstAfter(sinks[1], freeze).Round(time.Millisecond), dual, samples)})
 	})
 
 	// driftgate: the agent cluster of the e2e tests, default timing.
@@ -232,6 +271,46 @@ vrrp_instance VI_1 {
 		rows = append(rows, compareRow{"driftgate", "VIP on both nodes, 8 s partition between them", fmt.Sprintf("%d of %d samples", dual, samples)})
 		if dual != 0 {
 			t.Errorf("SAFETY: the VIP was on both nodes in %d samples during the partition", dual)
+		}
+
+		// Host crash of the primary: daemon and Consul agent killed, link
+		// down, at once; then the host comes back.
+		c.waitUntil("one primary", 60*time.Second, func() bool { return c.primary() != "" })
+		time.Sleep(3 * time.Second)
+		ov = sampleOverlap(t, c.nodes["n1"].host, c.nodes["n2"].host)
+		old = c.primary()
+		other = map[string]string{"n1": "n2", "n2": "n1"}[old]
+		crash = time.Now()
+		c.hostCrash(old)
+		c.waitUntil("the takeover", 30*time.Second, func() bool { return c.primary() == other })
+		time.Sleep(2 * time.Second)
+		rows = append(rows, compareRow{"driftgate", "host crash of the primary (daemon and Consul agent killed, link down)", fmt.Sprintf("pause in the survivor's feed %v", mergedGap(crash, c.nodes[other].sink).Round(time.Millisecond))})
+		c.bridgePort(old, "", "up", "up")
+		c.consul[old].Restart()
+		c.nodes[old].start(t)
+		c.waitUntil("the rebooted node to be an eligible standby", 30*time.Second, func() bool {
+			s, err := c.nodes[old].state(t)
+			return err == nil && s.Role == "standby" && s.Eligible
+		})
+		time.Sleep(2 * time.Second)
+
+		// Host freeze of the primary: daemon and Consul agent stopped 15 s.
+		old, other = other, old
+		freeze := time.Now()
+		c.nodes[old].proc.Signal(syscall.SIGSTOP)
+		c.consul[old].Pause()
+		c.waitUntil("the takeover", 30*time.Second, func() bool { return c.primary() == other })
+		time.Sleep(15*time.Second - time.Since(freeze))
+		c.consul[old].Resume()
+		c.nodes[old].proc.Signal(syscall.SIGCONT)
+		c.waitUntil("the thawed node to be standby", 60*time.Second, func() bool {
+			s, err := c.nodes[old].state(t)
+			return err == nil && s.Role == "standby"
+		})
+		samples, dual = ov.end()
+		rows = append(rows, compareRow{"driftgate", "host freeze of the primary 15 s (daemon and Consul agent stopped)", fmt.Sprintf("pause in the survivor's feed %v; VIP on both nodes in %d of %d samples", mergedGap(freeze, c.nodes[other].sink).Round(time.Millisecond), dual, samples)})
+		if dual != 0 {
+			t.Errorf("SAFETY: the VIP was on both nodes in %d samples (host crash and freeze)", dual)
 		}
 	})
 
