@@ -15,7 +15,7 @@ help:
 	@echo "test-e2e     only the multi-host tests in network namespaces (root)"
 	@echo "test-chaos   the chaos suite, CHAOS_TRIALS (default 5) trials of each fault (CHAOS_FAULTS: a comma-separated subset),"
 	@echo "             in election profile CHAOS_PROFILE (default), report in chaos-report.md (root)"
-	@echo "bench        micro-benchmarks with -benchmem, then relay vs socat vs naive Go relay"
+	@echo "bench        micro-benchmarks with -benchmem, the lease renewal against a consistent read, then relay vs socat vs naive Go relay"
 	@echo "fuzz         fuzz the frame decoder and the config loader for FUZZTIME each (default 30s)"
 	@echo "lint         gofmt, go vet, staticcheck, go mod tidy check"
 	@echo "demo         the agent cluster in network namespaces, live view, kill -9 and step-down measured (root)"
@@ -64,8 +64,9 @@ test-e2e: deps
 
 bench: bench-micro bench-compare
 
-bench-micro:
+bench-micro: consul
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./gateway/...
+	$(GO) test -run '^$$' -bench LeaseRenewal -benchtime 200x -count=1 ./consul
 
 # The side-by-side comparison wants socat (apt-get install socat) and taskset
 # (util-linux); it pins the relay under test to CPU 1 and the load generator

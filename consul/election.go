@@ -780,6 +780,10 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 	results := make(chan confirmResult, 1)
 	inflight := false
 	var renewals uint64
+	// After answers that say Consul is overloaded (429, 5xx) renewals
+	// back off, but the last one before the deadline is always tried.
+	var overloads int
+	var nextRenew time.Time
 	// Confirmations outlive an early return at most by RequestTimeout;
 	// their results go to the buffered channel and are dropped.
 	cctx, cancelConfirms := context.WithCancel(context.Background())
@@ -847,7 +851,7 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 			}
 			bind("t_wait passed")
 		case <-tick.C:
-			if !inflight {
+			if !inflight && !time.Now().Before(nextRenew) {
 				inflight = true
 				renewals++
 				go e.renew(cctx, sess, acq.epoch, renewals, results)
@@ -855,9 +859,13 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 		case r := <-results:
 			inflight = false
 			if r.err != nil {
-				e.log.Debug("confirming the lock failed", "err", r.err, "deadline_in", time.Until(deadline).Round(time.Millisecond))
+				overloads = nextOverload(overloads, r.err)
+				nextRenew = renewBackoff(overloads, deadline, t)
+				e.log.Debug("renewing the lease failed", "err", r.err, "deadline_in", time.Until(deadline).Round(time.Millisecond),
+					"next_in", time.Until(nextRenew).Round(time.Millisecond))
 				continue
 			}
+			overloads, nextRenew = 0, time.Time{}
 			if !r.mine {
 				end(r.why)
 				return 0
@@ -917,6 +925,36 @@ func (e *Election) renew(ctx context.Context, sess string, epoch, n uint64, out 
 		r.mine = true
 	}
 	out <- r
+}
+
+// nextOverload counts answers in a row that say Consul is overloaded or
+// has no leader (429, 5xx); any other failure (a timeout, a refused
+// connection) resets the count: those are not made better by waiting.
+func nextOverload(n int, err error) int {
+	var se api.StatusError
+	if errors.As(err, &se) && (se.Code == 429 || se.Code >= 500) {
+		return n + 1
+	}
+	return 0
+}
+
+// renewBackoff is when the next renewal may go after n overload answers:
+// retry.Backoff(n) from now, but never so late that the renewal could not
+// be answered before the lease deadline (two request timeouts before it).
+// Zero n: at once (every confirm interval).
+func renewBackoff(n int, deadline time.Time, t Timing) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	now := time.Now()
+	next := now.Add(retry.Backoff(n))
+	if latest := deadline.Add(-2 * t.RequestTimeout); next.After(latest) {
+		next = latest
+	}
+	if next.Before(now) {
+		return now
+	}
+	return next
 }
 
 // leaseKey holds the holder's lease record, renewed every ConfirmInterval.

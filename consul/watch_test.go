@@ -62,3 +62,29 @@ func TestRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestRenewBackoff: overload answers back renewals off, but never past the
+// last chance before the deadline; other failures do not.
+func TestRenewBackoff(t *testing.T) {
+	tm := DefaultTiming()
+	if n := nextOverload(0, api.StatusError{Code: 429}); n != 1 {
+		t.Fatalf("429: overloads %d, want 1", n)
+	}
+	if n := nextOverload(2, api.StatusError{Code: 500, Body: "No cluster leader"}); n != 3 {
+		t.Fatalf("500: overloads %d, want 3", n)
+	}
+	if n := nextOverload(3, errors.New("context deadline exceeded")); n != 0 {
+		t.Fatalf("timeout: overloads %d, want 0", n)
+	}
+	if got := renewBackoff(0, time.Now().Add(time.Hour), tm); !got.IsZero() {
+		t.Fatalf("no overload: next renewal %v, want at once", got)
+	}
+	far := time.Now().Add(time.Hour)
+	if got := time.Until(renewBackoff(3, far, tm)); got < 350*time.Millisecond || got > 400*time.Millisecond {
+		t.Fatalf("3 overloads, far deadline: next in %v, want 400ms", got)
+	}
+	near := time.Now().Add(2*tm.RequestTimeout + 300*time.Millisecond)
+	if got := time.Until(renewBackoff(7, near, tm)); got > 300*time.Millisecond {
+		t.Fatalf("near deadline: next in %v, want at most 300ms (two request timeouts before the deadline)", got)
+	}
+}
