@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -59,12 +60,14 @@ type Agent struct {
 	Name     string
 	Server   bool
 	HTTPAddr string // 127.0.0.1:port
-	DNSAddr  string
-	SerfLAN  string
-	dir      string
-	args     []string
-	bin      string
-	tb       testing.TB
+	// Token, if set, is the ACL token Client uses.
+	Token   string
+	DNSAddr string
+	SerfLAN string
+	dir     string
+	args    []string
+	bin     string
+	tb      testing.TB
 
 	// dial, when set, reaches the agent's HTTP address (in a namespace).
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -79,6 +82,7 @@ type Agent struct {
 func (a *Agent) Client() *api.Client {
 	cfg := api.DefaultConfig()
 	cfg.Address = a.HTTPAddr
+	cfg.Token = a.Token
 	if a.dial != nil {
 		cfg.Transport = &http.Transport{DialContext: a.dial}
 	}
@@ -129,7 +133,7 @@ func freePorts(tb testing.TB, n int) []int {
 	return ports
 }
 
-func newAgent(tb testing.TB, name string, server bool, bootstrapExpect int, join []string) *Agent {
+func newAgent(tb testing.TB, name string, server bool, bootstrapExpect int, join []string, extraHCL ...string) *Agent {
 	tb.Helper()
 	p := freePorts(tb, 5) // http dns serf_lan serf_wan server
 	dir := tb.TempDir()
@@ -149,6 +153,7 @@ enable_script_checks = true
 	if server {
 		hcl += fmt.Sprintf("server = true\nbootstrap_expect = %d\nsession_ttl_min = \"1s\"\n", bootstrapExpect)
 	}
+	hcl += strings.Join(extraHCL, "\n")
 	a.args = []string{"agent", "-node=" + name, "-bind=127.0.0.1", "-client=127.0.0.1", "-advertise=127.0.0.1",
 		"-data-dir=" + filepath.Join(dir, "data"), "-log-level=warn", "-hcl=" + hcl}
 	for _, j := range join {
@@ -300,6 +305,21 @@ retry_interval = "1s"
 func StartServer(tb testing.TB) *Agent {
 	tb.Helper()
 	a := newAgent(tb, "server1", true, 1, nil)
+	a.WaitReady()
+	return a
+}
+
+// StartServerWithACL starts one server with ACLs on, default deny, and
+// management token mgmt, which Client uses; tests make narrower tokens with
+// it.
+func StartServerWithACL(tb testing.TB, mgmt string) *Agent {
+	tb.Helper()
+	a := newAgent(tb, "server1", true, 1, nil, fmt.Sprintf(`acl {
+  enabled = true
+  default_policy = "deny"
+  tokens { initial_management = %q, agent = %q }
+}`, mgmt, mgmt))
+	a.Token = mgmt
 	a.WaitReady()
 	return a
 }
