@@ -519,6 +519,7 @@ func (e *Election) contendWith(ctx context.Context, sess string) (acquisition, e
 		seenAt  time.Time // when a consistent read first showed it free at seenIdx
 		watch   blocking
 		held    heldView // the term seen holding the key
+		reread  bool     // read the key afresh before the next break
 	)
 	lctx, stopLease := context.WithCancel(ctx)
 	defer stopLease()
@@ -536,6 +537,11 @@ func (e *Election) contendWith(ctx context.Context, sess string) (acquisition, e
 		q, cancel := watch.options(ctx, t.RequestTimeout)
 		breakAt, rearm := time.Time{}, false
 		switch p, ok := proofFor(held, &lease); {
+		case reread:
+			// A break was refused: the key may have changed (its holder's
+			// session ended just now, say). Read it as it is, without a
+			// deadline that has passed already, before anything else.
+			reread = false
 		case ok:
 			breakAt = p.at(t).Add(prio)
 			q = q.WithContext(breakContext(q.Context(), breakAt))
@@ -559,8 +565,10 @@ func (e *Election) contendWith(ctx context.Context, sess string) (acquisition, e
 			if acq, ok, err := e.breakLock(ctx, sess, held, &lease); err != nil || ok {
 				return acq, err
 			}
-			// A renewal came (or the key changed): look again once the
-			// watches have caught up.
+			// A renewal came, or the key changed: read the key again
+			// (not blocking), once the watches have caught up.
+			watch.reset()
+			reread = true
 			if !e.sleep(ctx, 50*time.Millisecond) {
 				return acquisition{}, ctx.Err()
 			}

@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -175,5 +176,42 @@ func TestLeaseBreakNewStandby(t *testing.T) {
 	t.Logf("n1 frozen just after n2 began to contend: n2 bound after %v (limit %v)", took.Round(time.Millisecond), limit)
 	if took > limit {
 		t.Fatalf("the new standby took %v to break the lock, want ≤ %v", took, limit)
+	}
+}
+
+// TestFrozenDaemon: the holder's daemon freezes (no renewals, no
+// heartbeat): Consul ends its session after heartbeat_ttl, and the standby
+// takes over through whichever proof completes first.
+func TestFrozenDaemon(t *testing.T) {
+	// Consul ends the frozen holder's session (its heartbeat check)
+	// at about the time the standby's lease proof completes, so the
+	// break races the key changing: a refused break must be followed
+	// by a fresh read of the key, not by more breaks (a livelock the
+	// chaos suite found with the default profile).
+	for i := range 4 {
+		tm := testTiming()
+		tm.HeartbeatTTL = tm.TWait + time.Duration(i-1)*50*time.Millisecond
+		tm.HeartbeatInterval = tm.HeartbeatTTL / 3
+		t.Run(fmt.Sprintf("heartbeat_ttl=%v", tm.HeartbeatTTL.Round(time.Millisecond)), func(t *testing.T) { frozenDaemon(t, tm, i) })
+	}
+}
+
+func frozenDaemon(t *testing.T, tm Timing, i int) {
+	c := sharedServer(t)
+	vip := &vipTracker{t: t}
+	key := fmt.Sprintf("test/frozen%d", i)
+	n1 := startNode(t, c, vip, key, "n1", nodeOpts{timing: tm})
+	testkit.WaitFor(t, "n1 to hold", 10*time.Second, func() bool { return vip.current() == "n1" })
+	n2 := startNode(t, c, vip, key, "n2", nodeOpts{timing: tm})
+	testkit.WaitFor(t, "n2 eligible", 10*time.Second, func() bool { return n2.el.Snapshot().Eligible })
+	time.Sleep(3 * tm.ConfirmInterval)
+	vip.freeze("n1")
+	n1.freeze()
+	n1.stopHB()
+	took := testkit.WaitFor(t, "n2 to take over", 15*time.Second, func() bool { return vip.current() == "n2" })
+	limit := max(tm.TWait, tm.HeartbeatTTL+tm.LockDelay) + 100*time.Millisecond + tm.ConfirmInterval + 500*time.Millisecond
+	t.Logf("n1's daemon frozen: n2 bound after %v (limit %v)", took.Round(time.Millisecond), limit)
+	if took > limit {
+		t.Fatalf("took %v, want ≤ %v", took, limit)
 	}
 }
