@@ -58,7 +58,9 @@ type Timing struct {
 // A host failure costs t_wait because a standby breaks the lock t_wait after
 // the last lease renewal it saw (the lease proof); the outage a holder
 // rides out is t_fence less the kernel's expiry slack and a renewal
-// interval.
+// interval. Lock-delay is short: it is not a fence here (the lease proof,
+// t_wait and the dropped marker are), and it delays every takeover after
+// Consul ends a session (a check critical, a dead daemon's heartbeat).
 var profiles = map[string]Timing{
 	"default": {
 		TFence:            2100 * time.Millisecond,
@@ -68,7 +70,7 @@ var profiles = map[string]Timing{
 		DropBudget:        250 * time.Millisecond,
 		HeartbeatTTL:      2 * time.Second,
 		HeartbeatInterval: 500 * time.Millisecond,
-		LockDelay:         time.Second,
+		LockDelay:         250 * time.Millisecond,
 		SessionTTL:        10 * time.Second,
 	},
 	"fast": {
@@ -79,7 +81,7 @@ var profiles = map[string]Timing{
 		DropBudget:        100 * time.Millisecond,
 		HeartbeatTTL:      time.Second,
 		HeartbeatInterval: 300 * time.Millisecond,
-		LockDelay:         500 * time.Millisecond,
+		LockDelay:         100 * time.Millisecond,
 		SessionTTL:        10 * time.Second,
 	},
 	"tolerant": {
