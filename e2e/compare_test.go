@@ -157,12 +157,15 @@ vrrp_instance VI_1 {
 		rows = append(rows, compareRow{"keepalived", "kill -9 of the master (keepalived processes)", fmt.Sprintf("backup receives the feed after %v", firstAfter(sinks[1], crash).Round(time.Millisecond))})
 		// Clean up as a supervisor could, restart, let it become master
 		// again (preemption), then stop it cleanly.
-		k1.IP("addr", "flush", "dev", "eth0", "label", "eth0")
-		k1.IP("addr", "add", k1.Addr4.String(), "dev", "eth0")
-		k1.IP("route", "replace", "224.0.0.0/4", "dev", "eth0")
-		c1 = start(k1, 150)
-		waitVIP(k1, 20*time.Second)
-		time.Sleep(3 * time.Second)
+		restartMaster := func() {
+			k1.IP("addr", "flush", "dev", "eth0", "label", "eth0")
+			k1.IP("addr", "add", k1.Addr4.String(), "dev", "eth0")
+			k1.IP("route", "replace", "224.0.0.0/4", "dev", "eth0")
+			c1 = start(k1, 150)
+			waitVIP(k1, 20*time.Second)
+			time.Sleep(3 * time.Second)
+		}
+		restartMaster()
 		samples, dual := ov.end()
 		rows = append(rows, compareRow{"keepalived", "VIP on both nodes (kill -9 and restart)", fmt.Sprintf("%d of %d samples", dual, samples)})
 		ov = sampleOverlap(t, k1, k2)
@@ -203,12 +206,7 @@ vrrp_instance VI_1 {
 		time.Sleep(2 * time.Second)
 		rows = append(rows, compareRow{"keepalived", "host crash of the master (keepalived killed, link down)", fmt.Sprintf("backup receives the feed after %v", firstAfter(sinks[1], crash).Round(time.Millisecond))})
 		port(k1, "up")
-		k1.IP("addr", "flush", "dev", "eth0", "label", "eth0")
-		k1.IP("addr", "add", k1.Addr4.String(), "dev", "eth0")
-		k1.IP("route", "replace", "224.0.0.0/4", "dev", "eth0")
-		c1 = start(k1, 150)
-		waitVIP(k1, 20*time.Second)
-		time.Sleep(3 * time.Second)
+		restartMaster()
 
 		// Host freeze: every keepalived process of the master stopped 15 s.
 		ov = sampleOverlap(t, k1, k2)
