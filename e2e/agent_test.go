@@ -455,8 +455,9 @@ func TestAgentFailover(t *testing.T) {
 	t.Logf("VIP deleted by hand on %s: %s primary after %v", old, other, took.Round(time.Millisecond))
 
 	// The primary's link goes down (its switch port): it drops the VIP at
-	// once; it cannot reach Consul either, so the standby takes over when
-	// Consul fences it (serfHealth) and t_wait has passed.
+	// once; it cannot reach Consul either, and its renewals stop, so the
+	// standby breaks the lock t_wait after the last renewal it saw (or
+	// takes it after Consul fences the node, if that comes first).
 	time.Sleep(1500 * time.Millisecond)
 	port := nodes[other].host.Port
 	if out, err := exec.Command("ip", "-n", lab.BridgeNS, "link", "set", port, "down").CombinedOutput(); err != nil {
