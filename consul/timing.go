@@ -51,7 +51,7 @@ type Timing struct {
 // + 1.3 s: the VIP's address lifetime has whole seconds). What each rides
 // out and what a host failure costs is in docs/election.md; in short:
 //
-//	default   host failure ≈ t_wait (2.4 s); rides out ≈ 1.7 s of Consul outage
+//	default   host failure ≈ t_wait (2.35 s); rides out ≈ 1.6 s of Consul outage
 //	fast      host failure ≈ 1.65 s;         rides out ≈ 1.1 s (Consul servers close)
 //	tolerant  host failure ≈ 8.5 s;          rides out ≈ 7.5 s (a Consul leader election at raft_multiplier 5)
 //
@@ -64,10 +64,13 @@ type Timing struct {
 var profiles = map[string]Timing{
 	"default": {
 		TFence:            2100 * time.Millisecond,
-		TWait:             2400 * time.Millisecond,
+		TWait:             2350 * time.Millisecond,
 		ConfirmInterval:   200 * time.Millisecond,
 		RequestTimeout:    800 * time.Millisecond,
-		DropBudget:        250 * time.Millisecond,
+		// Removing the VIP takes about a millisecond, and the kernel
+		// removes it before the deadline anyway (its lifetime ends
+		// ExpirySlack early); this is slack for a slow scheduler.
+		DropBudget: 200 * time.Millisecond,
 		HeartbeatTTL:      2 * time.Second,
 		HeartbeatInterval: 500 * time.Millisecond,
 		LockDelay:         250 * time.Millisecond,
