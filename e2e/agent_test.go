@@ -531,6 +531,11 @@ func TestAgentFailover(t *testing.T) {
 		t.Fatalf("driftgate status: %v\n%s", err, out)
 	}
 	t.Logf("driftgate status on %s:\n%s", other, out)
+	// …and says the standby would take over.
+	waitUntil("status to show the standby eligible", 10*time.Second, func() bool {
+		out, err := nodes[other].host.Command(context.Background(), driftgate, "status", "--config", nodes[other].cfg).CombinedOutput()
+		return err == nil && strings.Contains(string(out), "eligible standbys: 1")
+	})
 
 	// Hooks ran on every transition, with role, epoch and VIP.
 	hookLog, _ := os.ReadFile(filepath.Join(filepath.Dir(nodes[old].cfg), "hook.sh.log"))
