@@ -63,14 +63,14 @@ type Timing struct {
 // Consul ends a session (a check critical, a dead daemon's heartbeat).
 var profiles = map[string]Timing{
 	"default": {
-		TFence:            2100 * time.Millisecond,
-		TWait:             2350 * time.Millisecond,
-		ConfirmInterval:   200 * time.Millisecond,
-		RequestTimeout:    800 * time.Millisecond,
+		TFence:          2100 * time.Millisecond,
+		TWait:           2350 * time.Millisecond,
+		ConfirmInterval: 200 * time.Millisecond,
+		RequestTimeout:  800 * time.Millisecond,
 		// Removing the VIP takes about a millisecond, and the kernel
 		// removes it before the deadline anyway (its lifetime ends
 		// ExpirySlack early); this is slack for a slow scheduler.
-		DropBudget: 200 * time.Millisecond,
+		DropBudget:        200 * time.Millisecond,
 		HeartbeatTTL:      2 * time.Second,
 		HeartbeatInterval: 500 * time.Millisecond,
 		LockDelay:         250 * time.Millisecond,
