@@ -439,7 +439,6 @@ type heldView struct {
 // argument hold at the server.
 type proof struct {
 	base     time.Time // the later of: the term first seen holding, its last renewal first seen
-	leaseOK  bool      // the lease record's state is known
 	leaseIdx uint64    // 0: the record is absent
 	session  string    // the term's session
 }
@@ -463,7 +462,7 @@ func proofFor(h heldView, lv *leaseView) (proof, bool) {
 	if h.session == "" || !known {
 		return proof{}, false
 	}
-	p := proof{base: h.seen, leaseOK: true, session: h.session}
+	p := proof{base: h.seen, session: h.session}
 	if exists {
 		p.leaseIdx = idx
 		if seen.After(p.base) {
@@ -857,7 +856,11 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 			if bound || !time.Now().Before(deadline) {
 				continue // bound early, or expired while waiting: the top of the loop drops
 			}
-			bind("t_wait passed")
+			if acq.broke {
+				bind("broke the lock of a holder whose lease ran out")
+			} else {
+				bind("t_wait passed")
+			}
 		case <-tick.C:
 			if !inflight && !time.Now().Before(nextRenew) {
 				inflight = true

@@ -458,14 +458,7 @@ func (a *Agent) drop() error {
 		// The bind failed: it removed what it had added, but a removal
 		// may have failed too. Removing an absent VIP succeeds, so make
 		// sure before the election calls this term's end clean.
-		var errs []error
-		for i, v := range a.vips {
-			if err := v.Remove(); err != nil {
-				a.log.Error("removing the VIP", "vip", a.vipNames[i], "err", err)
-				errs = append(errs, err)
-			}
-		}
-		return errors.Join(errs...)
+		return removeVIPs(a.vips, a.vipNames, a.log)
 	}
 	err := t.drop()
 	a.mu.Lock()

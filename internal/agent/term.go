@@ -64,11 +64,9 @@ type term struct {
 func bindTerm(ctx context.Context, epoch uint64, deadline time.Time, vips []VIP, names []string, hold holdFunc, clock Clock, log *slog.Logger) (*term, error) {
 	for i, v := range vips {
 		if err := v.Add(deadline); err != nil {
-			for j, w := range vips[:i] {
-				if rerr := w.Remove(); rerr != nil {
-					log.Error("removing the VIP after a failed bind", "vip", names[j], "err", rerr)
-				}
-			}
+			// A failed removal is logged; the drop that follows removes
+			// every VIP again and reports it.
+			_ = removeVIPs(vips[:i], names, log)
 			return nil, fmt.Errorf("binding %s: %w", names[i], err)
 		}
 	}
@@ -190,13 +188,20 @@ func (t *term) drop() error {
 		t.stopTimer = nil
 	}
 	t.mu.Unlock()
+	err := removeVIPs(t.vips, t.names, t.log)
+	t.cancel()
+	return err
+}
+
+// removeVIPs removes every VIP (removing an absent one succeeds) and
+// returns every failure: one may still be on the host.
+func removeVIPs(vips []VIP, names []string, log *slog.Logger) error {
 	var errs []error
-	for i, v := range t.vips {
+	for i, v := range vips {
 		if err := v.Remove(); err != nil {
-			t.log.Error("removing the VIP", "vip", t.names[i], "err", err)
+			log.Error("removing the VIP", "vip", names[i], "err", err)
 			errs = append(errs, err)
 		}
 	}
-	t.cancel()
 	return errors.Join(errs...)
 }
