@@ -467,7 +467,9 @@ func (l *relayListener) process(n int) {
 	// Per datagram, send_error is the most frames any one destination
 	// refused (exact with one destination, a lower bound with several), so
 	// that forwarded and the drops still add up to received.
-	l.c.dropped[DropSendError].Add(uint64(failedAny))
+	if failedAny > 0 {
+		l.c.dropped[DropSendError].Add(uint64(failedAny))
+	}
 	l.c.forwarded.Add(uint64(len(l.out) - failedAny))
 }
 
