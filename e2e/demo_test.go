@@ -47,23 +47,23 @@ func TestDemo(t *testing.T) {
 		fmt.Fprintf(&b, "driftgate demo  (%s)  feed %d/s → %s:5000   Ctrl-C to stop\n\n", time.Since(start).Round(time.Second), rate, agentVIP)
 		fmt.Fprintf(&b, "primary: %-4s  failovers: %d\n\n", or(p, "none"), failovers)
 		tw := tabwriter.NewWriter(&b, 2, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "node\trole\tepoch\tVIP here\trelayed\tdelivered\tlost")
+		fmt.Fprintln(tw, "node\trole\tepoch\tVIP here\trelayed\tdelivered\trepaired\tunrecovered")
 		for _, name := range []string{"n1", "n2"} {
 			n := c.nodes[name]
 			s, err := n.state(t)
 			if err != nil {
-				fmt.Fprintf(tw, "%s\t(down)\t\t%v\t\t%d\t\n", name, hasVIP(n.host), n.sink.count())
+				fmt.Fprintf(tw, "%s\t(down)\t\t%v\t\t%d\t\t\n", name, hasVIP(n.host), n.sink.count())
 				continue
 			}
 			var relayed uint64
 			for _, r := range s.Relay {
 				relayed += r.Forwarded
 			}
-			var lost uint64
+			var repaired, unrecovered uint64
 			if s.Receiver != nil {
-				lost = s.Receiver.Lost
+				repaired, unrecovered = s.Receiver.Repaired, s.Receiver.Unrecovered
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%v\t%d\t%d\t%d\n", name, s.Role, s.Epoch, hasVIP(n.host), relayed, n.sink.count(), lost)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%v\t%d\t%d\t%d\t%d\n", name, s.Role, s.Epoch, hasVIP(n.host), relayed, n.sink.count(), repaired, unrecovered)
 		}
 		tw.Flush()
 		b.WriteString("\nevents:\n")

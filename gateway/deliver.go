@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -70,85 +72,159 @@ func ParseDeliverURL(raw string) (DeliverURL, error) {
 	return DeliverURL{}, fmt.Errorf("%q: want udp://IP:PORT, unix:///PATH or stdout", raw)
 }
 
-// Open opens the target; stdout is where "stdout" writes.
-func (d DeliverURL) Open(stdout io.Writer) (Deliverer, error) {
+// OpenOptions are what a delivery target needs besides its URL.
+type OpenOptions struct {
+	Stdout io.Writer    // where "stdout" writes
+	Queue  QueueConfig  // the socket targets' delivery queue
+	Log    *slog.Logger // nil: discard
+}
+
+// Open opens the target. Socket targets (udp, unix) get a delivery queue
+// and a writer goroutine, stopped by Close.
+func (d DeliverURL) Open(o OpenOptions) (Deliverer, error) {
 	switch d.kind {
 	case "stdout":
-		return &jsonDeliverer{w: bufio.NewWriterSize(stdout, 64<<10)}, nil
+		return &jsonDeliverer{w: bufio.NewWriterSize(o.Stdout, 64<<10)}, nil
 	case "udp":
 		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(d.udp))
 		if err != nil {
 			return nil, fmt.Errorf("deliver %q: %w", d.raw, err)
 		}
-		return newConnDeliverer(c, true)
+		return newConnDeliverer(c, true, o)
 	case "unix":
 		c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: d.path, Net: "unixgram"})
 		if err != nil {
 			return nil, fmt.Errorf("deliver %q: %w", d.raw, err)
 		}
-		return newConnDeliverer(c, false)
+		return newConnDeliverer(c, false, o)
 	}
 	return nil, errors.New("deliver: no URL (see ParseDeliverURL)")
 }
 
 // ParseDeliver parses a delivery URL (ParseDeliverURL) and opens it.
-func ParseDeliver(raw string, stdout io.Writer) (Deliverer, error) {
+func ParseDeliver(raw string, o OpenOptions) (Deliverer, error) {
 	d, err := ParseDeliverURL(raw)
 	if err != nil {
 		return nil, fmt.Errorf("deliver %w", err)
 	}
-	return d.Open(stdout)
+	return d.Open(o)
+}
+
+// DeliveryStatser is implemented by deliverers with a delivery queue.
+type DeliveryStatser interface {
+	DeliveryStats() DeliveryStats
 }
 
 // connDeliverer writes each frame, or its payload, as one datagram to a
-// connected socket. It never blocks: an application that does not keep up
-// loses datagrams (counted as delivery errors) instead of stalling the feed
-// for everyone after it.
+// connected socket, through a bounded queue: Deliver only copies the
+// datagram in, and a writer goroutine sends it, waiting while the
+// application's socket is full. So a stalled application delays its own
+// datagrams instead of losing them (a unix datagram socket queues only
+// net.unix.max_dgram_qlen of them, 10 by default) and never stalls the
+// receiver; only beyond the queue's bound are datagrams dropped, counted.
 type connDeliverer struct {
-	c           syscall.Conn
+	c           net.Conn
 	rc          syscall.RawConn
 	payloadOnly bool
-	buf         []byte // what the current write sends
-	err         error
-	writeFn     func(fd uintptr) bool
+	q           *queue
+	log         *slog.Logger
+	stop, done  chan struct{}
+
+	// The writer's state: what the current write sends, and its result.
+	buf     []byte
+	err     error
+	writeFn func(fd uintptr) bool
+	lastLog time.Time
 }
 
-func newConnDeliverer(c net.Conn, payloadOnly bool) (*connDeliverer, error) {
+// closeGrace is how long Close lets the writer hand queued datagrams to a
+// slow application before it gives up on them.
+const closeGrace = 500 * time.Millisecond
+
+func newConnDeliverer(c net.Conn, payloadOnly bool, o OpenOptions) (*connDeliverer, error) {
+	if err := o.Queue.Validate(); err != nil {
+		c.Close()
+		return nil, err
+	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
+		c.Close()
 		return nil, fmt.Errorf("%T has no raw socket", c)
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
+		c.Close()
 		return nil, err
 	}
-	d := &connDeliverer{c: sc, rc: rc, payloadOnly: payloadOnly}
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &connDeliverer{c: c, rc: rc, payloadOnly: payloadOnly, q: newQueue(o.Queue), log: log,
+		stop: make(chan struct{}), done: make(chan struct{})}
 	d.writeFn = func(fd uintptr) bool {
 		_, d.err = unix.SendmsgN(int(fd), d.buf, nil, nil, unix.MSG_DONTWAIT)
-		return true // EAGAIN too: do not wait for the application
+		// EAGAIN: the application's socket is full; false makes the
+		// runtime's poller wait until it can take more.
+		return !errors.Is(d.err, unix.EAGAIN)
 	}
+	go d.run()
 	return d, nil
 }
 
-// ErrAppBusy means the application's socket buffer was full.
-var ErrAppBusy = errors.New("application socket buffer full: datagram dropped")
-
 func (d *connDeliverer) Deliver(f *Frame, raw []byte) error {
-	d.buf = raw
 	if d.payloadOnly {
-		d.buf = f.Payload
+		return d.q.push(f.Payload)
 	}
-	if err := d.rc.Write(d.writeFn); err != nil {
-		return err
+	return d.q.push(raw)
+}
+
+func (d *connDeliverer) run() {
+	defer close(d.done)
+	for {
+		b, ok := d.q.peek()
+		if !ok {
+			select {
+			case <-d.q.ready:
+				continue
+			case <-d.stop:
+				return
+			}
+		}
+		d.buf = b
+		if err := d.rc.Write(d.writeFn); err != nil {
+			return // closed, or Close's grace ran out
+		}
+		if d.err != nil {
+			d.logWriteError(d.err)
+		}
+		d.q.done(d.err == nil)
 	}
-	if errors.Is(d.err, unix.EAGAIN) {
-		return ErrAppBusy
+}
+
+// logWriteError logs at most every 10 s (an absent application must not
+// flood the journal); every failure is counted.
+func (d *connDeliverer) logWriteError(err error) {
+	if time.Since(d.lastLog) < 10*time.Second {
+		return
 	}
-	return d.err
+	d.lastLog = time.Now()
+	d.log.Warn("delivering to the application failed", "to", d.c.RemoteAddr().String(), "err", err,
+		"write_errors_total", d.q.stats().Dropped["write_error"])
 }
 
 func (d *connDeliverer) Flush() error { return nil }
-func (d *connDeliverer) Close() error { return d.c.(io.Closer).Close() }
+
+// Close gives the writer closeGrace to hand over what is queued, then
+// closes the socket.
+func (d *connDeliverer) Close() error {
+	_ = d.c.SetWriteDeadline(time.Now().Add(closeGrace))
+	close(d.stop)
+	<-d.done
+	return d.c.Close()
+}
+
+func (d *connDeliverer) DeliveryStats() DeliveryStats { return d.q.stats() }
 
 // jsonDeliverer writes one JSON object per line.
 type jsonDeliverer struct {

@@ -25,7 +25,7 @@ func TestDeliverUnix(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer app.Close()
-	d, err := ParseDeliver("unix://"+path, nil)
+	d, err := ParseDeliver("unix://"+path, OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,21 +43,85 @@ func TestDeliverUnix(t *testing.T) {
 	if !bytes.Equal(buf[:n], raw) {
 		t.Fatalf("unix delivery got %x, want the whole frame %x", buf[:n], raw)
 	}
-	// An application that stops reading loses datagrams; the receiver is
-	// never blocked.
+	// An application that stops reading: the queue holds what it cannot
+	// take, up to its bound; then datagrams are dropped and counted. The
+	// receiver is never blocked.
+	d2, err := ParseDeliver("unix://"+path, OpenOptions{Queue: QueueConfig{Frames: 50}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
 	start := time.Now()
-	var busy error
+	var full error
+	sent := 0
 	for range 100000 {
-		if err := d.Deliver(&f, raw); err != nil {
-			busy = err
+		if err := d2.Deliver(&f, raw); err != nil {
+			full = err
 			break
 		}
+		sent++
 	}
-	if !errors.Is(busy, ErrAppBusy) {
-		t.Fatalf("full application socket: err %v, want ErrAppBusy", busy)
+	if !errors.Is(full, ErrQueueFull) {
+		t.Fatalf("full queue: err %v, want ErrQueueFull", full)
 	}
 	if time.Since(start) > 2*time.Second {
 		t.Fatalf("delivery blocked for %v", time.Since(start))
+	}
+	// What the socket took, and the queue's 50.
+	if sent < 50 {
+		t.Fatalf("only %d datagrams accepted before the queue was full", sent)
+	}
+	st := d2.(DeliveryStatser).DeliveryStats()
+	if st.Depth == 0 || st.Depth > 50 || st.Dropped["queue_full"] != 1 {
+		t.Fatalf("stats %+v: want 1..50 queued and 1 queue_full drop", st)
+	}
+}
+
+// A 200 ms application stall at 10k datagrams/s loses nothing: the queue
+// holds the 2000 datagrams and hands them over, in order, when the
+// application reads again.
+func TestDeliverSurvivesStall(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "app.sock")
+	app, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	d, err := ParseDeliver("unix://"+path, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	const n = 2000
+	codec := NewCodec(nil)
+	h := Header{Epoch: 1, Source: netip.MustParseAddrPort("198.18.0.5:4000")}
+	var raw []byte
+	for i := range n {
+		h.Seq = uint64(i + 1)
+		raw = codec.AppendFrame(raw[:0], h, []byte("payload"))
+		f, _ := codec.Decode(raw)
+		if err := d.Deliver(&f, raw); err != nil {
+			t.Fatalf("datagram %d: %v", i+1, err)
+		}
+		if i%10 == 9 {
+			time.Sleep(time.Millisecond) // 10 per ms, the application asleep throughout
+		}
+	}
+	buf := make([]byte, 1000)
+	for i := range n {
+		app.SetReadDeadline(time.Now().Add(5 * time.Second))
+		m, err := app.Read(buf)
+		if err != nil {
+			t.Fatalf("after %d datagrams: %v", i, err)
+		}
+		f, err := codec.Decode(buf[:m])
+		if err != nil || f.Seq != uint64(i+1) {
+			t.Fatalf("datagram %d: seq %d, err %v", i+1, f.Seq, err)
+		}
+	}
+	st := d.(DeliveryStatser).DeliveryStats()
+	if st.Written != n || st.Dropped["queue_full"] != 0 || st.Dropped["write_error"] != 0 {
+		t.Fatalf("stats %+v: want %d written, none dropped", st, n)
 	}
 }
 
@@ -67,7 +131,7 @@ func TestDeliverUDPPayloadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer app.Close()
-	d, err := ParseDeliver("udp://"+app.LocalAddr().String(), nil)
+	d, err := ParseDeliver("udp://"+app.LocalAddr().String(), OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +150,7 @@ func TestDeliverUDPPayloadOnly(t *testing.T) {
 
 func TestDeliverJSON(t *testing.T) {
 	var out strings.Builder
-	d, err := ParseDeliver("stdout", &out)
+	d, err := ParseDeliver("stdout", OpenOptions{Stdout: &out})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +171,7 @@ func TestParseDeliverErrors(t *testing.T) {
 		{"unix://", "want unix:///path"},
 		{"unix:///nonexistent/dir/sock", "no such file"},
 	} {
-		_, err := ParseDeliver(tt.in, nil)
+		_, err := ParseDeliver(tt.in, OpenOptions{})
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("ParseDeliver(%q) = %v, want error containing %q", tt.in, err, tt.want)
 		}
@@ -122,7 +186,7 @@ func TestParseDeliverURL(t *testing.T) {
 			t.Errorf("ParseDeliverURL(%q) = %q, %v; want it accepted as given", in, d, err)
 		}
 	}
-	if _, err := (DeliverURL{}).Open(nil); err == nil {
+	if _, err := (DeliverURL{}).Open(OpenOptions{}); err == nil {
 		t.Error("the zero DeliverURL opened")
 	}
 }

@@ -138,7 +138,7 @@ func TestLoopbackRelayReceiver(t *testing.T) {
 				t.Fatalf("relay stats %+v", rs)
 			}
 			st := recv.Stats()
-			if st.Delivered != n || st.Lost != 0 || st.Duplicates != 0 || st.Epoch != 7 {
+			if st.Delivered != n || st.Unrecovered != 0 || st.Missing != 0 || st.Duplicates != 0 || st.Epoch != 7 {
 				t.Fatalf("receiver stats %+v", st)
 			}
 			// The epoch changes at run time and the sequence restarts.

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // ReceiverConfig configures a Receiver: either Group (multicast, joined on
@@ -24,6 +26,7 @@ type ReceiverConfig struct {
 	Key     []byte         // HMAC key; frames without a valid tag are rejected
 	RcvBuf  int            // 0 = DefaultRcvBuf
 	Batch   int            // 0 = DefaultBatch
+	Repair  ReceiverRepair // asking the relay for frames that did not arrive
 	Deliver Deliverer
 }
 
@@ -48,25 +51,35 @@ func (c *ReceiverConfig) Validate() error {
 	case c.RcvBuf < 0:
 		return fmt.Errorf("rcvbuf: %d must not be negative (0: %d)", c.RcvBuf, DefaultRcvBuf)
 	}
-	return nil
+	return c.Repair.Validate()
 }
 
 // ReceiverStats is a snapshot of a receiver's counters.
 type ReceiverStats struct {
-	Received      uint64            // datagrams read
-	Delivered     uint64            // frames handed to the application
-	Rejected      map[string]uint64 // by decode reason (see Reason)
-	Truncated     uint64            // datagrams larger than the buffer
-	Duplicates    uint64
-	StaleEpoch    uint64 // frames from a deposed primary
-	Late          uint64 // behind the de-duplication window
-	Lost          uint64 // sequence numbers skipped and never seen
-	Gaps          uint64
-	Reordered     uint64
-	Epoch         uint64 // newest epoch accepted
-	EpochChanges  uint64
-	Restarts      uint64 // standalone relay restarts
-	DeliverErrors uint64
+	Received    uint64            // datagrams read
+	Delivered   uint64            // frames handed to the application
+	Rejected    map[string]uint64 // by decode reason (see Reason)
+	Truncated   uint64            // datagrams larger than the buffer
+	Duplicates  uint64
+	StaleEpoch  uint64 // frames from a deposed primary
+	Late        uint64 // behind the de-duplication window
+	Gaps        uint64 // times a run of sequence numbers was skipped
+	Missing     uint64 // sequence numbers skipped and not (yet) arrived
+	Reordered   uint64 // arrived behind a later one, before it was asked for
+	Repaired    uint64 // arrived after a repair request
+	Unrecovered uint64 // given up: not arrived by the repair deadline
+	Nacks       uint64 // repair requests sent
+	NackErrors  uint64 // repair requests the kernel refused
+	// Announcements that failed their checks (malformed, bad tag); good
+	// ones are not frames and are not counted in Received's outcomes.
+	BadAnnouncements uint64
+	RepairLatency    RepairLatency
+	Epoch            uint64 // newest epoch accepted
+	EpochChanges     uint64
+	Restarts         uint64 // standalone relay restarts
+	DeliverErrors    uint64
+	// Delivery is the delivery queue's state, for targets that have one.
+	Delivery *DeliveryStats `json:",omitempty"`
 }
 
 // Receiver receives frames, checks them, and delivers new ones in order of
@@ -75,7 +88,6 @@ type Receiver struct {
 	cfg  ReceiverConfig
 	log  *slog.Logger
 	conn *net.UDPConn
-	in   batchReader
 
 	mu sync.Mutex // guards everything below against Stats
 	st ReceiverStats
@@ -84,9 +96,39 @@ type Receiver struct {
 	rejected [numReasons]uint64
 
 	codec   *Codec
-	bufs    [][]byte
-	metas   []meta
+	main    readSide // the socket frames arrive on
+	gaps    gaps
+	base    time.Time // the receiver's monotonic clock starts here
 	lastLog atomic.Int64
+
+	// Repair: requests go out of repairConn (the unicast socket, or in
+	// multicast mode a socket of its own) and repaired frames come back to
+	// it; repairSide reads them when it is not the main socket.
+	repairConn *net.UDPConn
+	repairSide *readSide
+	kick       chan struct{} // a gap opened: the repair loop looks now
+	reqs       []request
+	nackStats  struct{ sent, errors atomic.Uint64 }
+}
+
+// readSide is one socket's batch reader and its buffers.
+type readSide struct {
+	conn  *net.UDPConn
+	in    batchReader
+	bufs  [][]byte
+	metas []meta
+}
+
+func newReadSide(conn *net.UDPConn, batch int) (*readSide, error) {
+	in, err := udpbatch.New(conn, batch, false)
+	if err != nil {
+		return nil, err
+	}
+	rs := &readSide{conn: conn, in: in, bufs: make([][]byte, batch), metas: make([]meta, batch)}
+	for i := range rs.bufs {
+		rs.bufs[i] = make([]byte, 65535)
+	}
+	return rs, nil
 }
 
 // NewReceiver checks cfg and returns a receiver; it opens nothing.
@@ -106,7 +148,8 @@ func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*Receiver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Receiver{cfg: cfg, log: log.With("component", "receiver"), codec: NewCodec(cfg.Key)}, nil
+	return &Receiver{cfg: cfg, log: log.With("component", "receiver"), codec: NewCodec(cfg.Key),
+		gaps: gaps{cfg: cfg.Repair.withDefaults()}, base: time.Now(), kick: make(chan struct{}, 1)}, nil
 }
 
 // Bind opens the socket and joins the group. Run calls it if needed.
@@ -134,33 +177,62 @@ func (r *Receiver) Bind(ctx context.Context) error {
 			return fmt.Errorf("receiver: joining %s on %q: %w", r.cfg.Group.Addr(), r.cfg.Iface, err)
 		}
 	}
-	in, err := udpbatch.New(conn, r.cfg.Batch, false)
+	main, err := newReadSide(conn, r.cfg.Batch)
 	if err != nil {
 		conn.Close()
 		return fmt.Errorf("receiver: %w", err)
 	}
-	r.conn, r.in = conn, in
-	r.bufs = make([][]byte, r.cfg.Batch)
-	for i := range r.bufs {
-		r.bufs[i] = make([]byte, 65535)
+	repairConn := conn
+	if r.cfg.Group.IsValid() && !r.cfg.Repair.Off {
+		// A socket bound to the group cannot send; requests and the
+		// repaired frames use a unicast socket of their own.
+		wild := netip.IPv4Unspecified()
+		if r.cfg.Group.Addr().Is6() {
+			wild = netip.IPv6Unspecified()
+		}
+		rc, _, err := listenUDP(ctx, netip.AddrPortFrom(wild, 0), sockOpts{rcvbuf: r.cfg.RcvBuf})
+		if err == nil {
+			r.repairSide, err = newReadSide(rc, r.cfg.Batch)
+			if err != nil {
+				rc.Close()
+			}
+		}
+		if err != nil {
+			conn.Close()
+			return fmt.Errorf("receiver: repair socket: %w", err)
+		}
+		repairConn = rc
 	}
-	r.metas = make([]meta, r.cfg.Batch)
-	r.log.Info("receiving", "addr", addr.String(), "iface", r.cfg.Iface, "rcvbuf_granted", granted)
+	r.conn, r.main, r.repairConn = conn, *main, repairConn
+	r.log.Info("receiving", "addr", addr.String(), "iface", r.cfg.Iface, "rcvbuf_granted", granted,
+		"repair", !r.cfg.Repair.Off, "repair_socket", r.repairConn.LocalAddr().String())
 	return nil
 }
 
-// Run receives until ctx is cancelled, then closes the socket and the
+// Run receives until ctx is cancelled, then closes the sockets and the
 // deliverer and returns nil.
 func (r *Receiver) Run(ctx context.Context) error {
 	if err := r.Bind(ctx); err != nil {
 		return err
 	}
-	defer r.conn.Close()
 	defer r.cfg.Deliver.Close()
-	stop := context.AfterFunc(ctx, func() { _ = r.conn.SetReadDeadline(time.Unix(1, 0)) })
+	defer r.conn.Close()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r.read(ctx, &r.main) })
+	if r.repairSide != nil {
+		defer r.repairSide.conn.Close()
+		g.Go(func() error { return r.read(ctx, r.repairSide) })
+	}
+	g.Go(func() error { return r.repairLoop(ctx) })
+	return g.Wait()
+}
+
+// read receives on one socket until ctx is cancelled.
+func (r *Receiver) read(ctx context.Context, rs *readSide) error {
+	stop := context.AfterFunc(ctx, func() { _ = rs.conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	for {
-		n, err := r.in.ReadBatch(r.bufs, r.metas)
+		n, err := rs.in.ReadBatch(rs.bufs, rs.metas)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -170,29 +242,47 @@ func (r *Receiver) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("receiver: reading: %w", err)
 		}
-		r.process(n)
+		r.process(rs, n)
 	}
 }
 
-// process checks and delivers datagrams 0..n-1 of the batch.
-func (r *Receiver) process(n int) {
+// process checks and delivers datagrams 0..n-1 of rs's batch.
+func (r *Receiver) process(rs *readSide, n int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.st.Received += uint64(n)
+	now := int64(time.Since(r.base))
+	opened := false
 	var firstErr error
 	for i := range n {
-		m := &r.metas[i]
+		m := &rs.metas[i]
 		if m.Trunc {
 			r.st.Truncated++
 			continue
 		}
-		raw := r.bufs[i][:m.N]
+		raw := rs.bufs[i][:m.N]
+		if IsAnnounce(raw) {
+			if a, err := r.codec.DecodeAnnounce(raw); err != nil {
+				r.st.BadAnnouncements++
+			} else if r.tr.announce(a.Epoch, a.Seq) {
+				r.gaps.add(a.Epoch, r.tr.gapFirst, r.tr.gapLast, m.From, now, &r.tr)
+				r.tr.gapLast = 0
+				opened = true
+			}
+			continue
+		}
 		f, err := r.codec.Decode(raw)
 		if err != nil {
 			r.rejected[err.(Reason)]++
 			continue
 		}
-		switch r.tr.check(f.Epoch, f.Seq) {
+		if r.tr.started && f.Epoch > r.tr.epoch {
+			// A new primary: what the old one's gaps still miss is given up
+			// now, while the tracker can still tell.
+			r.gaps.closeEpoch(&r.tr)
+		}
+		v := r.tr.check(f.Epoch, f.Seq)
+		switch v {
 		case duplicate:
 			r.st.Duplicates++
 			continue
@@ -202,6 +292,17 @@ func (r *Receiver) process(n int) {
 		case late:
 			r.st.Late++
 			continue
+		case fill:
+			if r.gaps.filled(f.Epoch, f.Seq, now) {
+				r.st.Repaired++
+			} else {
+				r.st.Reordered++
+			}
+		}
+		if r.tr.gapLast != 0 {
+			r.gaps.add(f.Epoch, r.tr.gapFirst, r.tr.gapLast, m.From, now, &r.tr)
+			r.tr.gapLast = 0
+			opened = true
 		}
 		if err := r.cfg.Deliver.Deliver(&f, raw); err != nil {
 			r.st.DeliverErrors++
@@ -217,6 +318,57 @@ func (r *Receiver) process(n int) {
 	}
 	if firstErr != nil {
 		r.logDeliverError(firstErr)
+	}
+	if opened {
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// repairLoop sends the repair requests the gaps call for, when they are
+// due, until ctx is cancelled.
+func (r *Receiver) repairLoop(ctx context.Context) error {
+	codec := NewCodec(r.cfg.Key)
+	var buf []byte
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-r.kick:
+		}
+		r.mu.Lock()
+		now := int64(time.Since(r.base))
+		reqs, next := r.gaps.due(now, &r.tr, r.reqs[:0])
+		r.reqs = reqs
+		for i := range reqs {
+			reqs[i].nack.Timestamp = time.Now().UnixNano()
+		}
+		// Encoded under the lock (reqs is reused); sent after it.
+		var out [][]byte
+		var to []netip.AddrPort
+		buf = buf[:0]
+		for i := range reqs {
+			start := len(buf)
+			buf = codec.AppendNack(buf, &reqs[i].nack)
+			out = append(out, buf[start:len(buf):len(buf)])
+			to = append(to, reqs[i].to)
+		}
+		r.mu.Unlock()
+		for i, b := range out {
+			if _, err := r.repairConn.WriteToUDPAddrPort(b, to[i]); err != nil {
+				r.nackStats.errors.Add(1)
+				continue
+			}
+			r.nackStats.sent.Add(1)
+		}
+		if next > 0 {
+			t.Reset(max(time.Duration(next-int64(time.Since(r.base))), 0))
+		}
 	}
 }
 
@@ -238,7 +390,13 @@ func (r *Receiver) Stats() ReceiverStats {
 	for _, reason := range Reasons() {
 		s.Rejected[reason.String()] = r.rejected[reason]
 	}
-	s.Lost, s.Gaps, s.Reordered = r.tr.lost, r.tr.gaps, r.tr.reordered
+	s.Gaps, s.Missing = r.tr.gaps, r.tr.lost
+	s.Unrecovered, s.RepairLatency = r.gaps.unrecovered, r.gaps.latency.snapshot()
+	s.Nacks, s.NackErrors = r.nackStats.sent.Load(), r.nackStats.errors.Load()
 	s.Epoch, s.EpochChanges, s.Restarts = r.tr.epoch, r.tr.epochs, r.tr.restarts
+	if d, ok := r.cfg.Deliver.(DeliveryStatser); ok {
+		ds := d.DeliveryStats()
+		s.Delivery = &ds
+	}
 	return s
 }

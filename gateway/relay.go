@@ -80,6 +80,7 @@ type RelayConfig struct {
 	RcvBuf  int              // receive buffer; 0 = DefaultRcvBuf
 	Batch   int              // datagrams per syscall; 0 = DefaultBatch
 	NoGSO   bool             // never use UDP_SEGMENT
+	Repair  RepairConfig     // the ring receivers' repair requests are answered from
 	// DynamicUnicast: destinations come later through SetUnicast, so a
 	// configuration without group and unicast destinations is valid.
 	DynamicUnicast bool
@@ -123,7 +124,7 @@ func (c *RelayConfig) Validate() error {
 	if c.Key != nil && len(c.Key) < MinKeyLen {
 		return fmt.Errorf("key: %d bytes, want at least %d", len(c.Key), MinKeyLen)
 	}
-	return nil
+	return c.Repair.Validate()
 }
 
 // seqSpace is one (epoch, sequence) space. SetEpoch swaps in a new one, so
@@ -131,6 +132,17 @@ func (c *RelayConfig) Validate() error {
 type seqSpace struct {
 	epoch uint64
 	last  atomic.Uint64 // last sequence number handed out
+	sent  atomic.Uint64 // highest sequence number sent, for announcements
+}
+
+// sentUpTo records that frames up to seq have been sent.
+func (sp *seqSpace) sentUpTo(seq uint64) {
+	for {
+		cur := sp.sent.Load()
+		if seq <= cur || sp.sent.CompareAndSwap(cur, seq) {
+			return
+		}
+	}
 }
 
 // Relay receives datagrams on its listen addresses and forwards each, wrapped
@@ -143,6 +155,8 @@ type Relay struct {
 	mu        sync.Mutex  // guards listeners and dynamic
 	listeners []*relayListener
 	dynamic   []netip.AddrPort // from SetUnicast, applied to listeners bound later
+	peers     []netip.Addr     // from SetRepairPeers
+	rep       *repairer        // nil: repair off
 }
 
 // NewRelay checks cfg and returns a relay; it opens nothing. Call Bind to
@@ -164,6 +178,10 @@ func NewRelay(cfg RelayConfig, log *slog.Logger) (*Relay, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Relay{cfg: cfg, log: log.With("component", "relay")}
+	if !cfg.Repair.Off {
+		r.rep = newRepairer(cfg)
+		r.rep.setAllowed(cfg.Unicast, nil)
+	}
 	r.SetEpoch(cfg.Epoch)
 	return r, nil
 }
@@ -226,6 +244,8 @@ func (r *Relay) newListener(ctx context.Context, addr netip.AddrPort, ifi *net.I
 		stopped: &r.stopped,
 		log:     r.log.With("listen", addr.String()),
 		now:     func() int64 { return time.Now().UnixNano() },
+		rep:     r.rep,
+		spawn:   make(chan *sender, 2),
 	}
 	l.log.Info("listening", "rcvbuf_requested", r.cfg.RcvBuf, "rcvbuf_granted", granted)
 	if granted < r.cfg.RcvBuf {
@@ -263,12 +283,36 @@ func (r *Relay) SetUnicast(dyn []netip.AddrPort) error {
 	defer r.mu.Unlock()
 	r.dynamic = slices.Clone(dyn)
 	all := r.allDests()
+	if r.rep != nil {
+		r.rep.setAllowed(all, r.peers)
+	}
 	for _, l := range r.listeners {
 		if err := l.setDests(all); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// SetRepairPeers replaces the nodes, besides the unicast destinations,
+// whose repair requests the relay answers: the agent gives it the
+// service's registered nodes.
+func (r *Relay) SetRepairPeers(peers []netip.Addr) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.peers = slices.Clone(peers)
+	if r.rep != nil {
+		r.rep.setAllowed(r.allDests(), r.peers)
+	}
+}
+
+// RepairStats returns the counters of the repair answers; ok is false
+// when repair is off.
+func (r *Relay) RepairStats() (RepairStats, bool) {
+	if r.rep == nil {
+		return RepairStats{}, false
+	}
+	return r.rep.stats(), true
 }
 
 // allDests is the static destinations and then the dynamic ones not among
@@ -294,6 +338,9 @@ func (r *Relay) Run(ctx context.Context) error {
 	for _, l := range r.listeners {
 		g.Go(func() error { return l.run(ctx) })
 	}
+	if r.rep != nil {
+		g.Go(func() error { return r.announce(ctx) })
+	}
 	g.Go(func() error {
 		<-ctx.Done()
 		// Wake the readers: a deadline in the past makes a blocked read
@@ -304,6 +351,48 @@ func (r *Relay) Run(ctx context.Context) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// Announcements: after announceTick without a new frame the relay says
+// which frame it sent last, and again after 5 and 25 ticks, then stays
+// quiet until the feed moves on.
+const announceTick = 10 * time.Millisecond
+
+// announce sends sequence announcements while the primary's feed pauses,
+// from the first listener's send sockets, to every destination.
+func (r *Relay) announce(ctx context.Context) error {
+	codec := NewCodec(r.cfg.Key)
+	t := time.NewTicker(announceTick)
+	defer t.Stop()
+	var (
+		last    *seqSpace
+		lastSeq uint64
+		idle    int
+		b       []byte
+	)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		sp := r.space.Load()
+		seq := sp.sent.Load()
+		if sp != last || seq != lastSeq || r.stopped.Load() {
+			last, lastSeq, idle = sp, seq, 0
+			continue
+		}
+		if idle++; seq == 0 || (idle != 1 && idle != 5 && idle != 25) {
+			continue
+		}
+		b = codec.AppendAnnounce(b[:0], Announce{Epoch: sp.epoch, Seq: seq})
+		r.mu.Lock()
+		l := r.listeners[0]
+		r.mu.Unlock()
+		for _, d := range *l.dests.Load() {
+			_, _ = d.conn.WriteToUDPAddrPort(b, d.addr) // best effort: the next one follows
+		}
+	}
 }
 
 func (r *Relay) close() {
@@ -327,7 +416,8 @@ func (r *Relay) Stats() []RelayStats {
 
 type dest struct {
 	addr netip.AddrPort
-	w    batchWriter
+	w    batchWriter  // the forwarding loop's batch writer
+	conn *net.UDPConn // the same socket, for announcements from another goroutine
 }
 
 // relayListener is one listening socket and the loop that serves it.
@@ -352,6 +442,8 @@ type relayListener struct {
 	log     *slog.Logger
 	now     func() int64
 	c       relayCounters
+	rep     *repairer    // nil: repair off
+	spawn   chan *sender // new send sockets, to answer repair requests on
 
 	// Preallocated batch state. frames[i] holds a whole frame; reads[i] is
 	// its payload area, where the datagram is read, so the header is
@@ -361,6 +453,7 @@ type relayListener struct {
 	metas  []meta
 	keep   []int // indexes of datagrams to forward in this batch
 	out    [][]byte
+	seqs   []uint64 // out's sequence numbers, for the ring
 
 	lastErrLog time.Time
 	errsSince  int
@@ -382,8 +475,11 @@ func (l *relayListener) setDests(addrs []netip.AddrPort) error {
 			}
 			l.senders[fam] = s
 			l.log.Debug("send socket ready", "ipv6", fam == 1, "gso", s.gso)
+			if l.rep != nil {
+				l.spawn <- s // room for both families: never blocks
+			}
 		}
-		ds = append(ds, dest{addr: netip.AddrPortFrom(d.Addr().Unmap(), d.Port()), w: l.senders[fam].w})
+		ds = append(ds, dest{addr: netip.AddrPortFrom(d.Addr().Unmap(), d.Port()), w: l.senders[fam].w, conn: l.senders[fam].conn})
 	}
 	l.dests.Store(&ds)
 	return nil
@@ -399,9 +495,30 @@ func (l *relayListener) alloc(batch int) {
 	l.metas = make([]meta, batch)
 	l.keep = make([]int, 0, batch)
 	l.out = make([][]byte, 0, batch)
+	l.seqs = make([]uint64, 0, batch)
 }
 
 func (l *relayListener) run(ctx context.Context) error {
+	if l.rep != nil {
+		g, ctx := errgroup.WithContext(ctx)
+		g.Go(func() error {
+			for {
+				select {
+				case s := <-l.spawn:
+					g.Go(func() error { return l.rep.serve(ctx, s) })
+				case <-ctx.Done():
+					return nil
+				}
+			}
+		})
+		g.Go(func() error { return l.forward(ctx) })
+		return g.Wait()
+	}
+	return l.forward(ctx)
+}
+
+// forward reads, frames and sends until ctx ends.
+func (l *relayListener) forward(ctx context.Context) error {
 	for {
 		n, err := l.in.ReadBatch(l.reads, l.metas)
 		if err != nil {
@@ -447,13 +564,18 @@ func (l *relayListener) process(n int) {
 	sp := l.space.Load()
 	seq := sp.last.Add(uint64(len(l.keep))) - uint64(len(l.keep))
 	h := Header{IngressPort: l.port, Epoch: sp.epoch, Timestamp: l.now()}
-	l.out = l.out[:0]
+	l.out, l.seqs = l.out[:0], l.seqs[:0]
 	for _, i := range l.keep {
 		seq++
 		h.Seq = seq
 		h.Source = l.metas[i].From
 		fl := l.codec.EncodeInPlace(l.frames[i], &h, l.metas[i].N)
 		l.out = append(l.out, l.frames[i][:fl])
+		l.seqs = append(l.seqs, seq)
+	}
+	if l.rep != nil {
+		// Kept before it is sent, so a receiver that misses it can ask.
+		l.rep.ring.putBatch(sp.epoch, l.seqs, l.out)
 	}
 	failedAny := 0
 	for _, d := range *l.dests.Load() {
@@ -471,6 +593,7 @@ func (l *relayListener) process(n int) {
 		l.c.dropped[DropSendError].Add(uint64(failedAny))
 	}
 	l.c.forwarded.Add(uint64(len(l.out) - failedAny))
+	sp.sentUpTo(seq)
 }
 
 // logSendError logs send failures at most every 10 s: a dead destination

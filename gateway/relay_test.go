@@ -17,11 +17,13 @@ type fakeWriter struct {
 	refuse func(i int) bool
 	n      int
 	keep   bool
+	dsts   []netip.AddrPort // per call
 }
 
 func (w *fakeWriter) WriteBatch(frames [][]byte, dst netip.AddrPort) (int, error) {
 	failed := 0
 	var err error
+	w.dsts = append(w.dsts, dst)
 	for _, f := range frames {
 		w.n++
 		if w.refuse != nil && w.refuse(w.n) {
@@ -42,7 +44,7 @@ func newTestListener(t testing.TB, allow Allowlist, key []byte, ws ...*fakeWrite
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &relayListener{port: 5000, codec: NewCodec(key), allow: allow, space: &r.space, stopped: &r.stopped, log: r.log, now: func() int64 { return 1234 }}
+	l := &relayListener{port: 5000, codec: NewCodec(key), allow: allow, space: &r.space, stopped: &r.stopped, log: r.log, now: func() int64 { return 1234 }, rep: r.rep}
 	var ds []dest
 	for i, w := range ws {
 		ds = append(ds, dest{addr: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.11"), uint16(6000+i)), w: w})

@@ -1,14 +1,16 @@
 package gateway
 
 // WindowSize is how many sequence numbers behind the newest one a receiver
-// remembers for de-duplication.
-const WindowSize = 1024
+// remembers, for de-duplication and for repair: a gap can be repaired only
+// while it is inside the window (3 s at 20k frames/s; 8 KiB of bits).
+const WindowSize = 1 << 16
 
 // verdict is what the tracker decided about a frame.
 type verdict uint8
 
 const (
 	accept    verdict = iota + 1 // new: deliver
+	fill                         // new, behind the newest: a hole filled (reordered or repaired); deliver
 	duplicate                    // seen before inside the window: drop
 	stale                        // epoch older than the newest accepted: a deposed primary
 	late                         // behind the window: cannot tell if seen, drop
@@ -22,11 +24,14 @@ type tracker struct {
 	highest uint64 // highest sequence number accepted in epoch
 	seen    [WindowSize / 64]uint64
 
-	lost      uint64 // frames skipped by a gap and not (yet) arrived late
-	gaps      uint64 // number of gap events
-	reordered uint64 // frames that arrived after a higher sequence number
-	epochs    uint64 // epoch changes seen (including the first)
-	restarts  uint64 // standalone (epoch 0) relay restarts detected
+	lost     uint64 // frames skipped by a gap and not (yet) arrived
+	gaps     uint64 // number of gap events
+	epochs   uint64 // epoch changes seen (including the first)
+	restarts uint64 // standalone (epoch 0) relay restarts detected
+
+	// The gap the last check opened (first..last of epoch), or last = 0;
+	// the receiver takes it to schedule its repair.
+	gapFirst, gapLast uint64
 }
 
 // check decides on a frame and, if accepted, records it.
@@ -51,6 +56,7 @@ func (t *tracker) check(epoch, seq uint64) verdict {
 		if gap := seq - t.highest - 1; gap > 0 {
 			t.gaps++
 			t.lost += gap
+			t.gapFirst, t.gapLast = t.highest+1, seq-1
 		}
 		t.advance(seq)
 		return accept
@@ -70,12 +76,37 @@ func (t *tracker) check(epoch, seq uint64) verdict {
 		return duplicate
 	}
 	t.mark(seq)
-	t.reordered++
 	if t.lost > 0 {
 		t.lost--
 	}
-	return accept
+	return fill
 }
+
+// announce takes the relay's word that it sent up to seq of epoch: the
+// frames after the newest one received are missing (the tail a pause
+// hides). It opens their gap, as check does, and reports whether it did.
+func (t *tracker) announce(epoch, seq uint64) bool {
+	if !t.started || epoch != t.epoch || seq <= t.highest {
+		return false
+	}
+	first := t.highest + 1
+	t.advance(seq)
+	t.unmark(seq) // announced, not received
+	t.gaps++
+	t.lost += seq - first + 1
+	t.gapFirst, t.gapLast = first, seq
+	return true
+}
+
+// knows reports whether seq of epoch is inside the window, where the
+// tracker can tell whether it arrived.
+func (t *tracker) knows(epoch, seq uint64) bool {
+	return t.started && epoch == t.epoch && seq <= t.highest && t.highest-seq < WindowSize
+}
+
+// missing reports whether seq of epoch is inside the window and has not
+// arrived.
+func (t *tracker) missing(epoch, seq uint64) bool { return t.knows(epoch, seq) && !t.isMarked(seq) }
 
 func (t *tracker) reset(epoch uint64) {
 	t.epoch = epoch

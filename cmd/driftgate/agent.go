@@ -331,7 +331,11 @@ func printStatus(w io.Writer, st consul.Status, local *agent.State) {
 			fmt.Fprintf(w, "  relay %s: received %d forwarded %d dropped %v\n", r.Listen, r.Received, r.Forwarded, r.Dropped)
 		}
 		if r := local.Receiver; r != nil {
-			fmt.Fprintf(w, "  receiver: delivered %d lost %d duplicates %d stale %d\n", r.Delivered, r.Lost, r.Duplicates, r.StaleEpoch)
+			fmt.Fprintf(w, "  receiver: delivered %d repaired %d unrecovered %d missing now %d duplicates %d stale %d\n",
+				r.Delivered, r.Repaired, r.Unrecovered, r.Missing, r.Duplicates, r.StaleEpoch)
+			if q := r.Delivery; q != nil {
+				fmt.Fprintf(w, "  delivery queue: %d waiting (at most %d), written %d, dropped %v\n", q.Depth, q.MaxDepth, q.Written, q.Dropped)
+			}
 		}
 	}
 }

@@ -30,12 +30,12 @@ func parseAddrPort(flag, v string) (netip.AddrPort, error) {
 	return ap, nil
 }
 
-func parseAllow(vals []string) (gateway.Allowlist, error) {
+func parseAllow(flag string, vals []string) (gateway.Allowlist, error) {
 	var a gateway.Allowlist
 	for _, v := range vals {
 		p, err := netip.ParsePrefix(strings.TrimSpace(v))
 		if err != nil {
-			return nil, usagef("--allow %q: want a CIDR such as 198.18.0.0/15: %v", v, err)
+			return nil, usagef("--%s %q: want a CIDR such as 198.18.0.0/15: %v", flag, v, err)
 		}
 		a = append(a, p.Masked())
 	}

@@ -12,7 +12,8 @@ import (
 func newReceiveCmd(g *globals) *cobra.Command {
 	var (
 		group, iface, listen, deliver, keyFile string
-		rcvbuf                                 int
+		rcvbuf, queueFrames, queueBytes        int
+		noRepair                               bool
 	)
 	c := &cobra.Command{
 		Use:   "receive (--group GROUP:PORT [--iface NAME] | --listen ADDR:PORT) --deliver URL",
@@ -28,7 +29,7 @@ gaps, and delivers the rest:
 On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			cfg := gateway.ReceiverConfig{Iface: iface, RcvBuf: rcvbuf}
+			cfg := gateway.ReceiverConfig{Iface: iface, RcvBuf: rcvbuf, Repair: gateway.ReceiverRepair{Off: noRepair}}
 			var err error
 			switch {
 			case (group == "") == (listen == ""):
@@ -56,7 +57,8 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 			if err != nil {
 				return usagef("--deliver: %v", err)
 			}
-			if cfg.Deliver, err = d.Open(c.OutOrStdout()); err != nil {
+			if cfg.Deliver, err = d.Open(gateway.OpenOptions{Stdout: c.OutOrStdout(), Log: log,
+				Queue: gateway.QueueConfig{Frames: queueFrames, Bytes: queueBytes}}); err != nil {
 				return usagef("--deliver: %v", err)
 			}
 			r, err := gateway.NewReceiver(cfg, log)
@@ -85,10 +87,13 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 	f.StringVar(&deliver, "deliver", "", "where to deliver payloads: udp://HOST:PORT, unix:///PATH or stdout")
 	f.StringVar(&keyFile, "key-file", "", "file with the HMAC key as hex (mode 0600); frames must then carry a valid tag")
 	f.IntVar(&rcvbuf, "rcvbuf", gateway.DefaultRcvBuf, "receive buffer bytes to request")
+	f.BoolVar(&noRepair, "no-repair", false, "count gaps only; ask the relay for no missing frame")
+	f.IntVar(&queueFrames, "queue-frames", gateway.DefaultQueueFrames, "delivery queue bound in datagrams, for a slow application")
+	f.IntVar(&queueBytes, "queue-bytes", gateway.DefaultQueueBytes, "delivery queue bound in bytes")
 	return c
 }
 
 func printReceiverSummary(w io.Writer, s gateway.ReceiverStats) {
-	fmt.Fprintf(w, "receive: received=%d delivered=%d duplicates=%d stale_epoch=%d late=%d lost=%d gaps=%d reordered=%d truncated=%d deliver_errors=%d epoch=%d rejected{%s}\n",
-		s.Received, s.Delivered, s.Duplicates, s.StaleEpoch, s.Late, s.Lost, s.Gaps, s.Reordered, s.Truncated, s.DeliverErrors, s.Epoch, formatCounts(s.Rejected))
+	fmt.Fprintf(w, "receive: received=%d delivered=%d duplicates=%d stale_epoch=%d late=%d gaps=%d repaired=%d unrecovered=%d missing=%d reordered=%d nacks=%d truncated=%d deliver_errors=%d epoch=%d rejected{%s}\n",
+		s.Received, s.Delivered, s.Duplicates, s.StaleEpoch, s.Late, s.Gaps, s.Repaired, s.Unrecovered, s.Missing, s.Reordered, s.Nacks, s.Truncated, s.DeliverErrors, s.Epoch, formatCounts(s.Rejected))
 }

@@ -13,11 +13,11 @@ import (
 
 func newRelayCmd(g *globals) *cobra.Command {
 	var (
-		listen, unicast, allow []string
-		group, iface, keyFile  string
-		ttl, rcvbuf, batch     int
-		epoch                  uint64
-		noGSO                  bool
+		listen, unicast, allow, repairAllow []string
+		group, iface, keyFile               string
+		ttl, rcvbuf, batch                  int
+		epoch                               uint64
+		noGSO, noRepair                     bool
 	)
 	c := &cobra.Command{
 		Use:   "relay --listen ADDR:PORT [--listen ...] (--group GROUP:PORT | --unicast ADDR:PORT ...)",
@@ -28,7 +28,8 @@ unicast receiver. Listen addresses may be absent from the host (IP_FREEBIND).
 On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			cfg := gateway.RelayConfig{TTL: ttl, Iface: iface, Epoch: epoch, RcvBuf: rcvbuf, Batch: batch, NoGSO: noGSO}
+			cfg := gateway.RelayConfig{TTL: ttl, Iface: iface, Epoch: epoch, RcvBuf: rcvbuf, Batch: batch, NoGSO: noGSO,
+				Repair: gateway.RepairConfig{Off: noRepair}}
 			var err error
 			if cfg.Listen, err = parseAddrPorts("listen", listen); err != nil {
 				return err
@@ -44,7 +45,10 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 			if cfg.Unicast, err = parseAddrPorts("unicast", unicast); err != nil {
 				return err
 			}
-			if cfg.Allow, err = parseAllow(allow); err != nil {
+			if cfg.Allow, err = parseAllow("allow", allow); err != nil {
+				return err
+			}
+			if cfg.Repair.Allow, err = parseAllow("repair-allow", repairAllow); err != nil {
 				return err
 			}
 			if cfg.Key, err = loadKey(keyFile); err != nil {
@@ -82,6 +86,8 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 	f.Uint64Var(&epoch, "epoch", 0, "epoch to put in frames (0 = standalone)")
 	f.IntVar(&rcvbuf, "rcvbuf", gateway.DefaultRcvBuf, "receive buffer bytes to request")
 	f.IntVar(&batch, "batch", gateway.DefaultBatch, "datagrams per recvmmsg/sendmmsg call")
+	f.StringArrayVar(&repairAllow, "repair-allow", nil, "answer repair requests from this CIDR too, besides the unicast receivers (repeatable)")
+	f.BoolVar(&noRepair, "no-repair", false, "keep no ring and answer no repair requests")
 	f.BoolVar(&noGSO, "no-gso", false, "do not use UDP segmentation offload for runs of equal-size frames")
 	return c
 }

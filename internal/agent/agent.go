@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -137,7 +138,7 @@ func New(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) {
 				return nil, fmt.Errorf("receive.key_file: %w", err)
 			}
 		}
-		d, err := cfg.Receive.DeliverURL.Open(nil)
+		d, err := cfg.Receive.DeliverURL.Open(gateway.OpenOptions{Queue: cfg.Receive.Queue, Log: a.log})
 		if err != nil {
 			return nil, fmt.Errorf("receive.deliver: %w", err)
 		}
@@ -290,9 +291,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer close(regDone)
 		return a.regs.Run(regCtx)
 	})
-	if a.cfg.Relay.DynamicUnicast {
+	if a.cfg.Relay.DynamicUnicast || !a.cfg.Relay.Repair.Off {
+		// The service's instances: the unicast receivers to fan out to, and
+		// the nodes whose repair requests the relay answers.
 		g.Go(func() error {
-			return consul.WatchReceivers(gctx, a.client, a.cfg.Service.Name, timing.RequestTimeout, a.log, a.relay.SetUnicast)
+			return consul.WatchReceivers(gctx, a.client, a.cfg.Service.Name, timing.RequestTimeout, a.log,
+				func(receivers []netip.AddrPort, nodes []netip.Addr) error {
+					a.relay.SetRepairPeers(nodes)
+					if a.cfg.Relay.DynamicUnicast {
+						return a.relay.SetUnicast(receivers)
+					}
+					return nil
+				})
 		})
 	}
 	a.healthy.Store(true)
@@ -604,6 +614,7 @@ type State struct {
 	Forwarding  bool                   `json:"forwarding"`
 	Relay       []gateway.RelayStats   `json:"relay"`
 	Receiver    *gateway.ReceiverStats `json:"receiver,omitempty"`
+	Repair      *gateway.RepairStats   `json:"repair,omitempty"` // the relay's answers to repair requests
 	Transitions map[string]uint64      `json:"transitions"`
 	Reasons     map[string]uint64      `json:"reasons"`
 	Illegal     uint64                 `json:"illegal_transitions"`
@@ -629,6 +640,9 @@ func (a *Agent) State() State {
 	if a.relay != nil {
 		st.Forwarding = a.relay.Forwarding()
 		st.Relay = a.relay.Stats()
+		if rp, ok := a.relay.RepairStats(); ok {
+			st.Repair = &rp
+		}
 	}
 	if a.recv != nil {
 		rs := a.recv.Stats()

@@ -60,7 +60,12 @@ type agentCollector struct {
 	eligible                                   *prometheus.Desc
 	vipPresent, relayReceived, relayPackets    *prometheus.Desc
 	relayBytes, relaySendErrors, recvReceived  *prometheus.Desc
-	recvFrames, recvLost, recvReordered, hooks *prometheus.Desc
+	recvFrames, recvReordered, hooks           *prometheus.Desc
+	recvUnrecovered, recvMissing, recvRepaired *prometheus.Desc
+	recvNacks, recvRepairLatency               *prometheus.Desc
+	queueDepth, queueWritten, queueDropped     *prometheus.Desc
+	repairRequests, repairFrames, repairRefuse *prometheus.Desc
+	repairUnavailable                          *prometheus.Desc
 	takeover                                   prometheus.Histogram
 }
 
@@ -83,16 +88,27 @@ func (a *Agent) collector() prometheus.Collector {
 		// of one total add up to it: sum(relay_packets_total) ==
 		// relay_received_total, sum(receiver_frames_total) ==
 		// receiver_received_total.
-		relayReceived:   d("relay_received_total", "Datagrams the relay read.", "listen"),
-		relayPackets:    d("relay_packets_total", "What became of each datagram the relay read.", "listen", "result"),
-		relayBytes:      d("relay_bytes_total", "Relay payload bytes received.", "listen"),
-		relaySendErrors: d("relay_send_errors_total", "Frames a destination refused, counted per destination.", "listen"),
-		recvReceived:    d("receiver_received_total", "Datagrams the receiver read."),
-		recvFrames:      d("receiver_frames_total", "What became of each datagram the receiver read.", "result"),
-		recvLost:        d("receiver_lost_total", "Sequence numbers skipped and never received."),
-		recvReordered:   d("receiver_reordered_total", "Frames delivered after a later one."),
-		hooks:           d("hooks_total", "Hook runs by result.", "result"),
-		takeover:        a.takeover,
+		relayReceived:     d("relay_received_total", "Datagrams the relay read.", "listen"),
+		relayPackets:      d("relay_packets_total", "What became of each datagram the relay read.", "listen", "result"),
+		relayBytes:        d("relay_bytes_total", "Relay payload bytes received.", "listen"),
+		relaySendErrors:   d("relay_send_errors_total", "Frames a destination refused, counted per destination.", "listen"),
+		recvReceived:      d("receiver_received_total", "Datagrams the receiver read."),
+		recvFrames:        d("receiver_frames_total", "What became of each datagram the receiver read.", "result"),
+		recvReordered:     d("receiver_reordered_total", "Frames delivered after a later one, before they were asked for."),
+		recvUnrecovered:   d("receiver_unrecovered_total", "Sequence numbers given up: not received, nor repaired by the deadline."),
+		recvMissing:       d("receiver_missing", "Sequence numbers skipped and not (yet) received: the open gaps."),
+		recvRepaired:      d("receiver_repaired_total", "Frames that arrived after a repair request."),
+		recvNacks:         d("receiver_nacks_total", "Repair requests, by result.", "result"),
+		recvRepairLatency: d("receiver_repair_latency_seconds", "From a gap's detection to the repaired frame's arrival."),
+		queueDepth:        d("delivery_queue_depth", "Datagrams waiting for the application."),
+		queueWritten:      d("delivery_written_total", "Datagrams the application's socket took."),
+		queueDropped:      d("delivery_dropped_total", "Datagrams not handed to the application, by reason.", "reason"),
+		repairRequests:    d("relay_repair_requests_total", "Repair requests the relay read."),
+		repairFrames:      d("relay_repair_frames_total", "Frames resent in answer to repair requests.", "to"),
+		repairRefuse:      d("relay_repair_refused_total", "Repair requests (rate_limited: frames) not answered, by reason.", "reason"),
+		repairUnavailable: d("relay_repair_unavailable_total", "Frames asked for that the ring no longer held."),
+		hooks:             d("hooks_total", "Hook runs by result.", "result"),
+		takeover:          a.takeover,
 	}
 	return c
 }
@@ -153,13 +169,47 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 		for name, v := range receiverOutcomes(*r) {
 			ct(c.recvFrames, v, name)
 		}
-		ct(c.recvLost, r.Lost)
 		ct(c.recvReordered, r.Reordered)
+		ct(c.recvUnrecovered, r.Unrecovered)
+		g(c.recvMissing, float64(r.Missing))
+		ct(c.recvRepaired, r.Repaired)
+		ct(c.recvNacks, r.Nacks, "sent")
+		ct(c.recvNacks, r.NackErrors, "send_error")
+		ch <- latencyHistogram(c.recvRepairLatency, r.RepairLatency)
+		if q := r.Delivery; q != nil {
+			g(c.queueDepth, float64(q.Depth))
+			ct(c.queueWritten, q.Written)
+			for reason, v := range q.Dropped {
+				ct(c.queueDropped, v, reason)
+			}
+		}
+	}
+	if rp := st.Repair; rp != nil {
+		ct(c.repairRequests, rp.Requests)
+		ct(c.repairFrames, rp.Frames-rp.Multicast, "unicast")
+		ct(c.repairFrames, rp.Multicast, "multicast")
+		for reason, v := range rp.Refused {
+			ct(c.repairRefuse, v, reason)
+		}
+		ct(c.repairUnavailable, rp.Unavailable)
 	}
 	for k, v := range st.Hooks {
 		ct(c.hooks, v, k)
 	}
 	c.takeover.Collect(ch)
+}
+
+// latencyHistogram turns the receiver's repair latency buckets into a
+// Prometheus histogram (cumulative counts, seconds).
+func latencyHistogram(desc *prometheus.Desc, h gateway.RepairLatency) prometheus.Metric {
+	buckets := map[float64]uint64{}
+	var cum uint64
+	for i, b := range h.Bounds {
+		cum += h.Counts[i]
+		buckets[b.Seconds()] = cum
+	}
+	cum += h.Counts[len(h.Bounds)]
+	return prometheus.MustNewConstHistogram(desc, cum, h.Sum.Seconds(), buckets)
 }
 
 // receiverOutcomes is what became of each datagram the receiver read, by

@@ -13,6 +13,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+
+	"driftgate/gateway"
 )
 
 // DefaultPath is where the packaged configuration lives.
@@ -70,6 +72,13 @@ type raw struct {
 		RcvBuf            int      `mapstructure:"rcvbuf"`
 		Batch             int      `mapstructure:"batch"`
 		GSO               bool     `mapstructure:"gso"`
+		Repair            struct {
+			Enabled bool     `mapstructure:"enabled"`
+			Frames  int      `mapstructure:"frames"`
+			Bytes   int      `mapstructure:"bytes"`
+			Allow   []string `mapstructure:"allow"`
+			Rate    int      `mapstructure:"rate"`
+		} `mapstructure:"repair"`
 	} `mapstructure:"relay"`
 	Receive struct {
 		Enabled   bool   `mapstructure:"enabled"`
@@ -78,6 +87,15 @@ type raw struct {
 		Listen    string `mapstructure:"listen"`
 		Deliver   string `mapstructure:"deliver"`
 		KeyFile   string `mapstructure:"key_file"`
+		Queue     struct {
+			Frames int `mapstructure:"frames"`
+			Bytes  int `mapstructure:"bytes"`
+		} `mapstructure:"queue"`
+		Repair struct {
+			Enabled  bool   `mapstructure:"enabled"`
+			Reorder  string `mapstructure:"reorder"`
+			Deadline string `mapstructure:"deadline"`
+		} `mapstructure:"repair"`
 	} `mapstructure:"receive"`
 	Checks  []rawCheck `mapstructure:"checks"`
 	Hooks   []rawHook  `mapstructure:"hooks"`
@@ -159,12 +177,22 @@ func defaults(v *viper.Viper) {
 		"relay.rcvbuf":                16 << 20,
 		"relay.batch":                 64,
 		"relay.gso":                   true,
+		"relay.repair.enabled":        true,
+		"relay.repair.frames":         gateway.DefaultRingFrames,
+		"relay.repair.bytes":          gateway.DefaultRingBytes,
+		"relay.repair.allow":          []string{},
+		"relay.repair.rate":           gateway.DefaultRepairRate,
 		"receive.enabled":             true,
 		"receive.group":               "",
 		"receive.interface":           "",
 		"receive.listen":              "",
 		"receive.deliver":             "",
 		"receive.key_file":            "",
+		"receive.queue.frames":        gateway.DefaultQueueFrames,
+		"receive.queue.bytes":         gateway.DefaultQueueBytes,
+		"receive.repair.enabled":      true,
+		"receive.repair.reorder":      gateway.DefaultRepairReorder.String(),
+		"receive.repair.deadline":     gateway.DefaultRepairDeadline.String(),
 		"metrics.address":             "127.0.0.1:9469",
 		"log.level":                   "info",
 		"log.format":                  "text",

@@ -72,6 +72,7 @@ type Receive struct {
 	Enabled bool
 	gateway.ReceiverConfig
 	DeliverURL gateway.DeliverURL
+	Queue      gateway.QueueConfig
 	KeyFile    string
 }
 
@@ -298,6 +299,15 @@ func parseRelay(r *raw, vips []VIP) (Relay, error) {
 		}
 		rel.Allow = append(rel.Allow, p.Masked())
 	}
+	rp := rr.Repair
+	rel.Repair = gateway.RepairConfig{Off: !rp.Enabled, Frames: rp.Frames, Bytes: rp.Bytes, Rate: rp.Rate}
+	for i, s := range rp.Allow {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return rel, fmt.Errorf("relay.repair.allow[%d]: %q: want a CIDR such as 198.18.0.0/15", i, s)
+		}
+		rel.Repair.Allow = append(rel.Repair.Allow, p.Masked())
+	}
 	if err := rel.Validate(); errors.Is(err, gateway.ErrNoDestination) {
 		return rel, fmt.Errorf("relay: no destination: set relay.group, relay.unicast or relay.unicast_from_consul")
 	} else if err != nil {
@@ -323,6 +333,13 @@ func parseReceive(r *raw) (Receive, error) {
 			return rec, err
 		}
 	}
+	rec.Repair.Off = !rc.Repair.Enabled
+	if rec.Repair.Reorder, err = duration("receive.repair.reorder", rc.Repair.Reorder); err != nil {
+		return rec, err
+	}
+	if rec.Repair.Deadline, err = duration("receive.repair.deadline", rc.Repair.Deadline); err != nil {
+		return rec, err
+	}
 	if err := rec.Validate(); errors.Is(err, gateway.ErrGroupOrListen) {
 		return rec, fmt.Errorf("receive: set exactly one of receive.group and receive.listen (or receive.enabled: false)")
 	} else if err != nil {
@@ -330,6 +347,10 @@ func parseReceive(r *raw) (Receive, error) {
 	}
 	if rec.DeliverURL, err = gateway.ParseDeliverURL(rc.Deliver); err != nil {
 		return rec, fmt.Errorf("receive.deliver: %w", err)
+	}
+	rec.Queue = gateway.QueueConfig{Frames: rc.Queue.Frames, Bytes: rc.Queue.Bytes}
+	if err := rec.Queue.Validate(); err != nil {
+		return rec, pathErr("receive", err)
 	}
 	return rec, nil
 }

@@ -1,0 +1,149 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// QueueConfig bounds the delivery queue between a receiver and its
+// application, in datagrams and in bytes; whichever is reached first.
+type QueueConfig struct {
+	Frames int // 0 = DefaultQueueFrames
+	Bytes  int // 0 = DefaultQueueBytes
+}
+
+// Delivery queue defaults: 200 ms of a 10k datagrams/s feed is 2000
+// datagrams; the defaults hold eight times that, or 8 MiB.
+const (
+	DefaultQueueFrames = 16384
+	DefaultQueueBytes  = 8 << 20
+)
+
+// Validate checks the bounds; errors name the field as the configuration
+// file does.
+func (c *QueueConfig) Validate() error {
+	switch {
+	case c.Frames < 0 || c.Frames > 1<<22:
+		return fmt.Errorf("queue.frames: %d is out of range 1..%d (0: %d)", c.Frames, 1<<22, DefaultQueueFrames)
+	case c.Bytes != 0 && (c.Bytes < 2*(MaxPayload+HeaderLen+TagLen) || c.Bytes > 1<<30):
+		return fmt.Errorf("queue.bytes: %d is out of range %d..%d (0: %d)", c.Bytes, 2*(MaxPayload+HeaderLen+TagLen), 1<<30, DefaultQueueBytes)
+	}
+	return nil
+}
+
+func (c QueueConfig) withDefaults() QueueConfig {
+	if c.Frames == 0 {
+		c.Frames = DefaultQueueFrames
+	}
+	if c.Bytes == 0 {
+		c.Bytes = DefaultQueueBytes
+	}
+	return c
+}
+
+// ErrQueueFull: the delivery queue is at its bound; the datagram is dropped
+// and counted (DeliveryStats.Dropped["queue_full"]).
+var ErrQueueFull = errors.New("delivery queue full: the application has not kept up; datagram dropped")
+
+// DeliveryStats is a snapshot of a delivery queue.
+type DeliveryStats struct {
+	Depth      int               // datagrams waiting
+	DepthBytes int               // their bytes
+	MaxDepth   int               // the most that ever waited
+	Written    uint64            // datagrams the application's socket took
+	Dropped    map[string]uint64 // "queue_full", "write_error"
+}
+
+// queue is a bounded FIFO of datagrams in one preallocated arena: one
+// goroutine pushes (the receiver), one pops (the writer). A popped record
+// stays in place until done, so the writer sends from the arena without
+// copying and without holding the lock.
+type queue struct {
+	mu      sync.Mutex
+	a       arena
+	recs    []qrec // ring of records, head at recs[head%len]
+	head, n uint64
+	r       uint64 // arena position of the head record (bytes before are free)
+	ready   chan struct{}
+
+	maxDepth          int
+	written           uint64
+	full, writeErrors uint64
+}
+
+type qrec struct {
+	pos uint64
+	len int
+}
+
+func newQueue(c QueueConfig) *queue {
+	c = c.withDefaults()
+	return &queue{a: newArena(c.Bytes), recs: make([]qrec, c.Frames), ready: make(chan struct{}, 1)}
+}
+
+// push copies b in, or returns ErrQueueFull.
+func (q *queue) push(b []byte) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.n == uint64(len(q.recs)) {
+		q.full++
+		return ErrQueueFull
+	}
+	// The bytes in use run from the head record to the write position.
+	if pos := q.a.place(len(b)); q.n == 0 {
+		q.r = pos
+	} else if pos+uint64(len(b))-q.r > uint64(len(q.a.buf)) {
+		q.full++
+		return ErrQueueFull
+	}
+	pos := q.a.put(b)
+	q.recs[(q.head+q.n)%uint64(len(q.recs))] = qrec{pos, len(b)}
+	q.n++
+	q.maxDepth = max(q.maxDepth, int(q.n))
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// peek returns the head datagram, which stays queued until done.
+func (q *queue) peek() ([]byte, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.n == 0 {
+		return nil, false
+	}
+	rc := q.recs[q.head%uint64(len(q.recs))]
+	return q.a.at(rc.pos, rc.len), true
+}
+
+// done removes the head datagram, written (ok) or dropped.
+func (q *queue) done(ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	rc := q.recs[q.head%uint64(len(q.recs))]
+	q.head++
+	q.n--
+	q.r = rc.pos + uint64(rc.len)
+	if q.n > 0 {
+		q.r = q.recs[q.head%uint64(len(q.recs))].pos
+	}
+	if ok {
+		q.written++
+	} else {
+		q.writeErrors++
+	}
+}
+
+func (q *queue) stats() DeliveryStats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	s := DeliveryStats{Depth: int(q.n), MaxDepth: q.maxDepth, Written: q.written,
+		Dropped: map[string]uint64{"queue_full": q.full, "write_error": q.writeErrors}}
+	if q.n > 0 {
+		s.DepthBytes = int(q.a.w - q.r)
+	}
+	return s
+}

@@ -1,0 +1,244 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"driftgate/internal/testkit"
+)
+
+// lossyLink sits between a relay and a receiver on loopback: frames the
+// relay sends to its side are passed on to the receiver from its other
+// side, except that drop decides which frames are lost the first time
+// they pass; repair requests and repaired frames travel back the same way.
+type lossyLink struct {
+	relaySide, recvSide *net.UDPConn
+	relay, recv         netip.AddrPort // learnt from traffic / given
+	mu                  sync.Mutex
+	passed              map[uint64]bool
+	dropped             int
+}
+
+func newLossyLink(t *testing.T, recv netip.AddrPort, drop func(seq uint64) bool) *lossyLink {
+	t.Helper()
+	a, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &lossyLink{relaySide: a, recvSide: b, recv: recv, passed: map[uint64]bool{}}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	go func() { // relay → receiver
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := a.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			l.mu.Lock()
+			l.relay = from
+			seq := binary.BigEndian.Uint64(buf[16:])
+			first := !l.passed[seq]
+			l.passed[seq] = true
+			lose := first && drop(seq)
+			if lose {
+				l.dropped++
+			}
+			l.mu.Unlock()
+			if !lose {
+				b.WriteToUDPAddrPort(buf[:n], recv)
+			}
+		}
+	}()
+	go func() { // receiver → relay: repair requests
+		buf := make([]byte, 65536)
+		for {
+			n, _, err := b.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			l.mu.Lock()
+			to := l.relay
+			l.mu.Unlock()
+			a.WriteToUDPAddrPort(buf[:n], to)
+		}
+	}()
+	return l
+}
+
+func (l *lossyLink) addr() netip.AddrPort { return l.relaySide.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// A receiver behind a lossy link asks for what it missed and delivers the
+// whole feed exactly once, in arrival order but complete; the relay's
+// counters account for every request.
+func TestLoopbackRepair(t *testing.T) {
+	key := bytes.Repeat([]byte{0x42}, 32)
+	for _, tt := range []struct {
+		name string
+		key  []byte
+		drop func(seq uint64) bool
+	}{
+		{"every 10th", nil, func(s uint64) bool { return s%10 == 3 }},
+		{"bursts of 50, signed requests", key, func(s uint64) bool { return s%400 >= 100 && s%400 < 150 }},
+		{"the last frame before a pause", nil, func(s uint64) bool { return s == 1000 }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			recvAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t, "127.0.0.1"))
+			link := newLossyLink(t, recvAddr, tt.drop)
+			in := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t, "127.0.0.1"))
+			relay, err := NewRelay(RelayConfig{Listen: []netip.AddrPort{in}, Unicast: []netip.AddrPort{link.addr()}, Key: tt.key, Epoch: 3,
+				Repair: RepairConfig{Frames: 4096, Bytes: 1 << 20}}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			col := &collector{}
+			recv, err := NewReceiver(ReceiverConfig{Listen: recvAddr, Key: tt.key, Deliver: col}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := recv.Bind(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := relay.Bind(ctx); err != nil {
+				t.Fatal(err)
+			}
+			errs := make(chan error, 2)
+			go func() { errs <- relay.Run(ctx) }()
+			go func() { errs <- recv.Run(ctx) }()
+			defer func() {
+				cancel()
+				for range 2 {
+					if err := <-errs; err != nil {
+						t.Errorf("Run: %v", err)
+					}
+				}
+			}()
+			src, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			const n = 1000
+			for i := range n {
+				fmt.Fprintf(src, "%d", i+1)
+				if i%50 == 49 {
+					time.Sleep(time.Millisecond) // a bounded, paced feed
+				}
+			}
+			if _, ok := testkit.Poll(10*time.Second, func() bool { return col.count() >= n }); !ok {
+				rs, _ := relay.RepairStats()
+				t.Fatalf("after 10 s, %d of %d delivered; receiver %+v; relay %+v", col.count(), n, recv.Stats(), rs)
+			}
+			col.mu.Lock()
+			seen := map[uint64]int{}
+			for _, f := range col.frames {
+				seen[f.Seq]++
+			}
+			col.mu.Unlock()
+			for s := uint64(1); s <= n; s++ {
+				if seen[s] != 1 {
+					t.Fatalf("seq %d delivered %d times", s, seen[s])
+				}
+			}
+			link.mu.Lock()
+			dropped := link.dropped
+			link.mu.Unlock()
+			st := recv.Stats()
+			got := struct{ Repaired, Unrecovered, Missing, Duplicates uint64 }{st.Repaired, st.Unrecovered, st.Missing, st.Duplicates}
+			want := got
+			want.Repaired, want.Unrecovered, want.Missing = uint64(dropped), 0, 0
+			if st.Nacks == 0 || dropped == 0 {
+				t.Fatalf("dropped %d, repair requests %d: the test did not test repair", dropped, st.Nacks)
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Fatalf("receiver (-want +got):\n%s", diff)
+			}
+			rs, _ := relay.RepairStats()
+			if rs.Frames < uint64(dropped) || rs.Requests != st.Nacks || rs.Unavailable != 0 {
+				t.Fatalf("relay repair stats %+v: want >= %d frames resent for %d requests", rs, dropped, st.Nacks)
+			}
+			// Repair traffic: a duplicate only when a request raced its
+			// answer; never more than 1.2x what was lost.
+			if float64(rs.Frames) > 1.2*float64(dropped) {
+				t.Fatalf("%d frames resent for %d lost", rs.Frames, dropped)
+			}
+		})
+	}
+}
+
+// The relay answers only requesters it knows, and only with what it holds.
+func TestRepairRefusals(t *testing.T) {
+	key := bytes.Repeat([]byte{7}, 32)
+	cfg := RelayConfig{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")}, Unicast: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.2:5001")},
+		Key: key, Repair: RepairConfig{Frames: 16, Bytes: 1 << 20, Rate: 1000}}
+	p := newRepairer(cfg)
+	p.setAllowed(cfg.Unicast, []netip.Addr{netip.MustParseAddr("198.18.0.3")})
+	codec := NewCodec(key)
+	frame := codec.AppendFrame(nil, Header{Epoch: 5, Seq: 1}, bytes.Repeat([]byte{1}, 100))
+	for s := uint64(1); s <= 20; s++ { // 1..4 are evicted by count
+		p.ring.putBatch(5, []uint64{s}, [][]byte{frame})
+	}
+	w := &fakeWriter{}
+	a := answer{w: w, buf: make([]byte, 0, 1<<20)}
+	var n Nack
+	now := time.Now()
+	ask := func(from string, key []byte, epoch uint64, ts time.Time, ranges ...SeqRange) {
+		b := NewCodec(key).AppendNack(nil, &Nack{Epoch: epoch, Timestamp: ts.UnixNano(), Ranges: ranges})
+		p.handle(codec, b, netip.MustParseAddrPort(from), &n, &a, now)
+	}
+	ask("198.18.0.9:4000", key, 5, now, SeqRange{10, 1})                                     // not allowed
+	ask("198.18.0.2:4000", nil, 5, now, SeqRange{10, 1})                                     // unsigned
+	ask("198.18.0.2:4000", key, 5, now.Add(-time.Minute), SeqRange{10, 1})                   // replayed
+	ask("198.18.0.2:4000", key, 5, now, SeqRange{2, 4})                                      // 2..4 evicted, 5 sent
+	ask("198.18.0.3:4000", key, 6, now, SeqRange{10, 1})                                     // wrong epoch
+	ask("198.18.0.3:4000", key, 5, now, SeqRange{6, 10})                                     // rate: 250 bytes of burst = 1 frame
+	p.handle(codec, []byte("DN junk"), netip.MustParseAddrPort("198.18.0.2:1"), &n, &a, now) // malformed
+	got := p.stats()
+	want := RepairStats{Requests: 7, Frames: 2, Bytes: 2 * uint64(len(frame)), Unavailable: 4,
+		Refused: map[string]uint64{"not_allowed": 1, "malformed": 1, "bad_tag": 1, "replay": 1, "rate_limited": 9}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("(-want +got):\n%s", diff)
+	}
+}
+
+// A second receiver asking for the same frame right after the first gets
+// it by multicast, once; a third asking right after is suppressed.
+func TestRepairSuppression(t *testing.T) {
+	cfg := RelayConfig{Group: netip.MustParseAddrPort("239.255.0.1:5001"), Repair: RepairConfig{Frames: 16, Bytes: 1 << 20}}
+	p := newRepairer(cfg)
+	p.setAllowed(nil, []netip.Addr{netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.18.0.3"), netip.MustParseAddr("198.18.0.4")})
+	codec := NewCodec(nil)
+	p.ring.putBatch(1, []uint64{1}, [][]byte{codec.AppendFrame(nil, Header{Epoch: 1, Seq: 1}, []byte("x"))})
+	w := &fakeWriter{}
+	a := answer{w: w, buf: make([]byte, 0, 1<<20)}
+	var n Nack
+	now := time.Now()
+	for i, from := range []string{"198.18.0.2:9", "198.18.0.3:9", "198.18.0.4:9"} {
+		b := codec.AppendNack(nil, &Nack{Epoch: 1, Timestamp: now.UnixNano(), Ranges: []SeqRange{{1, 1}}})
+		p.handle(codec, b, netip.MustParseAddrPort(from), &n, &a, now.Add(time.Duration(i)*time.Millisecond))
+	}
+	var dsts []string
+	for _, d := range w.dsts {
+		dsts = append(dsts, d.String())
+	}
+	if diff := cmp.Diff([]string{"198.18.0.2:9", "239.255.0.1:5001"}, dsts); diff != "" {
+		t.Fatalf("answers went to (-want +got):\n%s", diff)
+	}
+	if st := p.stats(); st.Suppressed != 1 || st.Multicast != 1 {
+		t.Fatalf("stats %+v: want 1 suppressed, 1 multicast", st)
+	}
+}
