@@ -16,7 +16,7 @@ help:
 	@echo "test-chaos   the chaos suite, CHAOS_TRIALS (default 5) trials of each fault (CHAOS_FAULTS: a comma-separated subset),"
 	@echo "             in election profile CHAOS_PROFILE (default), report in chaos-report.md (root)"
 	@echo "bench        micro-benchmarks with -benchmem, the lease renewal against a consistent read, then relay vs socat vs naive Go relay"
-	@echo "fuzz         fuzz the frame decoder and the config loader for FUZZTIME each (default 30s)"
+	@echo "fuzz         fuzz the frame and repair-request decoders and the config loader for FUZZTIME each (default 30s)"
 	@echo "lint         gofmt, go vet, staticcheck, go mod tidy check"
 	@echo "demo         the agent cluster in network namespaces, live view, kill -9 and step-down measured (root)"
 	@echo "demo-relay   the relay alone tees datagrams to receivers in network namespaces (root)"
@@ -78,7 +78,8 @@ bench-compare: build
 
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./gateway/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./gateway/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeNack$$' -fuzztime $(FUZZTIME) ./gateway/
 	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) ./internal/config/
 
 lint:

@@ -225,8 +225,9 @@ type latencyHist struct {
 
 // latencyBounds are the histogram's upper bounds.
 var latencyBounds = [...]time.Duration{
-	time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond, 20 * time.Millisecond,
-	50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second,
+	500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond, 3 * time.Millisecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond,
+	500 * time.Millisecond, time.Second, 2 * time.Second,
 }
 
 func (h *latencyHist) observe(d time.Duration) {
@@ -244,6 +245,31 @@ type RepairLatency struct {
 	Bounds []time.Duration // upper bounds; the last bucket is everything above
 	Counts []uint64        // per bucket (not cumulative), len(Bounds)+1
 	Sum    time.Duration
+}
+
+// Quantile returns the upper bound of the bucket holding the q-quantile
+// (0 < q ≤ 1) — "p50 ≤ 2ms" — or 0 with no observation; above the last
+// bound it returns the largest latency bound doubled.
+func (l RepairLatency) Quantile(q float64) time.Duration {
+	var total uint64
+	for _, c := range l.Counts {
+		total += c
+	}
+	if total == 0 {
+		return 0
+	}
+	rank := uint64(q*float64(total) + 0.999999)
+	var cum uint64
+	for i, c := range l.Counts {
+		cum += c
+		if cum >= rank {
+			if i < len(l.Bounds) {
+				return l.Bounds[i]
+			}
+			break
+		}
+	}
+	return 2 * l.Bounds[len(l.Bounds)-1]
 }
 
 func (h *latencyHist) snapshot() RepairLatency {

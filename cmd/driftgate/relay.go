@@ -72,6 +72,10 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 				return err
 			}
 			printRelaySummary(c.ErrOrStderr(), r.Stats())
+			if rp, ok := r.RepairStats(); ok {
+				fmt.Fprintf(c.ErrOrStderr(), "repair: requests=%d frames=%d multicast=%d bytes=%d suppressed=%d unavailable=%d refused{%s}\n",
+					rp.Requests, rp.Frames, rp.Multicast, rp.Bytes, rp.Suppressed, rp.Unavailable, formatCounts(rp.Refused))
+			}
 			return nil
 		},
 	}

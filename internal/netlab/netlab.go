@@ -375,3 +375,55 @@ func (b *SyncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// Drop makes the bridge drop datagrams on their way to host h: each with
+// probability percent/100, and only UDP over IPv4 to port udpPort (0: every
+// packet, ARP and Consul included). This kernel has no netem; a clsact
+// qdisc with a classic-BPF filter in direct-action mode does it ("ld rand"
+// against a threshold, TC_ACT_SHOT). Calling it again replaces the filter;
+// Undrop, or the lab's removal, takes it away.
+func (l *Lab) Drop(h *Host, percent float64, udpPort uint16) {
+	l.tb.Helper()
+	threshold := uint64(percent / 100 * (1 << 32))
+	threshold = min(threshold, 1<<32-1)
+	// Classic BPF: code jt jf k. The last two instructions are drop (2,
+	// TC_ACT_SHOT) and pass (0, TC_ACT_OK); jumps count from the next one.
+	var prog [][4]uint32
+	if udpPort != 0 {
+		prog = [][4]uint32{
+			{0x28, 0, 0, 12},              // ldh [12]: ethertype
+			{0x15, 0, 8, 0x0800},          // IPv4, else pass
+			{0x30, 0, 0, 23},              // ldb [23]: protocol
+			{0x15, 0, 6, 17},              // UDP, else pass
+			{0xb1, 0, 0, 14},              // ldxb 4*([14]&0xf): IP header length
+			{0x48, 0, 0, 16},              // ldh [x+16]: destination port
+			{0x15, 0, 3, uint32(udpPort)}, // the port, else pass
+		}
+	}
+	prog = append(prog,
+		[4]uint32{0x20, 0, 0, 0xfffff038},        // ld rand
+		[4]uint32{0x35, 1, 0, uint32(threshold)}, // rand >= threshold: pass
+		[4]uint32{0x06, 0, 0, 2},                 // drop
+		[4]uint32{0x06, 0, 0, 0},                 // pass
+	)
+	code := []string{strconv.Itoa(len(prog))}
+	for _, in := range prog {
+		code = append(code, fmt.Sprintf("%d %d %d %d", in[0], in[1], in[2], in[3]))
+	}
+	l.Undrop(h)
+	l.tc("qdisc", "add", "dev", h.Port, "clsact")
+	l.tc("filter", "add", "dev", h.Port, "egress", "bpf", "da", "bytecode", strings.Join(code, ","))
+}
+
+// Undrop removes Drop's filter, if any.
+func (l *Lab) Undrop(h *Host) {
+	_ = exec.Command("ip", "netns", "exec", l.BridgeNS, "tc", "qdisc", "del", "dev", h.Port, "clsact").Run()
+}
+
+func (l *Lab) tc(args ...string) {
+	l.tb.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", l.BridgeNS, "tc"}, args...)...).CombinedOutput()
+	if err != nil {
+		l.tb.Fatalf("netlab: tc %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}

@@ -83,6 +83,9 @@ func TestRelayComparison(t *testing.T) {
 		"driftgate":        {"driftgate", driftgate()},
 		"driftgate-no-gso": {"driftgate (no GSO)", driftgate("--no-gso")},
 		"driftgate-batch1": {"driftgate (batch 1, no GSO)", driftgate("--no-gso", "--batch", "1")},
+		// The anchor for the repair ring's cost: the same relay keeping
+		// no ring (target: with the ring, ≥ 90 % of this rate).
+		"driftgate-no-repair": {"driftgate (no repair ring)", driftgate("--no-repair")},
 		"socat": {"socat", func(string, bool) []string {
 			return []string{"socat", "-u", fmt.Sprintf("UDP4-RECV:%d,bind=127.0.0.1,rcvbuf=16777216", inPort), "UDP4-SENDTO:" + out}
 		}},
@@ -98,7 +101,7 @@ func TestRelayComparison(t *testing.T) {
 	fixed64, fixed512, mixed := Sizes{64, 64}, Sizes{512, 512}, Sizes{64, 1400}
 	var cfgs []cfg
 	for _, s := range []Sizes{fixed64, fixed512, mixed} {
-		for _, k := range []string{"driftgate", "socat", "naive"} {
+		for _, k := range []string{"driftgate", "driftgate-no-repair", "socat", "naive"} {
 			cfgs = append(cfgs, cfg{k, s, false})
 		}
 	}

@@ -1,0 +1,138 @@
+package e2e
+
+import (
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"driftgate/internal/netlab"
+	"driftgate/internal/testkit"
+)
+
+// TestRepairNamespaces: a relay tees a feed by multicast over a real
+// bridge to receivers on three hosts while the bridge drops datagrams on
+// their way to one or two of them; every receiver must deliver the whole
+// feed, exactly once, by asking the relay for what it missed.
+func TestRepairNamespaces(t *testing.T) {
+	const group = "239.255.0.7:5001"
+	tests := []struct {
+		name    string
+		rate, n int
+		loss    map[string]float64 // percent, per receiving host
+		cut     time.Duration      // one receiver cut off entirely for this long, mid-feed
+	}{
+		{name: "5% loss at 200/s", rate: 200, n: 1000, loss: map[string]float64{"a": 5}},
+		{name: "5% and 1% loss at 20k/s", rate: 20000, n: 40000, loss: map[string]float64{"a": 5, "b": 1}},
+		{name: "cut off 8s at 1000/s", rate: 1000, n: 11000, cut: 8 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lab := netlab.New(t, "src", "gw", "a", "b")
+			gw := lab.Host("gw")
+			gw.IP("addr", "add", "198.18.0.100/24", "dev", "eth0")
+			rcv := map[string]*netlab.SyncBuffer{}
+			procs := map[string]*netlab.Proc{}
+			for _, name := range []string{"gw", "a", "b"} {
+				p, out := lab.Host(name).Start(driftgate, "receive", "--group", group, "--iface", "eth0", "--deliver", "stdout")
+				rcv[name], procs[name] = out, p
+			}
+			relay, relayOut := gw.Start(driftgate, "relay", "--listen", "198.18.0.100:5000", "--group", group, "--iface", "eth0",
+				"--epoch", "9", "--repair-allow", "198.18.0.0/24")
+			waitOutput(t, "relay", relayOut, "msg=listening")
+			for name, out := range rcv {
+				waitOutput(t, "receiver "+name, out, "msg=receiving")
+			}
+			for name, p := range tt.loss {
+				lab.Drop(lab.Host(name), p, 5001)
+			}
+			src := lab.Host("src")
+			feed := src.Self("feed", "198.18.0.100:5000", strconv.Itoa(tt.rate), strconv.Itoa(tt.n))
+			if err := feed.Start(); err != nil {
+				t.Fatal(err)
+			}
+			if tt.cut > 0 {
+				time.Sleep(time.Second)
+				lab.Drop(lab.Host("b"), 100, 5001)
+				time.Sleep(tt.cut)
+				lab.Undrop(lab.Host("b"))
+				// Within 2 s of the heal, b has caught up with what a had
+				// at the heal: the whole cut-off stretch, repaired.
+				had := frameCount(rcv["a"])
+				if took, ok := testkit.Poll(2*time.Second, func() bool { return frameCount(rcv["b"]) >= had }); ok {
+					t.Logf("receiver b caught up %v after the heal", took)
+				} else {
+					t.Errorf("receiver b: %d frames 2 s after the heal, a had %d at the heal", frameCount(rcv["b"]), had)
+				}
+			}
+			if err := feed.Wait(); err != nil {
+				t.Fatalf("sender: %v", err)
+			}
+			for name, out := range rcv {
+				if _, ok := testkit.Poll(10*time.Second, func() bool { return frameCount(out) >= tt.n }); !ok {
+					t.Errorf("receiver %s: %d of %d frames after 10 s", name, frameCount(out), tt.n)
+				}
+			}
+			repaired := 0
+			for name, p := range procs {
+				p.Signal(syscall.SIGTERM)
+				if err := p.Wait(10 * time.Second); err != nil {
+					t.Fatalf("receiver %s exit: %v", name, err)
+				}
+				frames := parseFrames(t, rcv[name].String())
+				seen := map[uint64]int{}
+				for _, f := range frames {
+					seen[f.Seq]++
+				}
+				for s := uint64(1); s <= uint64(tt.n); s++ {
+					if seen[s] != 1 {
+						t.Fatalf("receiver %s delivered seq %d %d times (of %d frames)", name, s, seen[s], len(frames))
+					}
+				}
+				sum := summary(t, rcv[name].String(), "receive")
+				repaired += sum["repaired"]
+				lat := regexp.MustCompile(`repair latency .*`).FindString(rcv[name].String())
+				t.Logf("receiver %s: %d delivered, repaired %d, unrecovered %d, repair requests %d; %s", name, len(frames), sum["repaired"], sum["unrecovered"], sum["nacks"], lat)
+				if sum["unrecovered"] != 0 || sum["delivered"] != tt.n {
+					t.Errorf("receiver %s summary %v", name, sum)
+				}
+				if (tt.loss[name] > 0 || (tt.cut > 0 && name == "b")) && sum["repaired"] == 0 {
+					t.Errorf("receiver %s repaired nothing on a lossy link: the test did not test repair", name)
+				}
+			}
+			relay.Signal(syscall.SIGTERM)
+			if err := relay.Wait(10 * time.Second); err != nil {
+				t.Fatalf("relay exit: %v\n%s", err, relayOut)
+			}
+			rs := summary(t, relayOut.String(), "repair")
+			ratio := float64(rs["frames"]) / float64(max(repaired, 1))
+			t.Logf("relay: %d repair requests, %d frames resent (%d by multicast) for %d repaired: %.2f×", rs["requests"], rs["frames"], rs["multicast"], repaired, ratio)
+			if ratio > 1.2 {
+				t.Errorf("repair traffic %.2f× the frames lost, want ≤ 1.2×", ratio)
+			}
+		})
+	}
+}
+
+// frameCount counts the JSON frame lines in a receiver's output, cheaply.
+func frameCount(out *netlab.SyncBuffer) int { return strings.Count(out.String(), `{"epoch":`) }
+
+var summaryField = regexp.MustCompile(`\b(\w+)=(\d+)\b`)
+
+// summary parses a command's closing line ("receive: …", "repair: …")
+// into its counters.
+func summary(t *testing.T, out, prefix string) map[string]int {
+	t.Helper()
+	m := map[string]int{}
+	line := regexp.MustCompile(`(?m)^` + prefix + `: .*=.*$`).FindString(out)
+	if line == "" {
+		t.Fatalf("no summary line in:\n%s", out[max(0, len(out)-2000):])
+	}
+	for _, f := range summaryField.FindAllStringSubmatch(line, -1) {
+		n, _ := strconv.Atoi(f[2])
+		m[f[1]] = n
+	}
+	return m
+}
