@@ -120,6 +120,10 @@ func (g *gaps) filled(epoch, seq uint64, now int64) bool {
 			if gp.tries > 0 {
 				g.repaired++
 				g.latency.observe(time.Duration(now - gp.opened))
+				// Answers are arriving: a large one takes longer than a
+				// retry interval to arrive whole, and asking again while it
+				// does would only have the relay send it twice.
+				gp.next = max(gp.next, now+int64(retryAfter(gp.tries)))
 				return true
 			}
 			return false

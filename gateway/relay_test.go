@@ -167,8 +167,56 @@ func TestRelayProcessDoesNotAllocate(t *testing.T) {
 	for i := range ds {
 		ds[i] = meta{N: 64 + i*100, From: a}
 	}
+	if l.rep == nil {
+		t.Fatal("the test listener keeps no repair ring: the proof would not cover it")
+	}
 	if n := testing.AllocsPerRun(100, func() { l.process(feed(l, ds...)) }); n != 0 {
 		t.Fatalf("%.1f allocations per batch, want 0", n)
+	}
+}
+
+type nopDeliverer struct{ n int }
+
+func (d *nopDeliverer) Deliver(*Frame, []byte) error { d.n++; return nil }
+func (d *nopDeliverer) Flush() error                 { return nil }
+func (d *nopDeliverer) Close() error                 { return nil }
+
+// TestReceiverProcessDoesNotAllocate: the receiver's per-batch work on a
+// loss-free feed — decode, check, deliver — allocates nothing.
+func TestReceiverProcessDoesNotAllocate(t *testing.T) {
+	key := bytes.Repeat([]byte{1}, 32)
+	d := &nopDeliverer{}
+	r, err := NewReceiver(ReceiverConfig{Listen: netip.MustParseAddrPort("198.18.0.11:6000"), Key: key, Deliver: d}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const batch = 8
+	rs := &readSide{bufs: make([][]byte, batch), metas: make([]meta, batch)}
+	codec := NewCodec(key)
+	for i := range rs.bufs {
+		rs.bufs[i] = make([]byte, 2048)
+	}
+	seq := uint64(0)
+	from := netip.MustParseAddrPort("198.18.0.12:40000")
+	fill := func() {
+		for i := range batch {
+			seq++
+			copy(rs.bufs[i][HeaderLen:], "payload")
+			n := codec.EncodeInPlace(rs.bufs[i], &Header{Epoch: 3, Seq: seq}, len("payload"))
+			rs.metas[i] = meta{N: n, From: from}
+		}
+	}
+	if n := testing.AllocsPerRun(100, fill); n != 0 {
+		t.Fatalf("the test's own encoding allocates %.1f times", n)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		fill()
+		r.process(rs, batch)
+	}); n != 0 {
+		t.Fatalf("%.1f allocations per batch, want 0", n)
+	}
+	if d.n < 100*batch {
+		t.Fatalf("delivered %d", d.n)
 	}
 }
 
