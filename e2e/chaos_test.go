@@ -63,6 +63,9 @@ type fault struct {
 	hold func(r *rand.Rand) time.Duration
 	// inject breaks something and returns what heals it.
 	inject func(c *chaos, victim string) (heal func())
+	// killsReceiver: the victim's receiver does not run through the fault
+	// (its process dies), so what was sent meanwhile is not its to deliver.
+	killsReceiver bool
 }
 
 func between(lo, hi time.Duration) func(*rand.Rand) time.Duration {
@@ -94,7 +97,7 @@ func faults() []fault {
 			}}
 	}
 	return []fault{
-		{name: "host crash", on: "primary", hold: between(2*time.Second, 8*time.Second),
+		{name: "host crash", on: "primary", hold: between(2*time.Second, 8*time.Second), killsReceiver: true,
 			inject: func(c *chaos, v string) func() {
 				c.hostCrash(v)
 				return func() { c.reboot(v) }
@@ -110,13 +113,13 @@ func faults() []fault {
 					c.nodes[v].proc.Signal(syscall.SIGCONT)
 				}
 			}},
-		{name: "daemon SIGKILL", on: "primary", hold: between(200*time.Millisecond, 2*time.Second),
+		{name: "daemon SIGKILL", on: "primary", hold: between(200*time.Millisecond, 2*time.Second), killsReceiver: true,
 			inject: func(c *chaos, v string) func() {
 				c.kill(v)
 				c.cleanup(v) // systemd's ExecStopPost
 				return func() { c.startDaemon(v) }
 			}},
-		{name: "daemon SIGKILL without clean-up", on: "primary", hold: between(200*time.Millisecond, 2*time.Second),
+		{name: "daemon SIGKILL without clean-up", on: "primary", hold: between(200*time.Millisecond, 2*time.Second), killsReceiver: true,
 			inject: func(c *chaos, v string) func() {
 				c.kill(v)
 				return func() { c.startDaemon(v) }
@@ -170,6 +173,15 @@ func faults() []fault {
 				}()
 				return func() { close(stop); <-done; c.checks[v].set(true) }
 			}},
+		{name: "lossy LAN", on: "standby", hold: between(3*time.Second, 10*time.Second),
+			inject: func(c *chaos, v string) func() {
+				// Random drops of the feed's frames on their way to one
+				// standby (2–20 %), which must repair every one of them.
+				pct := 2 + float64(time.Now().UnixNano()%19)
+				c.rec.add(v, "note", fmt.Sprintf("dropping %.0f%% of the frames towards %s", pct, v))
+				c.lab.Drop(c.lab.Host(v), pct, 5001)
+				return func() { c.lab.Undrop(c.lab.Host(v)) }
+			}},
 		{name: "link down", on: "primary", hold: between(time.Second, 8*time.Second),
 			inject: func(c *chaos, v string) func() { return c.bridgePort(v, "", "down", "up") }},
 		{name: "VIP deleted", on: "primary", hold: fixed(0),
@@ -204,6 +216,7 @@ func faults() []fault {
 // trial is one injected fault and what the recording shows about it.
 type trial struct {
 	fault, victim                  string
+	killsReceiver                  bool
 	quiet, inject, heal, recovered time.Time
 	// measured
 	failover time.Duration // longest pause in deliveries at the other nodes
@@ -283,7 +296,7 @@ func TestChaos(t *testing.T) {
 	}()
 	whole := c.waitRecovered(time.Now(), 60*time.Second, "the cluster to form")
 	for i, f := range order {
-		tr := trial{fault: f.name, quiet: whole}
+		tr := trial{fault: f.name, quiet: whole, killsReceiver: f.killsReceiver}
 		// A quiet stretch, which must be loss-free (the stable stretch
 		// of the recovery before it counts too), then the fault at a
 		// random moment.
@@ -535,6 +548,13 @@ func (c *chaos) pickVictim(on string) string {
 	if len(hs) != 1 {
 		c.t.Fatalf("VIP holders before the fault: %v", hs)
 	}
+	if on == "standby" {
+		for n := range c.nodes {
+			if n != hs[0] {
+				return n
+			}
+		}
+	}
 	return hs[0]
 }
 
@@ -733,6 +753,46 @@ func (c *chaos) check(trials []trial, end time.Time) {
 			}
 			if len(missing) > 0 {
 				problem(tr.inject, "trial %d (%s): %s missed %d of datagrams %d..%d before the fault, e.g. %v", i+1, tr.fault, n, len(missing), lo, hi, missing[:min(5, len(missing))])
+			}
+		}
+	}
+
+	// 4. The same feed everywhere: whatever any node delivered from the
+	// quiet stretch before a fault until the next one, every node
+	// delivered (at any time: repairs come late) — except the victim of a
+	// fault that killed its receiver, for the time it was gone.
+	for i, tr := range trials {
+		next := end
+		if i+1 < len(trials) {
+			next = trials[i+1].quiet
+		}
+		union := map[int]time.Time{}
+		for n := range c.nodes {
+			for _, f := range frames[n] {
+				if !f.t.Before(tr.quiet) && f.t.Before(next) {
+					if _, ok := union[f.src]; !ok {
+						union[f.src] = f.t
+					}
+				}
+			}
+		}
+		for n := range c.nodes {
+			var missing []int
+			for src, at := range union {
+				if got[n][src] {
+					continue
+				}
+				// (From a moment before the kill: what the others had just
+				// delivered may still have been in the victim's queue.)
+				if tr.killsReceiver && n == tr.victim && !at.Before(tr.inject.Add(-100*time.Millisecond)) && at.Before(tr.recovered) {
+					continue
+				}
+				missing = append(missing, src)
+			}
+			if len(missing) > 0 {
+				slices.Sort(missing)
+				problem(union[missing[0]], "trial %d (%s on %s): %s never delivered %d datagrams that another node did, e.g. %v",
+					i+1, tr.fault, tr.victim, n, len(missing), missing[:min(5, len(missing))])
 			}
 		}
 	}
