@@ -99,11 +99,12 @@ func (g *gaps) giveUp(i int, t *tracker) {
 	g.open = append(g.open[:i], g.open[i+1:]...)
 }
 
-// closeEpoch gives up every gap of the tracker's epoch, before a new
-// epoch resets its window.
-func (g *gaps) closeEpoch(t *tracker) {
+// closeEpoch is called before a new epoch shifts the tracker's windows:
+// the gaps of the previous epoch (prev, if valid) are given up, the
+// current epoch's stay open.
+func (g *gaps) closeEpoch(t *tracker, prev uint64, valid bool) {
 	for i := 0; i < len(g.open); {
-		if g.open[i].epoch == t.epoch {
+		if valid && g.open[i].epoch == prev {
 			g.giveUp(i, t)
 			continue
 		}

@@ -112,9 +112,26 @@ func TestGapAnnounceEpochAndOff(t *testing.T) {
 	if tr.announce(1, 3) || tr.announce(0, 9) {
 		t.Fatal("an announcement of nothing new, or of another epoch, opened a gap")
 	}
-	g.closeEpoch(&tr) // epoch 2 arrives
-	if g.unrecovered != 2 || len(g.open) != 0 {
-		t.Fatalf("after the epoch change: unrecovered %d, open %d; want 2, 0", g.unrecovered, len(g.open))
+	// A takeover: epoch 2 begins. Epoch 1's gap stays open, and a repair
+	// of it (from the deposed primary, still alive) is accepted.
+	g.closeEpoch(&tr, tr.prev.epoch, tr.prev.valid)
+	if v := tr.check(2, 1); v != accept {
+		t.Fatalf("epoch 2's first frame: %v", v)
+	}
+	if v := tr.check(1, 2); v != fill || !g.filled(1, 2, int64(3*time.Millisecond)) {
+		t.Fatalf("a repair of epoch 1 after the takeover: %v", v)
+	}
+	if v := tr.check(1, 4); v != stale {
+		t.Fatalf("a frame of epoch 1 beyond what was taken from it: %v, want stale", v)
+	}
+	// Another takeover: epoch 1 is two behind; its gap is given up.
+	g.closeEpoch(&tr, tr.prev.epoch, tr.prev.valid)
+	tr.check(3, 1)
+	if g.unrecovered != 1 || g.repaired != 1 || len(g.open) != 0 {
+		t.Fatalf("after two takeovers: unrecovered %d, repaired %d, open %d; want 1, 1, 0", g.unrecovered, g.repaired, len(g.open))
+	}
+	if v := tr.check(1, 3); v != stale {
+		t.Fatalf("epoch 1 after epoch 3: %v, want stale", v)
 	}
 
 	var tr2 tracker

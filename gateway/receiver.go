@@ -278,9 +278,11 @@ func (r *Receiver) process(rs *readSide, n int) {
 			continue
 		}
 		if r.tr.started && f.Epoch > r.tr.epoch {
-			// A new primary: what the old one's gaps still miss is given up
-			// now, while the tracker can still tell.
-			r.gaps.closeEpoch(&r.tr)
+			// A new primary: the gaps of the epoch before the previous one
+			// are given up now, while the tracker can still tell; the
+			// previous epoch's stay open, asked of its relay (alive after a
+			// clean or check-driven takeover, and holding its ring).
+			r.gaps.closeEpoch(&r.tr, r.tr.prev.epoch, r.tr.prev.valid)
 		}
 		v := r.tr.check(f.Epoch, f.Seq)
 		switch v {

@@ -32,6 +32,17 @@ type tracker struct {
 	// The gap the last check opened (first..last of epoch), or last = 0;
 	// the receiver takes it to schedule its repair.
 	gapFirst, gapLast uint64
+
+	// The previous epoch's window, kept across one takeover so that its
+	// holes can still be filled by repairs: a frame of the previous epoch
+	// is accepted only into a hole below the newest one this receiver took
+	// from it, that is, one relayed before a frame accepted while that
+	// epoch was current. Anything else from it is stale.
+	prev struct {
+		valid          bool
+		epoch, highest uint64
+		seen           [WindowSize / 64]uint64
+	}
 }
 
 // check decides on a frame and, if accepted, records it.
@@ -46,10 +57,21 @@ func (t *tracker) check(epoch, seq uint64) verdict {
 		t.highest = seq
 		return accept
 	case epoch < t.epoch:
+		if p := &t.prev; p.valid && epoch == p.epoch && t.prevMissing(seq) {
+			p.seen[(seq/64)%(WindowSize/64)] |= 1 << (seq % 64)
+			if t.lost > 0 {
+				t.lost--
+			}
+			return fill
+		}
+		if t.prev.valid && epoch == t.prev.epoch && t.knows(epoch, seq) {
+			return duplicate // a second repair of a hole already filled
+		}
 		return stale
 	case epoch > t.epoch:
 		// A new primary: its sequence starts at 1, so anything before seq
 		// in the new epoch was lost at the takeover.
+		t.prev.valid, t.prev.epoch, t.prev.highest, t.prev.seen = true, t.epoch, t.highest, t.seen
 		t.reset(epoch)
 	}
 	if seq > t.highest {
@@ -66,6 +88,7 @@ func (t *tracker) check(epoch, seq uint64) verdict {
 			// A standalone relay has no epoch to tell its restarts apart;
 			// a sequence far behind the window on a LAN means it restarted.
 			t.restarts++
+			t.prev.valid = false
 			t.reset(0)
 			t.advance(seq)
 			return accept
@@ -98,15 +121,31 @@ func (t *tracker) announce(epoch, seq uint64) bool {
 	return true
 }
 
-// knows reports whether seq of epoch is inside the window, where the
-// tracker can tell whether it arrived.
+// knows reports whether seq of epoch is inside the window (the current
+// epoch's or the previous one's), where the tracker can tell whether it
+// arrived.
 func (t *tracker) knows(epoch, seq uint64) bool {
-	return t.started && epoch == t.epoch && seq <= t.highest && t.highest-seq < WindowSize
+	if t.started && epoch == t.epoch {
+		return seq <= t.highest && t.highest-seq < WindowSize
+	}
+	p := &t.prev
+	return p.valid && epoch == p.epoch && seq <= p.highest && p.highest-seq < WindowSize
 }
 
-// missing reports whether seq of epoch is inside the window and has not
+// missing reports whether seq of epoch is inside a window and has not
 // arrived.
-func (t *tracker) missing(epoch, seq uint64) bool { return t.knows(epoch, seq) && !t.isMarked(seq) }
+func (t *tracker) missing(epoch, seq uint64) bool {
+	if t.started && epoch == t.epoch {
+		return t.knows(epoch, seq) && !t.isMarked(seq)
+	}
+	return t.knows(epoch, seq) && t.prevMissing(seq)
+}
+
+// prevMissing: seq is a hole in the previous epoch's window.
+func (t *tracker) prevMissing(seq uint64) bool {
+	p := &t.prev
+	return seq <= p.highest && p.highest-seq < WindowSize && p.seen[(seq/64)%(WindowSize/64)]&(1<<(seq%64)) == 0
+}
 
 func (t *tracker) reset(epoch uint64) {
 	t.epoch = epoch

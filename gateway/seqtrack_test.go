@@ -53,6 +53,8 @@ func TestTracker(t *testing.T) {
 		{"reorder fills gap", []ev{{5, 1}, {5, 3}, {5, 2}, {5, 2}}, trackerResult{Verdicts: []verdict{A, A, F, D}, Lost: 0, Gaps: 1, Epochs: 1}},
 		{"stale epoch rejected", []ev{{5, 1}, {7, 1}, {5, 2}, {7, 2}}, trackerResult{Verdicts: []verdict{A, A, S, A}, Epochs: 2}},
 		{"new epoch counts frames lost at takeover", []ev{{5, 10}, {6, 3}}, trackerResult{Verdicts: []verdict{A, A}, Lost: 2, Gaps: 1, Epochs: 2}},
+		{"previous epoch's holes filled after a takeover", []ev{{5, 1}, {5, 4}, {6, 1}, {5, 2}, {5, 2}, {5, 5}, {6, 2}}, trackerResult{Verdicts: []verdict{A, A, A, F, D, S, A}, Lost: 1, Gaps: 1, Epochs: 2}},
+		{"two epochs back is stale", []ev{{5, 1}, {5, 3}, {6, 1}, {7, 1}, {5, 2}}, trackerResult{Verdicts: []verdict{A, A, A, A, S}, Lost: 1, Gaps: 1, Epochs: 3}},
 		{"new epoch restarts sequence space", []ev{{5, 1}, {5, 2}, {6, 1}, {6, 2}}, trackerResult{Verdicts: []verdict{A, A, A, A}, Epochs: 2}},
 		{"behind window is late", []ev{{5, 1}, {5, 1 + WindowSize}, {5, 1}}, trackerResult{Verdicts: []verdict{A, A, L}, Lost: WindowSize - 1, Gaps: 1, Epochs: 1}},
 		{"edge of window still deduplicated", []ev{{5, 1}, {5, WindowSize}, {5, 1}}, trackerResult{Verdicts: []verdict{A, A, D}, Lost: WindowSize - 2, Gaps: 1, Epochs: 1}},
