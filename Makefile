@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 STATICCHECK_VERSION := v0.8.2
 BIN := bin/driftgate
 
-.PHONY: deps help consul nfpm test-package build test test-unit test-e2e test-chaos bench bench-micro bench-compare lint demo package clean fuzz
+.PHONY: deps help consul nfpm test-package build test test-unit test-e2e test-chaos bench bench-micro bench-repair bench-compare lint demo package clean fuzz
 
 help:
 	@echo "build        build $(BIN) (version $(VERSION))"
@@ -15,7 +15,7 @@ help:
 	@echo "test-e2e     only the multi-host tests in network namespaces (root)"
 	@echo "test-chaos   the chaos suite, CHAOS_TRIALS (default 5) trials of each fault (CHAOS_FAULTS: a comma-separated subset),"
 	@echo "             in election profile CHAOS_PROFILE (default), report in chaos-report.md (root)"
-	@echo "bench        micro-benchmarks with -benchmem, the lease renewal against a consistent read, then relay vs socat vs naive Go relay"
+	@echo "bench        micro-benchmarks with -benchmem, the lease renewal against a consistent read, loss repair against none (bench-repair), then relay vs socat vs naive Go relay"
 	@echo "fuzz         fuzz the frame and repair-request decoders and the config loader for FUZZTIME each (default 30s)"
 	@echo "lint         gofmt, go vet, staticcheck, go mod tidy check"
 	@echo "demo         the agent cluster in network namespaces, live view, kill -9 and step-down measured (root)"
@@ -62,11 +62,18 @@ test-unit:
 test-e2e: deps
 	$(GO) test -race -count=1 -v ./e2e/...
 
-bench: bench-micro bench-compare
+bench: bench-micro bench-repair bench-compare
 
 bench-micro: consul
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./gateway/...
 	$(GO) test -run '^$$' -bench LeaseRenewal -benchtime 200x -count=1 ./consul
+
+# Loss repair on the namespace LAN: drops on the bridge towards receivers,
+# repair off (the anchor) and on, side by side in one table.
+bench-repair: deps
+	@mkdir -p bin
+	@$(GO) test -count=1 -run '^TestRepairNamespaces$$' -v ./e2e/ > bin/bench-repair.log 2>&1; rc=$$?; \
+	  grep -E '^\s+\||repair on the namespace|^(ok|FAIL|---)|Error|FAIL' bin/bench-repair.log; exit $$rc
 
 # The side-by-side comparison wants socat (apt-get install socat) and taskset
 # (util-linux); it pins the relay under test to CPU 1 and the load generator

@@ -115,8 +115,11 @@ func TestRelayComparison(t *testing.T) {
 	if only := os.Getenv("RELAYBENCH_ONLY"); only != "" {
 		var keep []cfg
 		for _, c := range cfgs {
-			if strings.Contains(c.kind+"/"+c.sizes.String(), only) {
-				keep = append(keep, c)
+			for _, o := range strings.Split(only, ",") { // alternatives
+				if strings.Contains(c.kind+"/"+c.sizes.String(), o) {
+					keep = append(keep, c)
+					break
+				}
 			}
 		}
 		cfgs = keep
