@@ -15,6 +15,16 @@ type arena struct {
 
 func newArena(size int) arena { return arena{buf: make([]byte, size)} }
 
+// prefault touches every page, so the kernel backs the arena now rather
+// than one page fault at a time on the data path (measured: the mixed
+// 64–1400 B relay benchmark lost a fifth of its rate to them while a
+// fresh 64 MiB ring filled).
+func (a *arena) prefault() {
+	for i := 0; i < len(a.buf); i += 4096 {
+		a.buf[i] = 0
+	}
+}
+
 // place returns the position where a record of n bytes would go, skipping
 // the tail when it does not fit there. n must not exceed len(buf).
 func (a *arena) place(n int) uint64 {

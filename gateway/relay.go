@@ -226,6 +226,11 @@ func (r *Relay) Bind(ctx context.Context) error {
 		ls = append(ls, l)
 	}
 	r.listeners = ls
+	if r.rep != nil {
+		r.rep.ring.mu.Lock()
+		r.rep.ring.a.prefault()
+		r.rep.ring.mu.Unlock()
+	}
 	return nil
 }
 

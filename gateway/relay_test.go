@@ -220,17 +220,27 @@ func TestReceiverProcessDoesNotAllocate(t *testing.T) {
 	}
 }
 
+// BenchmarkRelayProcess: the relay's per-batch work, with the repair
+// ring (as it runs) and without it (the anchor for the ring's cost), so the
+// two are printed side by side.
 func BenchmarkRelayProcess(b *testing.B) {
 	for _, size := range []int{64, 512, 1400} {
-		for _, keyed := range []bool{false, true} {
-			name := map[bool]string{false: "plain", true: "hmac"}[keyed]
-			b.Run(name+"/"+strconv.Itoa(size), func(b *testing.B) {
+		for _, v := range []struct {
+			name          string
+			keyed, noRing bool
+		}{{"plain", false, false}, {"plain-no-ring", false, true}, {"hmac", true, false}} {
+			b.Run(v.name+"/"+strconv.Itoa(size), func(b *testing.B) {
 				var key []byte
-				if keyed {
+				if v.keyed {
 					key = bytes.Repeat([]byte{1}, 32)
 				}
 				a := netip.MustParseAddrPort("198.18.0.50:4000")
-				l, _ := newTestListener(b, nil, key, &fakeWriter{})
+				l, r := newTestListener(b, nil, key, &fakeWriter{})
+				if v.noRing {
+					l.rep = nil
+				} else {
+					r.rep.ring.a.prefault()
+				}
 				ds := make([]meta, 8)
 				for i := range ds {
 					ds[i] = meta{N: size, From: a}

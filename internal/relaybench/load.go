@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"driftgate/gateway"
 	"driftgate/internal/udpbatch"
 )
 
@@ -129,6 +130,7 @@ func (s *Sink) read(ctx context.Context, c *net.UDPConn) error {
 		bufs[i] = make([]byte, 2048)
 	}
 	ms := make([]udpbatch.Meta, 64)
+	codec := gateway.NewCodec(nil)
 	for {
 		n, err := r.ReadBatch(bufs, ms)
 		if err != nil {
@@ -137,6 +139,16 @@ func (s *Sink) read(ctx context.Context, c *net.UDPConn) error {
 			}
 			return fmt.Errorf("sink: %w", err)
 		}
-		s.count.Add(uint64(n))
+		frames := n
+		for i := range n {
+			// The relay's sequence announcements (sent when the feed
+			// pauses, between trials) are not datagrams of the feed.
+			if b := bufs[i][:ms[i].N]; gateway.IsAnnounce(b) {
+				if _, err := codec.DecodeAnnounce(b); err == nil {
+					frames--
+				}
+			}
+		}
+		s.count.Add(uint64(frames))
 	}
 }
