@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"golang.org/x/sys/unix"
 
 	"driftgate/consul"
 	"driftgate/consul/consultest"
@@ -57,6 +58,13 @@ func newSinkAt(t *testing.T, h *netlab.Host, addr *net.UDPAddr) *sink {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.conn.Close() })
+	// The application's socket must take a burst of repaired datagrams:
+	// udp:// delivery has no back-pressure (the kernel drops what a full
+	// socket cannot take), so a test application gets a large buffer, as
+	// docs/operations.md tells operators to give theirs.
+	if rc, err := s.conn.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20) })
+	}
 	go func() {
 		buf := make([]byte, 100)
 		for {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"driftgate/internal/udpbatch"
 
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,14 +21,18 @@ import (
 // ReceiverConfig configures a Receiver: either Group (multicast, joined on
 // Iface) or Listen (unicast frames).
 type ReceiverConfig struct {
-	Group   netip.AddrPort // multicast group to join
-	Iface   string         // interface to join on; "" = kernel's choice
-	Listen  netip.AddrPort // unicast address to receive frames on
-	Key     []byte         // HMAC key; frames without a valid tag are rejected
-	RcvBuf  int            // 0 = DefaultRcvBuf
-	Batch   int            // 0 = DefaultBatch
-	Repair  ReceiverRepair // asking the relay for frames that did not arrive
-	Deliver Deliverer
+	Group  netip.AddrPort // multicast group to join
+	Iface  string         // interface to join on; "" = kernel's choice
+	Listen netip.AddrPort // unicast address to receive frames on
+	Key    []byte         // HMAC key; frames without a valid tag are rejected
+	RcvBuf int            // 0 = DefaultRcvBuf
+	Batch  int            // 0 = DefaultBatch
+	Repair ReceiverRepair // asking the relay for frames that did not arrive
+	// Order: arrival (the default) or sequence, where frames after a hole
+	// wait for it to be filled for at most OrderHold (0: DefaultOrderHold).
+	Order     Order
+	OrderHold time.Duration
+	Deliver   Deliverer
 }
 
 // ErrGroupOrListen: a receiver configuration with both or neither of a
@@ -50,6 +55,10 @@ func (c *ReceiverConfig) Validate() error {
 		return fmt.Errorf("batch: %d is out of range 1..1024 (0: %d)", c.Batch, DefaultBatch)
 	case c.RcvBuf < 0:
 		return fmt.Errorf("rcvbuf: %d must not be negative (0: %d)", c.RcvBuf, DefaultRcvBuf)
+	case c.Order > OrderSequence:
+		return fmt.Errorf("order: %d: want arrival or sequence", c.Order)
+	case c.OrderHold < 0 || c.OrderHold > 10*time.Second:
+		return fmt.Errorf("order_hold: %s is out of range 0..10s (0: %s)", c.OrderHold, DefaultOrderHold)
 	}
 	return c.Repair.Validate()
 }
@@ -58,6 +67,8 @@ func (c *ReceiverConfig) Validate() error {
 type ReceiverStats struct {
 	Received    uint64            // datagrams read
 	Delivered   uint64            // frames handed to the application
+	Held        uint64            // in sequence order: frames waiting behind a hole now
+	Skipped     uint64            // in sequence order: holes given up after the hold time
 	Rejected    map[string]uint64 // by decode reason (see Reason)
 	Truncated   uint64            // datagrams larger than the buffer
 	Duplicates  uint64
@@ -108,6 +119,9 @@ type Receiver struct {
 	repairConn *net.UDPConn
 	repairSide *readSide
 	kick       chan struct{} // a gap opened: the repair loop looks now
+	ord        *orderer      // nil: arrival order
+	deliverFn  func(*Frame, []byte)
+	firstErr   error // the first delivery error of the current batch
 	reqs       []request
 	nackStats  struct{ sent, errors atomic.Uint64 }
 }
@@ -149,8 +163,13 @@ func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*Receiver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Receiver{cfg: cfg, log: log.With("component", "receiver"), codec: NewCodec(cfg.Key),
-		gaps: gaps{cfg: cfg.Repair.withDefaults()}, base: time.Now(), kick: make(chan struct{}, 1)}, nil
+	r := &Receiver{cfg: cfg, log: log.With("component", "receiver"), codec: NewCodec(cfg.Key),
+		gaps: gaps{cfg: cfg.Repair.withDefaults()}, base: time.Now(), kick: make(chan struct{}, 1)}
+	if cfg.Order == OrderSequence {
+		r.ord = newOrderer(cmp.Or(cfg.OrderHold, DefaultOrderHold))
+	}
+	r.deliverFn = r.deliver // bound once: a method value made per call allocates
+	return r, nil
 }
 
 // Bind opens the socket and joins the group. Run calls it if needed.
@@ -191,7 +210,10 @@ func (r *Receiver) Bind(ctx context.Context) error {
 		if r.cfg.Group.Addr().Is6() {
 			wild = netip.IPv6Unspecified()
 		}
-		rc, _, err := listenUDP(ctx, netip.AddrPortFrom(wild, 0), sockOpts{rcvbuf: r.cfg.RcvBuf})
+		// Its buffer takes a whole answer at once (an 8 s outage at
+		// 1000/s is 8000 frames in one burst), however small the main
+		// socket's was made.
+		rc, _, err := listenUDP(ctx, netip.AddrPortFrom(wild, 0), sockOpts{rcvbuf: max(r.cfg.RcvBuf, DefaultRcvBuf)})
 		if err == nil {
 			r.repairSide, err = newReadSide(rc, r.cfg.Batch)
 			if err != nil {
@@ -225,7 +247,15 @@ func (r *Receiver) Run(ctx context.Context) error {
 		g.Go(func() error { return r.read(ctx, r.repairSide) })
 	}
 	g.Go(func() error { return r.repairLoop(ctx) })
-	return g.Wait()
+	err := g.Wait()
+	if r.ord != nil {
+		// Nothing held is lost at a stop: it goes, in order.
+		r.mu.Lock()
+		r.ord.flush(r.deliverFn)
+		r.flush()
+		r.mu.Unlock()
+	}
+	return err
 }
 
 // read receives on one socket until ctx is cancelled.
@@ -254,7 +284,6 @@ func (r *Receiver) process(rs *readSide, n int) {
 	r.st.Received += uint64(n)
 	now := int64(time.Since(r.base))
 	opened := false
-	var firstErr error
 	for i := range n {
 		m := &rs.metas[i]
 		if m.Trunc {
@@ -310,26 +339,42 @@ func (r *Receiver) process(rs *readSide, n int) {
 		// Through a field: a local's address handed to an interface method
 		// escapes, one allocation per frame.
 		r.cur = f
-		if err := r.cfg.Deliver.Deliver(&r.cur, raw); err != nil {
-			r.st.DeliverErrors++
-			if firstErr == nil {
-				firstErr = err
-			}
-			continue
+		if r.ord != nil {
+			r.ord.take(&r.cur, raw, now, r.deliverFn)
+		} else {
+			r.deliver(&r.cur, raw)
 		}
-		r.st.Delivered++
 	}
-	if err := r.cfg.Deliver.Flush(); err != nil && firstErr == nil {
-		firstErr = err
-	}
-	if firstErr != nil {
-		r.logDeliverError(firstErr)
-	}
+	r.flush()
 	if opened {
 		select {
 		case r.kick <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// deliver hands one frame to the application; callers hold mu and call
+// flush after the batch.
+func (r *Receiver) deliver(f *Frame, raw []byte) {
+	if err := r.cfg.Deliver.Deliver(f, raw); err != nil {
+		r.st.DeliverErrors++
+		if r.firstErr == nil {
+			r.firstErr = err
+		}
+		return
+	}
+	r.st.Delivered++
+}
+
+// flush ends a batch of deliveries. Callers hold mu.
+func (r *Receiver) flush() {
+	if err := r.cfg.Deliver.Flush(); err != nil && r.firstErr == nil {
+		r.firstErr = err
+	}
+	if r.firstErr != nil {
+		r.logDeliverError(r.firstErr)
+		r.firstErr = nil
 	}
 }
 
@@ -351,6 +396,13 @@ func (r *Receiver) repairLoop(ctx context.Context) error {
 		now := int64(time.Since(r.base))
 		reqs, next := r.gaps.due(now, &r.tr, r.reqs[:0])
 		r.reqs = reqs
+		if r.ord != nil {
+			// Frames held behind a hole past the hold time go now.
+			if at := r.ord.expire(now, r.deliverFn); at != 0 && (next == 0 || at < next) {
+				next = at
+			}
+			r.flush()
+		}
 		for i := range reqs {
 			reqs[i].nack.Timestamp = time.Now().UnixNano()
 		}
@@ -399,6 +451,12 @@ func (r *Receiver) Stats() ReceiverStats {
 	s.Gaps, s.Missing = r.tr.gaps, r.tr.lost
 	s.Unrecovered, s.RepairLatency = r.gaps.unrecovered, r.gaps.latency.snapshot()
 	s.Nacks, s.NackErrors = r.nackStats.sent.Load(), r.nackStats.errors.Load()
+	if r.ord != nil {
+		s.Skipped = r.ord.skipped
+		if r.ord.high >= r.ord.next {
+			s.Held = r.ord.high - r.ord.next + 1 // at most; holes included
+		}
+	}
 	s.Epoch, s.EpochChanges, s.Restarts = r.tr.epoch, r.tr.epochs, r.tr.restarts
 	if d, ok := r.cfg.Deliver.(DeliveryStatser); ok {
 		ds := d.DeliveryStats()

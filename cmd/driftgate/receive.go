@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -14,6 +15,8 @@ func newReceiveCmd(g *globals) *cobra.Command {
 		group, iface, listen, deliver, keyFile string
 		rcvbuf, queueFrames, queueBytes        int
 		noRepair                               bool
+		order                                  string
+		orderHold                              time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "receive (--group GROUP:PORT [--iface NAME] | --listen ADDR:PORT) --deliver URL",
@@ -29,8 +32,11 @@ gaps, and delivers the rest:
 On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			cfg := gateway.ReceiverConfig{Iface: iface, RcvBuf: rcvbuf, Repair: gateway.ReceiverRepair{Off: noRepair}}
+			cfg := gateway.ReceiverConfig{Iface: iface, RcvBuf: rcvbuf, Repair: gateway.ReceiverRepair{Off: noRepair}, OrderHold: orderHold}
 			var err error
+			if cfg.Order, err = gateway.ParseOrder(order); err != nil {
+				return usagef("--order: %v", err)
+			}
 			switch {
 			case (group == "") == (listen == ""):
 				return usagef("set exactly one of --group and --listen")
@@ -87,6 +93,8 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 	f.StringVar(&deliver, "deliver", "", "where to deliver payloads: udp://HOST:PORT, unix:///PATH or stdout")
 	f.StringVar(&keyFile, "key-file", "", "file with the HMAC key as hex (mode 0600); frames must then carry a valid tag")
 	f.IntVar(&rcvbuf, "rcvbuf", gateway.DefaultRcvBuf, "receive buffer bytes to request")
+	f.StringVar(&order, "order", "arrival", "arrival, or sequence: frames after a hole wait for it (at most --order-hold)")
+	f.DurationVar(&orderHold, "order-hold", gateway.DefaultOrderHold, "in sequence order, how long frames wait behind a hole")
 	f.BoolVar(&noRepair, "no-repair", false, "count gaps only; ask the relay for no missing frame")
 	f.IntVar(&queueFrames, "queue-frames", gateway.DefaultQueueFrames, "delivery queue bound in datagrams, for a slow application")
 	f.IntVar(&queueBytes, "queue-bytes", gateway.DefaultQueueBytes, "delivery queue bound in bytes")

@@ -96,6 +96,8 @@ type raw struct {
 			Reorder  string `mapstructure:"reorder"`
 			Deadline string `mapstructure:"deadline"`
 		} `mapstructure:"repair"`
+		Order     string `mapstructure:"order"`
+		OrderHold string `mapstructure:"order_hold"`
 	} `mapstructure:"receive"`
 	Checks  []rawCheck `mapstructure:"checks"`
 	Hooks   []rawHook  `mapstructure:"hooks"`
@@ -193,6 +195,8 @@ func defaults(v *viper.Viper) {
 		"receive.repair.enabled":      true,
 		"receive.repair.reorder":      gateway.DefaultRepairReorder.String(),
 		"receive.repair.deadline":     gateway.DefaultRepairDeadline.String(),
+		"receive.order":               "arrival",
+		"receive.order_hold":          gateway.DefaultOrderHold.String(),
 		"metrics.address":             "127.0.0.1:9469",
 		"log.level":                   "info",
 		"log.format":                  "text",

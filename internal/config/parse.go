@@ -340,6 +340,12 @@ func parseReceive(r *raw) (Receive, error) {
 	if rec.Repair.Deadline, err = duration("receive.repair.deadline", rc.Repair.Deadline); err != nil {
 		return rec, err
 	}
+	if rec.Order, err = gateway.ParseOrder(rc.Order); err != nil {
+		return rec, fmt.Errorf("receive.order: %w", err)
+	}
+	if rec.OrderHold, err = duration("receive.order_hold", rc.OrderHold); err != nil {
+		return rec, err
+	}
 	if err := rec.Validate(); errors.Is(err, gateway.ErrGroupOrListen) {
 		return rec, fmt.Errorf("receive: set exactly one of receive.group and receive.listen (or receive.enabled: false)")
 	} else if err != nil {
