@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -73,7 +74,16 @@ type Config struct {
 	// critical to the servers once it can, and would invalidate a session
 	// created in the meantime at once.
 	Ready func() bool
+	// CheckCritical, if set, is told when the servers refuse a session
+	// because a check is critical (its ID) after Ready said yes: the
+	// servers may hold a status the local agent failed to sync while it
+	// could not reach them (a cut-off seen to last 70 s), and the agent
+	// can make it sync again.
+	CheckCritical func(ctx context.Context, checkID string)
 }
+
+// criticalCheck finds the check a session was refused for.
+var criticalCheck = regexp.MustCompile(`Check '([^']+)' is in critical state`)
 
 func (c *Config) validate() error {
 	switch {
@@ -243,6 +253,9 @@ func (e *Election) Run(ctx context.Context, emit func(Event) error) error {
 			attempt++
 			wait := retry.Backoff(attempt)
 			e.log.Warn("cannot create session; retrying", "err", err, "attempt", attempt, "retry_in", wait)
+			if m := criticalCheck.FindStringSubmatch(err.Error()); m != nil && e.cfg.CheckCritical != nil && attempt >= 3 {
+				e.cfg.CheckCritical(ctx, m[1])
+			}
 			e.setSnap(func(s *Snapshot) { s.Ineligible = "no session: " + err.Error() })
 			if !e.sleep(ctx, wait) {
 				return nil

@@ -213,6 +213,21 @@ func (r *Registration) Restore(ctx context.Context) error {
 	return nil
 }
 
+// ResyncHeartbeat registers the heartbeat check again, passing: the local
+// agent then syncs it to the servers at once. Call it only while the
+// heartbeat reaches the local agent (HeartbeatHealthy) but the servers
+// still hold it critical, a status the agent failed to sync while it could
+// not reach them; it retries a failed sync only at its anti-entropy
+// interval.
+func (r *Registration) ResyncHeartbeat(ctx context.Context) error {
+	for _, reg := range r.checkRegs {
+		if reg.ID == r.heartbeatID {
+			return r.registerCheck(ctx, reg)
+		}
+	}
+	return nil
+}
+
 // Reconnected receives after the heartbeat reached the local agent again
 // after failing: whoever owns the registration's state (role, link) should
 // set it again.

@@ -84,8 +84,9 @@ type Agent struct {
 	annBefore  uint64 // announcements of earlier terms
 	acquiredAt time.Time
 
-	conflicts atomic.Uint64
-	healthy   atomic.Bool
+	conflicts  atomic.Uint64
+	lastResync atomic.Int64 // ns: when checkCritical last registered the heartbeat again
+	healthy    atomic.Bool
 	// takeover observes how long a new holder waited from acquiring the
 	// lock to binding the VIP (T_wait, or ~0 after a clean release).
 	takeover prometheus.Histogram
@@ -248,7 +249,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		ServiceChecks: a.reg.CheckIDs(), Priority: a.cfg.Election.Priority,
 		// One more heartbeat interval after a failure: the local agent
 		// syncs the passing status to the servers first.
-		Ready: func() bool { return a.reg.HeartbeatHealthy(2 * timing.HeartbeatInterval) }}, a.log); err != nil {
+		Ready:         func() bool { return a.reg.HeartbeatHealthy(2 * timing.HeartbeatInterval) },
+		CheckCritical: a.checkCritical}, a.log); err != nil {
 		return err
 	}
 
@@ -650,6 +652,27 @@ func (a *Agent) State() State {
 	}
 	st.Hooks = map[string]uint64{"ran": a.hooks.ran.Load(), "failed": a.hooks.failed.Load(), "dropped": a.hooks.dropped.Load()}
 	return st
+}
+
+// checkCritical: the servers refused a session for a critical check. For
+// the heartbeat, while it reaches the local agent, that is a stale status
+// on the servers: registering the check again makes the agent sync it (at
+// most every 5 s).
+func (a *Agent) checkCritical(ctx context.Context, id string) {
+	if id != a.reg.HeartbeatID() || !a.reg.HeartbeatHealthy(2*a.cfg.Election.Timing.HeartbeatInterval) {
+		return
+	}
+	if last := a.lastResync.Load(); last != 0 && time.Since(time.Unix(0, last)) < 5*time.Second {
+		return
+	}
+	a.lastResync.Store(time.Now().UnixNano())
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := a.reg.ResyncHeartbeat(rctx); err != nil {
+		a.log.Warn("registering the heartbeat check again, to sync it to the servers", "err", err)
+		return
+	}
+	a.log.Warn("the servers hold the heartbeat check critical while it passes locally; registered it again to sync it")
 }
 
 // announcementsSent counts every announcement since start: a Prometheus
