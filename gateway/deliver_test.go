@@ -18,18 +18,26 @@ func testFrame() (Frame, []byte) {
 	return f, raw
 }
 
-func TestDeliverUnix(t *testing.T) {
+// unixApp is an application's unix datagram socket and a deliverer to it;
+// both are closed when the test ends.
+func unixApp(t *testing.T) (*net.UnixConn, string, Deliverer) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "app.sock")
 	app, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer app.Close()
+	t.Cleanup(func() { app.Close() })
 	d, err := ParseDeliver("unix://"+path, OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
+	t.Cleanup(func() { d.Close() })
+	return app, path, d
+}
+
+func TestDeliverUnix(t *testing.T) {
+	app, path, d := unixApp(t)
 	f, raw := testFrame()
 	if err := d.Deliver(&f, raw); err != nil {
 		t.Fatal(err)
@@ -81,17 +89,7 @@ func TestDeliverUnix(t *testing.T) {
 // holds the 2000 datagrams and hands them over, in order, when the
 // application reads again.
 func TestDeliverSurvivesStall(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "app.sock")
-	app, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	d, err := ParseDeliver("unix://"+path, OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	app, _, d := unixApp(t)
 	const n = 2000
 	codec := NewCodec(nil)
 	h := Header{Epoch: 1, Source: netip.MustParseAddrPort("198.18.0.5:4000")}

@@ -58,13 +58,26 @@ func (c *Codec) AppendNack(dst []byte, n *Nack) []byte {
 		dst = binary.BigEndian.AppendUint64(dst, r.First)
 		dst = binary.BigEndian.AppendUint32(dst, r.Count)
 	}
-	if c.mac != nil {
-		c.mac.Reset()
-		c.mac.Write(dst[start:])
-		c.mac.Sum(c.sum[:0])
-		dst = append(dst, c.sum[:TagLen]...)
+	return c.appendTag(dst, start)
+}
+
+// appendTag appends, when the codec has a key, the tag of dst[start:].
+func (c *Codec) appendTag(dst []byte, start int) []byte {
+	if c.mac == nil {
+		return dst
 	}
-	return dst
+	c.mac.Reset()
+	c.mac.Write(dst[start:])
+	c.mac.Sum(c.sum[:0])
+	return append(dst, c.sum[:TagLen]...)
+}
+
+// tagOK reports whether b ends in the tag of its first body bytes.
+func (c *Codec) tagOK(b []byte, body int) bool {
+	c.mac.Reset()
+	c.mac.Write(b[:body])
+	c.mac.Sum(c.sum[:0])
+	return hmac.Equal(c.sum[:TagLen], b[body:])
 }
 
 // DecodeNack parses and checks a repair request into n, reusing n.Ranges.
@@ -87,11 +100,7 @@ func (c *Codec) DecodeNack(b []byte, n *Nack) error {
 		if tlen == 0 {
 			return ErrNackTag
 		}
-		body := len(b) - TagLen
-		c.mac.Reset()
-		c.mac.Write(b[:body])
-		c.mac.Sum(c.sum[:0])
-		if !hmac.Equal(c.sum[:TagLen], b[body:]) {
+		if !c.tagOK(b, len(b)-TagLen) {
 			return ErrNackTag
 		}
 	}
@@ -141,14 +150,7 @@ func (c *Codec) AppendAnnounce(dst []byte, a Announce) []byte {
 	binary.BigEndian.PutUint16(h[4:], AnnounceLen)
 	binary.BigEndian.PutUint64(h[8:], a.Epoch)
 	binary.BigEndian.PutUint64(h[16:], a.Seq)
-	dst = append(dst, h[:]...)
-	if c.mac != nil {
-		c.mac.Reset()
-		c.mac.Write(dst[start:])
-		c.mac.Sum(c.sum[:0])
-		dst = append(dst, c.sum[:TagLen]...)
-	}
-	return dst
+	return c.appendTag(append(dst, h[:]...), start)
 }
 
 // DecodeAnnounce parses and checks an announcement; with a key it must
@@ -169,10 +171,7 @@ func (c *Codec) DecodeAnnounce(b []byte) (Announce, error) {
 		if tlen == 0 {
 			return Announce{}, ErrNackTag
 		}
-		c.mac.Reset()
-		c.mac.Write(b[:hlen])
-		c.mac.Sum(c.sum[:0])
-		if !hmac.Equal(c.sum[:TagLen], b[hlen:]) {
+		if !c.tagOK(b, hlen) {
 			return Announce{}, ErrNackTag
 		}
 	}
