@@ -4,57 +4,76 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 )
 
-// WatchReceivers calls fn with the unicast receivers (ServiceConfig.Receive)
-// of the service's healthy instances, sorted, and with the addresses of
-// all its instances' nodes (healthy or not: a node with a critical check
-// still receives the feed and may ask for repairs), each time either set
-// changes, until ctx ends; then it returns nil. It is how a relay fans out
-// where multicast is forbidden and whom it answers repair requests from.
-// fn runs on WatchReceivers' goroutine; when it fails, the next answer
-// offers the sets again.
+// Instances is what WatchReceivers reads of the service's instances.
+type Instances struct {
+	// Receivers: the unicast receivers (ServiceConfig.Receive) of the
+	// healthy instances, sorted.
+	Receivers []netip.AddrPort
+	// Nodes: the addresses of all instances' nodes, healthy or not (a node
+	// with a critical check still receives the feed and may ask for
+	// repairs), sorted.
+	Nodes []netip.Addr
+	// Repair: each node's receiver repair address (its address and
+	// ServiceConfig.RepairPort), by node name.
+	Repair map[string]netip.AddrPort
+}
+
+func (in Instances) equal(o Instances) bool {
+	return slices.Equal(in.Receivers, o.Receivers) && slices.Equal(in.Nodes, o.Nodes) && maps.Equal(in.Repair, o.Repair)
+}
+
+// WatchReceivers calls fn with the service's instances each time they
+// change, until ctx ends; then it returns nil. It is how a relay fans out
+// where multicast is forbidden, whom it answers repair requests from, and
+// whom a receiver asks after a takeover. fn runs on WatchReceivers'
+// goroutine; when it fails, the next answer offers the instances again.
 func WatchReceivers(ctx context.Context, c *api.Client, service string, reqTimeout time.Duration, log *slog.Logger,
-	fn func(receivers []netip.AddrPort, nodes []netip.Addr) error) error {
-	var current []netip.AddrPort
-	var currentNodes []netip.Addr
+	fn func(Instances) error) error {
+	var current Instances
 	first := true
 	watch(ctx, reqTimeout, func(q *api.QueryOptions) (*api.QueryMeta, bool, error) {
 		entries, meta, err := c.Health().Service(service, "", false, q)
 		if err != nil {
 			return nil, false, fmt.Errorf("reading the instances of %s: %w", service, err)
 		}
-		var dests []netip.AddrPort
-		var nodes []netip.Addr
+		in := Instances{Repair: map[string]netip.AddrPort{}}
 		for _, e := range entries {
 			addr := e.Service.Address
 			if addr == "" {
 				addr = e.Node.Address
 			}
-			if a, err := netip.ParseAddr(addr); err == nil {
-				nodes = append(nodes, a)
+			a, aerr := netip.ParseAddr(addr)
+			if aerr == nil {
+				in.Nodes = append(in.Nodes, a)
+				if port, err := strconv.ParseUint(e.Service.Meta[metaRepairPort], 10, 16); err == nil && port != 0 {
+					in.Repair[e.Service.Meta[metaNode]] = netip.AddrPortFrom(a, uint16(port))
+				}
 			}
 			if e.Checks.AggregatedStatus() != api.HealthPassing {
 				continue
 			}
 			if ap, err := netip.ParseAddrPort(e.Service.Meta[metaReceive]); err == nil {
-				dests = append(dests, ap)
+				in.Receivers = append(in.Receivers, ap)
 			}
 		}
-		slices.SortFunc(dests, func(x, y netip.AddrPort) int { return x.Compare(y) })
-		slices.SortFunc(nodes, func(x, y netip.Addr) int { return x.Compare(y) })
-		nodes = slices.Compact(nodes)
-		if first || !slices.Equal(dests, current) || !slices.Equal(nodes, currentNodes) {
-			if err := fn(dests, nodes); err != nil {
+		slices.SortFunc(in.Receivers, func(x, y netip.AddrPort) int { return x.Compare(y) })
+		slices.SortFunc(in.Nodes, func(x, y netip.Addr) int { return x.Compare(y) })
+		in.Nodes = slices.Compact(in.Nodes)
+		if first || !in.equal(current) {
+			if err := fn(in); err != nil {
 				log.Error("updating the relay's receivers", "err", err)
 			} else {
-				first, current, currentNodes = false, dests, nodes
-				log.Info("relay receivers from Consul", "receivers", fmt.Sprint(dests), "nodes", fmt.Sprint(nodes))
+				first, current = false, in
+				log.Info("the service's instances from Consul", "receivers", fmt.Sprint(in.Receivers), "nodes", fmt.Sprint(in.Nodes), "repair", fmt.Sprint(in.Repair))
 			}
 		}
 		return meta, false, nil

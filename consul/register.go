@@ -20,6 +20,9 @@ const (
 	metaRole    = "role"
 	metaVIP     = "vip" // vip0, vip1, …
 	metaReceive = "receive"
+	// metaRepairPort: the receiver's repair port; with the node's address,
+	// where the other receivers ask for frames they missed.
+	metaRepairPort = "repair_port"
 )
 
 // ErrRefused marks a request that Consul answered with a client error (an
@@ -89,6 +92,9 @@ type ServiceConfig struct {
 	// Receive, if valid, is where this node receives unicast frames; relays
 	// that fan out to the service's instances read it (WatchReceivers).
 	Receive netip.AddrPort
+	// RepairPort, if set, is the UDP port of this node's receiver for repair
+	// requests from the other receivers (WatchReceivers: Instances.Repair).
+	RepairPort uint16
 	// Checks are the user's checks; each becomes a check of the service,
 	// bound to the election session.
 	Checks       []CheckSpec
@@ -250,6 +256,9 @@ func (r *Registration) registerService(ctx context.Context) error {
 	}
 	if r.cfg.Receive.IsValid() {
 		meta[metaReceive] = r.cfg.Receive.String()
+	}
+	if r.cfg.RepairPort != 0 {
+		meta[metaRepairPort] = strconv.Itoa(int(r.cfg.RepairPort))
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

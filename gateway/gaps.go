@@ -19,6 +19,11 @@ type ReceiverRepair struct {
 	// frames still missing are given up as unrecovered. 0 =
 	// DefaultRepairDeadline.
 	Deadline time.Duration
+	// KeepFrames and KeepBytes bound the ring of frames this receiver keeps
+	// to answer its peers: after a takeover, a frame of the deposed
+	// primary that one receiver missed is asked of the others (the deposed
+	// primary may be dead). 0 = DefaultKeepFrames, DefaultKeepBytes.
+	KeepFrames, KeepBytes int
 }
 
 // Receiver repair defaults. Retries start at DefaultRepairRetry and double
@@ -28,7 +33,12 @@ const (
 	DefaultRepairReorder  = 2 * time.Millisecond
 	DefaultRepairDeadline = 2 * time.Second
 	DefaultRepairRetry    = 10 * time.Millisecond
-	maxRepairRetry        = 250 * time.Millisecond
+	DefaultKeepFrames     = 1 << 16 // the de-duplication window
+	DefaultKeepBytes      = 16 << 20
+	// peerAfter: a gap of the previous epoch is asked of the peers too
+	// from its peerAfter-th request on, when its relay has not answered.
+	peerAfter      = 2
+	maxRepairRetry = 250 * time.Millisecond
 	// maxGaps bounds the open gaps a receiver tracks; a further one gives
 	// up the oldest.
 	maxGaps = 256
@@ -44,6 +54,10 @@ func (c *ReceiverRepair) Validate() error {
 		return fmt.Errorf("repair.deadline: %s is out of range 0..1m (0: %s)", c.Deadline, DefaultRepairDeadline)
 	case c.Deadline != 0 && c.Deadline <= c.Reorder:
 		return fmt.Errorf("repair.deadline: %s must be longer than repair.reorder %s", c.Deadline, c.Reorder)
+	case c.KeepFrames < 0 || c.KeepFrames > 1<<24:
+		return fmt.Errorf("repair.keep_frames: %d is out of range 1..%d (0: %d)", c.KeepFrames, 1<<24, DefaultKeepFrames)
+	case c.KeepBytes != 0 && (c.KeepBytes < 2*(HeaderLen+MaxRelayPayload+TagLen) || c.KeepBytes > 1<<31):
+		return fmt.Errorf("repair.keep_bytes: %d is out of range %d..%d (0: %d)", c.KeepBytes, 2*(HeaderLen+MaxRelayPayload+TagLen), 1<<31, DefaultKeepBytes)
 	}
 	return nil
 }
@@ -54,6 +68,12 @@ func (c ReceiverRepair) withDefaults() ReceiverRepair {
 	}
 	if c.Deadline == 0 {
 		c.Deadline = DefaultRepairDeadline
+	}
+	if c.KeepFrames == 0 {
+		c.KeepFrames = DefaultKeepFrames
+	}
+	if c.KeepBytes == 0 {
+		c.KeepBytes = DefaultKeepBytes
 	}
 	return c
 }
@@ -72,6 +92,9 @@ type gap struct {
 type gaps struct {
 	cfg  ReceiverRepair
 	open []gap
+	// peers are the other receivers' repair addresses (SetPeers), asked
+	// for the previous epoch's gaps in turn.
+	peers []netip.AddrPort
 
 	unrecovered uint64
 	repaired    uint64
@@ -164,7 +187,12 @@ func (g *gaps) due(now int64, t *tracker, reqs []request) ([]request, int64) {
 			continue
 		}
 		if gp.next <= now && !g.cfg.Off {
-			reqs = g.ask(reqs, gp, t, now)
+			reqs = g.ask(reqs, gp, gp.relay, t, now)
+			if gp.epoch != t.epoch && gp.tries+1 >= peerAfter && len(g.peers) > 0 {
+				// The deposed primary has not answered: it may be dead.
+				// The other receivers may have what it sent.
+				reqs = g.ask(reqs, gp, g.peers[gp.tries%len(g.peers)], t, now)
+			}
 			gp.tries++
 			gp.next = now + int64(retryAfter(gp.tries))
 		}
@@ -185,16 +213,16 @@ func retryAfter(n int) time.Duration {
 	return min(d, maxRepairRetry)
 }
 
-// ask adds the missing ranges of gp to the request for its relay and epoch.
-func (g *gaps) ask(reqs []request, gp *gap, t *tracker, now int64) []request {
+// ask adds the missing ranges of gp to the request to `to` for its epoch.
+func (g *gaps) ask(reqs []request, gp *gap, to netip.AddrPort, t *tracker, now int64) []request {
 	var rq *request
 	for i := range reqs {
-		if reqs[i].to == gp.relay && reqs[i].nack.Epoch == gp.epoch && len(reqs[i].nack.Ranges) < MaxNackRanges {
+		if reqs[i].to == to && reqs[i].nack.Epoch == gp.epoch && len(reqs[i].nack.Ranges) < MaxNackRanges {
 			rq = &reqs[i]
 		}
 	}
 	if rq == nil {
-		reqs = append(reqs, request{to: gp.relay, nack: Nack{Epoch: gp.epoch, Timestamp: now}})
+		reqs = append(reqs, request{to: to, nack: Nack{Epoch: gp.epoch, Timestamp: now}})
 		rq = &reqs[len(reqs)-1]
 		g.nacks++
 	}

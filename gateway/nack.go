@@ -41,6 +41,9 @@ var (
 	ErrNackTag       = errors.New("repair request tag missing or bad")
 )
 
+// isNack reports whether b claims to be a repair request.
+func isNack(b []byte) bool { return len(b) >= 2 && b[0] == magic0 && b[1] == nackMagic1 }
+
 // AppendNack appends n, tagged when the codec has a key, to dst.
 func (c *Codec) AppendNack(dst []byte, n *Nack) []byte {
 	start := len(dst)

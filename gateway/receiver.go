@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,6 +90,8 @@ type ReceiverStats struct {
 	EpochChanges     uint64
 	Restarts         uint64 // standalone relay restarts
 	DeliverErrors    uint64
+	// PeerRepair: this receiver's answers to the other receivers.
+	PeerRepair *RepairStats `json:",omitempty"`
 	// Delivery is the delivery queue's state, for targets that have one.
 	Delivery *DeliveryStats `json:",omitempty"`
 }
@@ -120,10 +123,19 @@ type Receiver struct {
 	repairSide *readSide
 	kick       chan struct{} // a gap opened: the repair loop looks now
 	ord        *orderer      // nil: arrival order
-	deliverFn  func(*Frame, []byte)
-	firstErr   error // the first delivery error of the current batch
-	reqs       []request
-	nackStats  struct{ sent, errors atomic.Uint64 }
+	// Peer repair: the frames this receiver accepted, kept to answer the
+	// other receivers' requests (nil with repair off), through peer, whose
+	// answers go out of repairConn through answer.
+	keep      *ring
+	peer      *repairer
+	answer    answer
+	nack      Nack
+	keepOne   [1]uint64 // putBatch's arguments, without allocating
+	keepRaw   [1][]byte
+	deliverFn func(*Frame, []byte)
+	firstErr  error // the first delivery error of the current batch
+	reqs      []request
+	nackStats struct{ sent, errors atomic.Uint64 }
 }
 
 // readSide is one socket's batch reader and its buffers.
@@ -167,6 +179,14 @@ func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*Receiver, error) {
 		gaps: gaps{cfg: cfg.Repair.withDefaults()}, base: time.Now(), kick: make(chan struct{}, 1)}
 	if cfg.Order == OrderSequence {
 		r.ord = newOrderer(cmp.Or(cfg.OrderHold, DefaultOrderHold))
+	}
+	if !cfg.Repair.Off {
+		rc := cfg.Repair.withDefaults()
+		r.keep = newRing(rc.KeepFrames, rc.KeepBytes)
+		// Peers ask for a few frames around a takeover: the relay's
+		// default rate is plenty. No group: a peer answers unicast.
+		r.peer = newRepairer(r.keep, RepairConfig{}, cfg.Key, netip.AddrPort{})
+		r.nack.Ranges = make([]SeqRange, 0, MaxNackRanges)
 	}
 	r.deliverFn = r.deliver // bound once: a method value made per call allocates
 	return r, nil
@@ -227,6 +247,21 @@ func (r *Receiver) Bind(ctx context.Context) error {
 		repairConn = rc
 	}
 	r.conn, r.main, r.repairConn = conn, *main, repairConn
+	if r.peer != nil {
+		w, err := udpbatch.New(repairConn, repairBatch, false)
+		if err != nil {
+			conn.Close()
+			if repairConn != conn {
+				repairConn.Close()
+			}
+			r.conn = nil
+			return fmt.Errorf("receiver: %w", err)
+		}
+		r.answer = answer{w: w, buf: make([]byte, 0, repairBatch*maxFrameLen/8)}
+		r.keep.mu.Lock()
+		r.keep.a.prefault()
+		r.keep.mu.Unlock()
+	}
 	r.log.Info("receiving", "addr", addr.String(), "iface", r.cfg.Iface, "rcvbuf_granted", granted,
 		"repair", !r.cfg.Repair.Off, "repair_socket", r.repairConn.LocalAddr().String())
 	return nil
@@ -291,6 +326,12 @@ func (r *Receiver) process(rs *readSide, n int) {
 			continue
 		}
 		raw := rs.bufs[i][:m.N]
+		if r.peer != nil && isNack(raw) {
+			// Another receiver asks for frames it missed of a deposed
+			// primary: answered from what this one kept.
+			r.peer.handle(r.codec, raw, m.From, &r.nack, &r.answer, time.Now())
+			continue
+		}
 		if IsAnnounce(raw) {
 			if a, err := r.codec.DecodeAnnounce(raw); err != nil {
 				r.st.BadAnnouncements++
@@ -339,6 +380,11 @@ func (r *Receiver) process(rs *readSide, n int) {
 		// Through a field: a local's address handed to an interface method
 		// escapes, one allocation per frame.
 		r.cur = f
+		if r.keep != nil {
+			r.keepOne[0], r.keepRaw[0] = f.Seq, raw
+			r.keep.putBatch(f.Epoch, r.keepOne[:], r.keepRaw[:])
+			r.keepRaw[0] = nil
+		}
 		if r.ord != nil {
 			r.ord.take(&r.cur, raw, now, r.deliverFn)
 		} else {
@@ -352,6 +398,28 @@ func (r *Receiver) process(rs *readSide, n int) {
 		default:
 		}
 	}
+}
+
+// SetPeers replaces the other receivers' repair addresses (the agent
+// gives it the service's instances from Consul, itself left out): their
+// requests are answered, and after a takeover they are asked for what the
+// deposed primary's relay does not answer.
+func (r *Receiver) SetPeers(peers []netip.AddrPort) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.gaps.peers = slices.Clone(peers)
+	if r.peer != nil {
+		r.peer.setAllowed(peers, nil)
+	}
+}
+
+// RepairPort is the UDP port repair requests and repaired frames use at
+// this receiver (0 before Bind or with repair off), for its registration.
+func (r *Receiver) RepairPort() uint16 {
+	if r.repairConn == nil || r.peer == nil {
+		return 0
+	}
+	return r.repairConn.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 }
 
 // deliver hands one frame to the application; callers hold mu and call
@@ -451,6 +519,10 @@ func (r *Receiver) Stats() ReceiverStats {
 	s.Gaps, s.Missing = r.tr.gaps, r.tr.lost
 	s.Unrecovered, s.RepairLatency = r.gaps.unrecovered, r.gaps.latency.snapshot()
 	s.Nacks, s.NackErrors = r.nackStats.sent.Load(), r.nackStats.errors.Load()
+	if r.peer != nil {
+		ps := r.peer.stats()
+		s.PeerRepair = &ps
+	}
 	if r.ord != nil {
 		s.Skipped = r.ord.skipped
 		if r.ord.high >= r.ord.next {

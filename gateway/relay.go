@@ -179,7 +179,7 @@ func NewRelay(cfg RelayConfig, log *slog.Logger) (*Relay, error) {
 	}
 	r := &Relay{cfg: cfg, log: log.With("component", "relay")}
 	if !cfg.Repair.Off {
-		r.rep = newRepairer(cfg)
+		r.rep = newRelayRepairer(cfg)
 		r.rep.setAllowed(cfg.Unicast, nil)
 	}
 	r.SetEpoch(cfg.Epoch)

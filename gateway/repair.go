@@ -71,11 +71,18 @@ type repairer struct {
 	buckets map[netip.Addr]*bucket
 }
 
-func newRepairer(cfg RelayConfig) *repairer {
-	rc := cfg.Repair.withDefaults()
-	p := &repairer{ring: newRing(rc.Frames, rc.Bytes), cfg: rc, key: cfg.Key, group: cfg.Group, buckets: map[netip.Addr]*bucket{}}
+// newRepairer answers from g; group, if valid, is where a frame several
+// receivers ask for goes instead.
+func newRepairer(g *ring, cfg RepairConfig, key []byte, group netip.AddrPort) *repairer {
+	p := &repairer{ring: g, cfg: cfg.withDefaults(), key: key, group: group, buckets: map[netip.Addr]*bucket{}}
 	p.allowed.Store(&map[netip.Addr]bool{})
 	return p
+}
+
+// newRelayRepairer is the relay's: its own ring, sized by cfg.Repair.
+func newRelayRepairer(cfg RelayConfig) *repairer {
+	rc := cfg.Repair.withDefaults()
+	return newRepairer(newRing(rc.Frames, rc.Bytes), rc, cfg.Key, cfg.Group)
 }
 
 // setAllowed replaces the requesters answered besides cfg.Allow.

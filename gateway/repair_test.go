@@ -185,7 +185,7 @@ func TestRepairRefusals(t *testing.T) {
 	key := bytes.Repeat([]byte{7}, 32)
 	cfg := RelayConfig{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")}, Unicast: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.2:5001")},
 		Key: key, Repair: RepairConfig{Frames: 16, Bytes: 1 << 20, Rate: 1000}}
-	p := newRepairer(cfg)
+	p := newRelayRepairer(cfg)
 	p.setAllowed(cfg.Unicast, []netip.Addr{netip.MustParseAddr("198.18.0.3")})
 	codec := NewCodec(key)
 	frame := codec.AppendFrame(nil, Header{Epoch: 5, Seq: 1}, bytes.Repeat([]byte{1}, 100))
@@ -219,7 +219,7 @@ func TestRepairRefusals(t *testing.T) {
 // it by multicast, once; a third asking right after is suppressed.
 func TestRepairSuppression(t *testing.T) {
 	cfg := RelayConfig{Group: netip.MustParseAddrPort("239.255.0.1:5001"), Repair: RepairConfig{Frames: 16, Bytes: 1 << 20}}
-	p := newRepairer(cfg)
+	p := newRelayRepairer(cfg)
 	p.setAllowed(nil, []netip.Addr{netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.18.0.3"), netip.MustParseAddr("198.18.0.4")})
 	codec := NewCodec(nil)
 	p.ring.putBatch(1, []uint64{1}, [][]byte{codec.AppendFrame(nil, Header{Epoch: 1, Seq: 1}, []byte("x"))})
@@ -240,5 +240,69 @@ func TestRepairSuppression(t *testing.T) {
 	}
 	if st := p.stats(); st.Suppressed != 1 || st.Multicast != 1 {
 		t.Fatalf("stats %+v: want 1 suppressed, 1 multicast", st)
+	}
+}
+
+// Peer repair: after a takeover, a receiver that missed frames of the
+// deposed primary, whose relay does not answer (dead), gets them from
+// another receiver that has them.
+func TestLoopbackPeerRepair(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	lo := netip.MustParseAddr("127.0.0.1")
+	a1, a2 := netip.AddrPortFrom(lo, freePort(t, "127.0.0.1")), netip.AddrPortFrom(lo, freePort(t, "127.0.0.1"))
+	cols := []*collector{{}, {}}
+	var recvs []*Receiver
+	errs := make(chan error, 2)
+	for i, addr := range []netip.AddrPort{a1, a2} {
+		r, err := NewReceiver(ReceiverConfig{Listen: addr, Deliver: cols[i]}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Bind(ctx); err != nil {
+			t.Fatal(err)
+		}
+		recvs = append(recvs, r)
+		go func() { errs <- r.Run(ctx) }()
+	}
+	defer func() {
+		cancel()
+		for range 2 {
+			<-errs
+		}
+	}()
+	recvs[0].SetPeers([]netip.AddrPort{a2})
+	recvs[1].SetPeers([]netip.AddrPort{a1})
+	// The deposed primary: a socket that sends and never answers.
+	dead, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dead.Close()
+	codec := NewCodec(nil)
+	send := func(from *net.UDPConn, to netip.AddrPort, epoch, seq uint64) {
+		from.WriteToUDPAddrPort(codec.AppendFrame(nil, Header{Epoch: epoch, Seq: seq}, []byte(fmt.Sprint(seq))), to)
+	}
+	for s := uint64(1); s <= 100; s++ {
+		send(dead, a2, 1, s)
+		if s < 40 || s > 50 {
+			send(dead, a1, 1, s) // the first receiver misses 40..50
+		}
+	}
+	testkit.WaitFor(t, "epoch 1 at both", 5*time.Second, func() bool { return cols[0].count() == 89 && cols[1].count() == 100 })
+	// The takeover: a new primary's first frame.
+	next, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	send(next, a1, 2, 1)
+	send(next, a2, 2, 1)
+	if _, ok := testkit.Poll(5*time.Second, func() bool { return cols[0].count() == 101 }); !ok {
+		t.Fatalf("the first receiver has %d frames, want 89 + 11 repaired of epoch 1 and 1 of epoch 2; stats %+v", cols[0].count(), recvs[0].Stats())
+	}
+	st, peer := recvs[0].Stats(), recvs[1].Stats()
+	if st.Repaired != 11 || st.Unrecovered != 0 || peer.PeerRepair == nil || peer.PeerRepair.Frames != 11 {
+		t.Fatalf("repaired %d, unrecovered %d; the peer answered %+v", st.Repaired, st.Unrecovered, peer.PeerRepair)
 	}
 }

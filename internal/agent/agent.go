@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -293,15 +294,26 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer close(regDone)
 		return a.regs.Run(regCtx)
 	})
-	if a.cfg.Relay.DynamicUnicast || !a.cfg.Relay.Repair.Off {
-		// The service's instances: the unicast receivers to fan out to, and
-		// the nodes whose repair requests the relay answers.
+	if a.cfg.Relay.DynamicUnicast || !a.cfg.Relay.Repair.Off || (a.recv != nil && !a.cfg.Receive.Repair.Off) {
+		// The service's instances: the unicast receivers to fan out to,
+		// the nodes whose repair requests the relay answers, and the other
+		// receivers, asked after a takeover and answered.
 		g.Go(func() error {
 			return consul.WatchReceivers(gctx, a.client, a.cfg.Service.Name, timing.RequestTimeout, a.log,
-				func(receivers []netip.AddrPort, nodes []netip.Addr) error {
-					a.relay.SetRepairPeers(nodes)
+				func(in consul.Instances) error {
+					a.relay.SetRepairPeers(in.Nodes)
+					if a.recv != nil {
+						var peers []netip.AddrPort
+						for node, ap := range in.Repair {
+							if node != a.cfg.Node {
+								peers = append(peers, ap)
+							}
+						}
+						slices.SortFunc(peers, func(x, y netip.AddrPort) int { return x.Compare(y) })
+						a.recv.SetPeers(peers)
+					}
 					if a.cfg.Relay.DynamicUnicast {
-						return a.relay.SetUnicast(receivers)
+						return a.relay.SetUnicast(in.Receivers)
 					}
 					return nil
 				})
@@ -359,6 +371,9 @@ func (a *Agent) register(ctx context.Context) error {
 		// Where this node receives unicast frames, for relays that fan
 		// out to the service's instances (relay.unicast_from_consul).
 		sc.Receive = a.cfg.Receive.Listen
+	}
+	if a.recv != nil {
+		sc.RepairPort = a.recv.RepairPort() // bound by now
 	}
 	for n := 1; ; n++ {
 		reg, err := consul.Register(ctx, a.client, sc, a.log)

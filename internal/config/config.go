@@ -92,9 +92,11 @@ type raw struct {
 			Bytes  int `mapstructure:"bytes"`
 		} `mapstructure:"queue"`
 		Repair struct {
-			Enabled  bool   `mapstructure:"enabled"`
-			Reorder  string `mapstructure:"reorder"`
-			Deadline string `mapstructure:"deadline"`
+			Enabled    bool   `mapstructure:"enabled"`
+			Reorder    string `mapstructure:"reorder"`
+			Deadline   string `mapstructure:"deadline"`
+			KeepFrames int    `mapstructure:"keep_frames"`
+			KeepBytes  int    `mapstructure:"keep_bytes"`
 		} `mapstructure:"repair"`
 		Order     string `mapstructure:"order"`
 		OrderHold string `mapstructure:"order_hold"`
@@ -195,6 +197,8 @@ func defaults(v *viper.Viper) {
 		"receive.repair.enabled":      true,
 		"receive.repair.reorder":      gateway.DefaultRepairReorder.String(),
 		"receive.repair.deadline":     gateway.DefaultRepairDeadline.String(),
+		"receive.repair.keep_frames":  gateway.DefaultKeepFrames,
+		"receive.repair.keep_bytes":   gateway.DefaultKeepBytes,
 		"receive.order":               "arrival",
 		"receive.order_hold":          gateway.DefaultOrderHold.String(),
 		"metrics.address":             "127.0.0.1:9469",

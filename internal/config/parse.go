@@ -333,7 +333,7 @@ func parseReceive(r *raw) (Receive, error) {
 			return rec, err
 		}
 	}
-	rec.Repair.Off = !rc.Repair.Enabled
+	rec.Repair.Off, rec.Repair.KeepFrames, rec.Repair.KeepBytes = !rc.Repair.Enabled, rc.Repair.KeepFrames, rc.Repair.KeepBytes
 	if rec.Repair.Reorder, err = duration("receive.repair.reorder", rc.Repair.Reorder); err != nil {
 		return rec, err
 	}
