@@ -119,6 +119,9 @@ type Registration struct {
 	// heartbeatOKSince is when the heartbeat last started succeeding
 	// (unix nanoseconds; 0 while it fails).
 	heartbeatOKSince atomic.Int64
+	// note, if set, adds to the heartbeat check's output (the feed's
+	// counters, for `driftgate status` on any node).
+	note atomic.Pointer[func() string]
 }
 
 // HeartbeatHealthy reports whether the heartbeat has reached the local
@@ -219,6 +222,12 @@ func (r *Registration) Restore(ctx context.Context) error {
 	return nil
 }
 
+// SetHeartbeatNote makes every heartbeat carry fn's text in the check's
+// output, which ReadStatus returns as NodeStatus.Feed. The local agent
+// syncs an output change to the servers at most every
+// check_update_interval (5 min by default): it is a slow, cheap view.
+func (r *Registration) SetHeartbeatNote(fn func() string) { r.note.Store(&fn) }
+
 // ResyncHeartbeat registers the heartbeat check again, passing: the local
 // agent then syncs it to the servers at once. Call it only while the
 // heartbeat reaches the local agent (HeartbeatHealthy) but the servers
@@ -310,7 +319,11 @@ func (r *Registration) RunHeartbeat(ctx context.Context, interval time.Duration)
 	fails := 0
 	for {
 		rctx, cancel := context.WithTimeout(ctx, interval)
-		err := r.c.Agent().UpdateTTLOpts(r.heartbeatID, "alive", api.HealthPassing, (&api.QueryOptions{}).WithContext(rctx))
+		out := "alive"
+		if fn := r.note.Load(); fn != nil {
+			out += "; " + (*fn)()
+		}
+		err := r.c.Agent().UpdateTTLOpts(r.heartbeatID, out, api.HealthPassing, (&api.QueryOptions{}).WithContext(rctx))
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			r.heartbeatOKSince.Store(0)

@@ -17,6 +17,9 @@ type NodeStatus struct {
 	Role      string // from the service meta
 	Primary   bool   // carries the primary tag
 	Checks    map[string]string
+	// Feed is the feed's counters at the node, as its heartbeat last
+	// carried them to the servers (SetHeartbeatNote), or "".
+	Feed string
 	// Eligible: not the holder, with a live election session (so its
 	// checks were passing when it was made and are bound to it): it takes
 	// over if the holder fails. Ineligible says why not.
@@ -79,6 +82,9 @@ func ReadStatus(ctx context.Context, c *api.Client, key, service string) (Status
 		var critical []string
 		for _, ch := range e.Checks {
 			ns.Checks[ch.Name] = ch.Status
+			if ch.CheckID == e.Service.ID+":heartbeat" {
+				ns.Feed = strings.TrimPrefix(strings.TrimPrefix(ch.Output, "alive"), "; ")
+			}
 			if ch.Status == api.HealthCritical {
 				critical = append(critical, ch.Name)
 			}

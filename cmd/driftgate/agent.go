@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -303,7 +304,10 @@ func printStatus(w io.Writer, st consul.Status, local *agent.State) {
 			st.Since.Format(time.RFC3339), time.Since(st.Since).Round(time.Second), st.SessionHealthy)
 	}
 	tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tPRIMARY TAG\tELIGIBLE\tCHECKS")
+	// FEED: the node's receiver counters as its heartbeat check last
+	// carried them to the servers (Consul syncs a check's output at most
+	// every check_update_interval, 5 min by default).
+	fmt.Fprintln(tw, "NODE\tROLE\tPRIMARY TAG\tELIGIBLE\tCHECKS\tFEED (as last synced)")
 	for _, n := range st.Nodes {
 		var checks []string
 		for name, s := range n.Checks {
@@ -314,7 +318,7 @@ func printStatus(w io.Writer, st consul.Status, local *agent.State) {
 		if !n.Eligible {
 			eligible = "no: " + n.Ineligible
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\n", n.Node, n.Role, n.Primary, eligible, strings.Join(checks, ", "))
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\n", n.Node, n.Role, n.Primary, eligible, strings.Join(checks, ", "), cmp.Or(n.Feed, "-"))
 	}
 	tw.Flush()
 	if st.EligibleStandbys == 0 {

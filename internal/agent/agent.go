@@ -378,6 +378,12 @@ func (a *Agent) register(ctx context.Context) error {
 	for n := 1; ; n++ {
 		reg, err := consul.Register(ctx, a.client, sc, a.log)
 		if err == nil {
+			if a.recv != nil {
+				reg.SetHeartbeatNote(func() string {
+					st := a.recv.Stats()
+					return fmt.Sprintf("delivered=%d repaired=%d unrecovered=%d", st.Delivered, st.Repaired, st.Unrecovered)
+				})
+			}
 			a.reg = reg
 			a.regs = newRegistrar(reg, a.log)
 			return nil
