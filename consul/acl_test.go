@@ -1,6 +1,8 @@
 package consul
 
 import (
+	"context"
+	"log/slog"
 	"os"
 	"regexp"
 	"testing"
@@ -63,6 +65,26 @@ func TestACLPolicy(t *testing.T) {
 	}
 	if st.Holder != "n2" {
 		t.Fatalf("status holder %q, want n2", st.Holder)
+	}
+	// The receivers' watches: the leader key's terms and the instances.
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	epochs := make(chan uint64, 16)
+	go WatchEpochs(ctx, c2, "driftgate/leader", time.Second, nil, func(e uint64) { epochs <- e })
+	select {
+	case e := <-epochs:
+		if e == 0 {
+			t.Fatal("WatchEpochs reported epoch 0")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("WatchEpochs saw no term with the documented policy")
+	}
+	instances := make(chan Instances, 16)
+	go WatchReceivers(ctx, c2, "driftgate", time.Second, slog.New(slog.DiscardHandler), func(in Instances) error { instances <- in; return nil })
+	select {
+	case <-instances:
+	case <-time.After(10 * time.Second):
+		t.Fatal("WatchReceivers got no answer with the documented policy")
 	}
 	n1.mu.Lock()
 	renewed := n1.renewals

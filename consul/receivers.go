@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -25,10 +26,14 @@ type Instances struct {
 	// Repair: each node's receiver repair address (its address and
 	// ServiceConfig.RepairPort), by node name.
 	Repair map[string]netip.AddrPort
+	// Sources: every instance's node address and registered sources
+	// (ServiceConfig.Sources), sorted: where frames may come from.
+	Sources []netip.Addr
 }
 
 func (in Instances) equal(o Instances) bool {
-	return slices.Equal(in.Receivers, o.Receivers) && slices.Equal(in.Nodes, o.Nodes) && maps.Equal(in.Repair, o.Repair)
+	return slices.Equal(in.Receivers, o.Receivers) && slices.Equal(in.Nodes, o.Nodes) && maps.Equal(in.Repair, o.Repair) &&
+		slices.Equal(in.Sources, o.Sources)
 }
 
 // WatchReceivers calls fn with the service's instances each time they
@@ -51,9 +56,15 @@ func WatchReceivers(ctx context.Context, c *api.Client, service string, reqTimeo
 			if addr == "" {
 				addr = e.Node.Address
 			}
+			for _, src := range strings.Split(e.Service.Meta[metaSources], ",") {
+				if a, err := netip.ParseAddr(strings.TrimSpace(src)); err == nil {
+					in.Sources = append(in.Sources, a)
+				}
+			}
 			a, aerr := netip.ParseAddr(addr)
 			if aerr == nil {
 				in.Nodes = append(in.Nodes, a)
+				in.Sources = append(in.Sources, a)
 				if port, err := strconv.ParseUint(e.Service.Meta[metaRepairPort], 10, 16); err == nil && port != 0 {
 					in.Repair[e.Service.Meta[metaNode]] = netip.AddrPortFrom(a, uint16(port))
 				}
@@ -68,6 +79,8 @@ func WatchReceivers(ctx context.Context, c *api.Client, service string, reqTimeo
 		slices.SortFunc(in.Receivers, func(x, y netip.AddrPort) int { return x.Compare(y) })
 		slices.SortFunc(in.Nodes, func(x, y netip.Addr) int { return x.Compare(y) })
 		in.Nodes = slices.Compact(in.Nodes)
+		slices.SortFunc(in.Sources, func(x, y netip.Addr) int { return x.Compare(y) })
+		in.Sources = slices.Compact(in.Sources)
 		if first || !in.equal(current) {
 			if err := fn(in); err != nil {
 				log.Error("updating the relay's receivers", "err", err)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,8 @@ const (
 	// metaRepairPort: the receiver's repair port; with the node's address,
 	// where the other receivers ask for frames they missed.
 	metaRepairPort = "repair_port"
+	// metaSources: the addresses the node's relay sends frames from.
+	metaSources = "sources"
 )
 
 // ErrRefused marks a request that Consul answered with a client error (an
@@ -92,6 +95,10 @@ type ServiceConfig struct {
 	// Receive, if valid, is where this node receives unicast frames; relays
 	// that fan out to the service's instances read it (WatchReceivers).
 	Receive netip.AddrPort
+	// Sources are the addresses this node's relay sends frames from (its
+	// multicast interface's): receivers on the other nodes take frames
+	// only from registered sources (Instances.Sources).
+	Sources []netip.Addr
 	// RepairPort, if set, is the UDP port of this node's receiver for repair
 	// requests from the other receivers (WatchReceivers: Instances.Repair).
 	RepairPort uint16
@@ -265,6 +272,13 @@ func (r *Registration) registerService(ctx context.Context) error {
 	}
 	if r.cfg.Receive.IsValid() {
 		meta[metaReceive] = r.cfg.Receive.String()
+	}
+	if len(r.cfg.Sources) > 0 {
+		var ss []string
+		for _, a := range r.cfg.Sources {
+			ss = append(ss, a.String())
+		}
+		meta[metaSources] = strings.Join(ss, ",")
 	}
 	if r.cfg.RepairPort != 0 {
 		meta[metaRepairPort] = strconv.Itoa(int(r.cfg.RepairPort))

@@ -178,6 +178,8 @@ type clusterSpec struct {
 	// beforeAgents, if set, runs once the namespaces exist, before any
 	// agent starts.
 	beforeAgents func(*netlab.Lab)
+	// receive: more keys of the receive section, each "  key: value\n".
+	receive string
 }
 
 func writeAgentConfig(t *testing.T, name string, h *netlab.Host, spec clusterSpec) string {
@@ -209,7 +211,7 @@ vips:
     announce: {count: 2, interval: 50ms, delay: 500ms}
 %s
   deliver: %s
-election:
+%selection:
   step_down_hold_off: 1s
   profile: %s
 metrics:
@@ -220,7 +222,7 @@ hooks:
     timeout: 2s
 log:
   level: info
-%s`, name, agentVIP, relayReceive(h, spec.unicast), deliver, cmp.Or(spec.profile, "default"), hook, spec.config)
+%s`, name, agentVIP, relayReceive(h, spec.unicast), deliver, spec.receive, cmp.Or(spec.profile, "default"), hook, spec.config)
 	p := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -455,6 +457,16 @@ func TestAgentFailover(t *testing.T) {
 	sgap, _ := nodes[old].sink.gapAfter(stepStart)
 	t.Logf("step-down of %s: %s primary after %v; datagrams lost at %s: %d (of %d..%d); longest delivery gap %v",
 		other, old, took.Round(time.Millisecond), old, miss, highBefore+1, highAfter-rate/10, sgap.Round(time.Millisecond))
+	// The deposed primary's receiver took the new term's frames only once
+	// Consul showed the term: how long did its first frames wait, and was
+	// any dropped for want of a confirmation?
+	if s, err := nodes[other].state(t); err == nil && s.Receiver != nil {
+		t.Logf("step-down: at %s, the new term's frames waited at most %v for Consul's confirmation; %d dropped unconfirmed",
+			other, s.Receiver.ConfirmWait, s.Receiver.Unconfirmed)
+		if s.Receiver.Unconfirmed != 0 {
+			t.Errorf("%s dropped %d frames of the new primary as unconfirmed", other, s.Receiver.Unconfirmed)
+		}
+	}
 
 	// An operator deletes the VIP on the primary: it gives up at once.
 	time.Sleep(1500 * time.Millisecond) // the step-down hold-off of the other node ends

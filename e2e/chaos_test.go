@@ -23,6 +23,7 @@ import (
 
 	"driftgate/consul"
 	"driftgate/consul/consultest"
+	"driftgate/gateway"
 	"driftgate/internal/netlab"
 	"driftgate/internal/testkit"
 )
@@ -193,6 +194,30 @@ func faults() []fault {
 			inject: func(c *chaos, v string) func() {
 				if out, err := c.rogue.Self("garp", "eth0", agentVIP, "3").CombinedOutput(); err != nil {
 					c.t.Errorf("rogue ARP: %v: %s", err, out)
+				}
+				return func() {}
+			}},
+		{name: "stray epoch frame", on: "primary", hold: fixed(0),
+			inject: func(c *chaos, v string) func() {
+				// One frame with the primary's epoch + 10⁶ from a host the
+				// receivers take frames from (receive.sources): it must wait
+				// for a confirmation Consul never gives, and fence nobody.
+				st, err := c.nodes[v].state(c.t)
+				if err != nil {
+					c.t.Errorf("stray epoch: reading %s's state: %v", v, err)
+					return func() {}
+				}
+				frame := gateway.NewCodec(nil).AppendFrame(nil, gateway.Header{Epoch: st.Epoch + 1_000_000, Seq: 1}, []byte("-1"))
+				if err := c.rogue.Do(func() error {
+					conn, err := net.Dial("udp4", "239.255.0.1:5001")
+					if err != nil {
+						return err
+					}
+					defer conn.Close()
+					_, err = conn.Write(frame)
+					return err
+				}); err != nil {
+					c.t.Errorf("stray epoch frame: %v", err)
 				}
 				return func() {}
 			}},
@@ -377,6 +402,10 @@ func startChaos(t *testing.T, nNodes int, profile string) *chaos {
 	var rec *recorder
 	c := &chaos{t: t, checks: map[string]*checkTarget{}}
 	spec := clusterSpec{nodes: names, extra: []string{"rogue"}, profile: profile,
+		// The rogue host is a source the receivers take frames from, so a
+		// stray epoch from it meets the epoch confirmation, not only the
+		// source check.
+		receive: "  sources: [198.18.0.0/24]\n",
 		deliver: func(node string) string { return rec.frameSink(t, sockDir, node) },
 		config: `checks:
   - name: app

@@ -39,6 +39,10 @@ const (
 	// from its peerAfter-th request on, when its relay has not answered.
 	peerAfter      = 2
 	maxRepairRetry = 250 * time.Millisecond
+	// perFrameAnswer is how long one frame of an answer is allowed to take
+	// to arrive, over the first retry interval: generous for a LAN (a
+	// relay sends a frame in 2–4 µs) and for a loaded host.
+	perFrameAnswer = 10 * time.Microsecond
 	// maxGaps bounds the open gaps a receiver tracks; a further one gives
 	// up the oldest.
 	maxGaps = 256
@@ -209,7 +213,11 @@ func (g *gaps) due(now int64, t *tracker, reqs []request) ([]request, int64) {
 			}
 			gp.tries++
 			gp.asked = now
-			gp.next = now + int64(g.retryAfter(gp.tries))
+			// A large answer takes a while to arrive whole (8000 frames
+			// after an 8 s outage): asking again before it can have would
+			// only have it sent twice.
+			transfer := time.Duration(gp.last-gp.first+1) * perFrameAnswer
+			gp.next = now + int64(max(g.retryAfter(gp.tries), transfer))
 		}
 		if g.cfg.Off {
 			gp.next = gp.opened + int64(g.cfg.Deadline)

@@ -33,7 +33,18 @@ type ReceiverConfig struct {
 	// wait for it to be filled for at most OrderHold (0: DefaultOrderHold).
 	Order     Order
 	OrderHold time.Duration
-	Deliver   Deliverer
+	// ConfirmEpochs: frames of an epoch above the highest ConfirmEpoch gave
+	// are held (at most HoldFrames, 0: DefaultHoldFrames, for HoldTime, 0:
+	// DefaultHoldTime) until it is confirmed, then taken in order, or
+	// dropped and counted as unconfirmed.
+	ConfirmEpochs bool
+	HoldFrames    int
+	HoldTime      time.Duration
+	// Sources: frames, requests and announcements are taken only from these
+	// prefixes and the nodes given to SetSources; others are dropped and
+	// counted as foreign_source. Empty, until SetSources: from anywhere.
+	Sources Allowlist
+	Deliver Deliverer
 }
 
 // ErrGroupOrListen: a receiver configuration with both or neither of a
@@ -56,6 +67,10 @@ func (c *ReceiverConfig) Validate() error {
 		return fmt.Errorf("batch: %d is out of range 1..1024 (0: %d)", c.Batch, DefaultBatch)
 	case c.RcvBuf < 0:
 		return fmt.Errorf("rcvbuf: %d must not be negative (0: %d)", c.RcvBuf, DefaultRcvBuf)
+	case c.HoldFrames < 0 || c.HoldFrames > 1<<20:
+		return fmt.Errorf("hold_frames: %d is out of range 1..%d (0: %d)", c.HoldFrames, 1<<20, DefaultHoldFrames)
+	case c.HoldTime < 0 || c.HoldTime > time.Minute:
+		return fmt.Errorf("hold_time: %s is out of range 0..1m (0: %s)", c.HoldTime, DefaultHoldTime)
 	case c.Order > OrderSequence:
 		return fmt.Errorf("order: %d: want arrival or sequence", c.Order)
 	case c.OrderHold < 0 || c.OrderHold > 10*time.Second:
@@ -82,14 +97,26 @@ type ReceiverStats struct {
 	Unrecovered uint64 // given up: not arrived by the repair deadline
 	Nacks       uint64 // repair requests sent
 	NackErrors  uint64 // repair requests the kernel refused
-	// Announcements that failed their checks (malformed, bad tag); good
-	// ones are not frames and are not counted in Received's outcomes.
-	BadAnnouncements uint64
-	RepairLatency    RepairLatency
-	Epoch            uint64 // newest epoch accepted
-	EpochChanges     uint64
-	Restarts         uint64 // standalone relay restarts
-	DeliverErrors    uint64
+	// Announcements read (good ones) and those that failed their checks
+	// (malformed, bad tag).
+	Announcements, BadAnnouncements uint64
+	RepairLatency                   RepairLatency
+	Epoch                           uint64 // newest epoch accepted
+	EpochChanges                    uint64
+	Restarts                        uint64 // standalone relay restarts
+	DeliverErrors                   uint64
+	// Epoch confirmation (ConfirmEpochs): frames dropped because Consul
+	// did not confirm their epoch in time, frames waiting for it now, the
+	// longest a released frame waited, the highest epoch confirmed, and how
+	// often Consul showed a lower epoch than the receiver's (rebuilt).
+	Unconfirmed      uint64
+	HeldUnconfirmed  int
+	ConfirmWait      time.Duration
+	Confirmed        uint64
+	EpochRegressions uint64
+	// ForeignSource: datagrams from a host that is not a source (Sources,
+	// SetSources), dropped unread.
+	ForeignSource uint64
 	// PeerRepair: this receiver's answers to the other receivers.
 	PeerRepair *RepairStats `json:",omitempty"`
 	// Delivery is the delivery queue's state, for targets that have one.
@@ -126,12 +153,22 @@ type Receiver struct {
 	// Peer repair: the frames this receiver accepted, kept to answer the
 	// other receivers' requests (nil with repair off), through peer, whose
 	// answers go out of repairConn through answer.
-	keep      *ring
-	peer      *repairer
-	answer    answer
-	nack      Nack
-	keepOne   [1]uint64 // putBatch's arguments, without allocating
-	keepRaw   [1][]byte
+	keep    *ring
+	peer    *repairer
+	answer  answer
+	nack    Nack
+	keepOne [1]uint64 // putBatch's arguments, without allocating
+	keepRaw [1][]byte
+	opened  bool // a gap opened in the current batch
+
+	// Epoch confirmation: the highest epoch Consul has shown, the frames
+	// of higher epochs waiting for it, and the longest any released frame
+	// waited.
+	confirmed   uint64
+	pend        *pending
+	confirmWait time.Duration
+	sources     map[netip.Addr]bool // nil: not set (SetSources)
+
 	deliverFn func(*Frame, []byte)
 	firstErr  error // the first delivery error of the current batch
 	reqs      []request
@@ -189,6 +226,9 @@ func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*Receiver, error) {
 		r.nack.Ranges = make([]SeqRange, 0, MaxNackRanges)
 	}
 	r.deliverFn = r.deliver // bound once: a method value made per call allocates
+	if cfg.ConfirmEpochs {
+		r.pend = newPending(cmp.Or(cfg.HoldFrames, DefaultHoldFrames), cmp.Or(cfg.HoldTime, DefaultHoldTime))
+	}
 	return r, nil
 }
 
@@ -318,86 +358,181 @@ func (r *Receiver) process(rs *readSide, n int) {
 	defer r.mu.Unlock()
 	r.st.Received += uint64(n)
 	now := int64(time.Since(r.base))
-	opened := false
+	r.opened = false
 	for i := range n {
 		m := &rs.metas[i]
 		if m.Trunc {
 			r.st.Truncated++
 			continue
 		}
-		raw := rs.bufs[i][:m.N]
-		if r.peer != nil && isNack(raw) {
-			// Another receiver asks for frames it missed of a deposed
-			// primary: answered from what this one kept.
-			r.peer.handle(r.codec, raw, m.From, &r.nack, &r.answer, time.Now())
-			continue
-		}
-		if IsAnnounce(raw) {
-			if a, err := r.codec.DecodeAnnounce(raw); err != nil {
-				r.st.BadAnnouncements++
-			} else if r.tr.announce(a.Epoch, a.Seq) {
-				r.gaps.add(a.Epoch, r.tr.gapFirst, r.tr.gapLast, m.From, now, &r.tr)
-				r.tr.gapLast = 0
-				opened = true
-			}
-			continue
-		}
-		f, err := r.codec.Decode(raw)
-		if err != nil {
-			r.rejected[err.(Reason)]++
-			continue
-		}
-		if r.tr.started && f.Epoch > r.tr.epoch {
-			// A new primary: the gaps of the epoch before the previous one
-			// are given up now, while the tracker can still tell; the
-			// previous epoch's stay open, asked of its relay (alive after a
-			// clean or check-driven takeover, and holding its ring).
-			r.gaps.closeEpoch(&r.tr, r.tr.prev.epoch, r.tr.prev.valid)
-		}
-		v := r.tr.check(f.Epoch, f.Seq)
-		switch v {
-		case duplicate:
-			r.st.Duplicates++
-			continue
-		case stale:
-			r.st.StaleEpoch++
-			continue
-		case late:
-			r.st.Late++
-			continue
-		case fill:
-			if r.gaps.filled(f.Epoch, f.Seq, now) {
-				r.st.Repaired++
-			} else {
-				r.st.Reordered++
-			}
-		}
-		if r.tr.gapLast != 0 {
-			r.gaps.add(f.Epoch, r.tr.gapFirst, r.tr.gapLast, m.From, now, &r.tr)
-			r.tr.gapLast = 0
-			opened = true
-		}
-		// Through a field: a local's address handed to an interface method
-		// escapes, one allocation per frame.
-		r.cur = f
-		if r.keep != nil {
-			r.keepOne[0], r.keepRaw[0] = f.Seq, raw
-			r.keep.putBatch(f.Epoch, r.keepOne[:], r.keepRaw[:])
-			r.keepRaw[0] = nil
-		}
-		if r.ord != nil {
-			r.ord.take(&r.cur, raw, now, r.deliverFn)
-		} else {
-			r.deliver(&r.cur, raw)
-		}
+		r.datagram(rs.bufs[i][:m.N], m.From, now)
 	}
+	r.endBatch()
+}
+
+// endBatch flushes the deliveries and wakes the repair loop if a gap
+// opened. Callers hold mu.
+func (r *Receiver) endBatch() {
 	r.flush()
-	if opened {
+	if r.opened {
 		select {
 		case r.kick <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// datagram handles one datagram read at now from `from`. Callers hold mu.
+func (r *Receiver) datagram(raw []byte, from netip.AddrPort, now int64) {
+	if !r.sourceOK(from.Addr()) {
+		r.st.ForeignSource++
+		return
+	}
+	if r.peer != nil && isNack(raw) {
+		// Another receiver asks for frames it missed of a deposed
+		// primary: answered from what this one kept.
+		r.peer.handle(r.codec, raw, from, &r.nack, &r.answer, time.Now())
+		return
+	}
+	if IsAnnounce(raw) {
+		a, err := r.codec.DecodeAnnounce(raw)
+		switch {
+		case err != nil:
+			r.st.BadAnnouncements++
+		case r.cfg.ConfirmEpochs && a.Epoch > r.confirmed:
+			r.st.Announcements++ // of a term not (yet) confirmed: nothing to ask for
+		default:
+			r.st.Announcements++
+			if !r.tr.announce(a.Epoch, a.Seq) {
+				break
+			}
+			r.gaps.add(a.Epoch, r.tr.gapFirst, r.tr.gapLast, from, now, &r.tr)
+			r.tr.gapLast = 0
+			r.opened = true
+		}
+		return
+	}
+	f, err := r.codec.Decode(raw)
+	if err != nil {
+		r.rejected[err.(Reason)]++
+		return
+	}
+	if r.cfg.ConfirmEpochs && f.Epoch > r.confirmed {
+		// Not (yet) a term Consul has shown: held until it does, for a
+		// while, so a stray frame with a made-up epoch fences nobody.
+		if !r.pend.push(f.Epoch, from, raw, now) {
+			r.st.Unconfirmed++
+		}
+		r.opened = true // the repair loop also drops what waits too long
+		return
+	}
+	r.frame(f, raw, from, now)
+}
+
+// frame takes a checked frame of an accepted epoch. Callers hold mu.
+func (r *Receiver) frame(f Frame, raw []byte, from netip.AddrPort, now int64) {
+	if r.tr.started && f.Epoch > r.tr.epoch {
+		// A new primary: the gaps of the epoch before the previous one
+		// are given up now, while the tracker can still tell; the
+		// previous epoch's stay open, asked of its relay (alive after a
+		// clean or check-driven takeover, and holding its ring).
+		r.gaps.closeEpoch(&r.tr, r.tr.prev.epoch, r.tr.prev.valid)
+	}
+	switch r.tr.check(f.Epoch, f.Seq) {
+	case duplicate:
+		r.st.Duplicates++
+		return
+	case stale:
+		r.st.StaleEpoch++
+		return
+	case late:
+		r.st.Late++
+		return
+	case fill:
+		if r.gaps.filled(f.Epoch, f.Seq, now) {
+			r.st.Repaired++
+		} else {
+			r.st.Reordered++
+		}
+	}
+	if r.tr.gapLast != 0 {
+		r.gaps.add(f.Epoch, r.tr.gapFirst, r.tr.gapLast, from, now, &r.tr)
+		r.tr.gapLast = 0
+		r.opened = true
+	}
+	// Through a field: a local's address handed to an interface method
+	// escapes, one allocation per frame.
+	r.cur = f
+	if r.keep != nil {
+		r.keepOne[0], r.keepRaw[0] = f.Seq, raw
+		r.keep.putBatch(f.Epoch, r.keepOne[:], r.keepRaw[:])
+		r.keepRaw[0] = nil
+	}
+	if r.ord != nil {
+		r.ord.take(&r.cur, raw, now, r.deliverFn)
+	} else {
+		r.deliver(&r.cur, raw)
+	}
+}
+
+// ConfirmEpoch tells the receiver that Consul shows epoch as a term of the
+// leader key (the agent watches it, and knows its own at once). With
+// ConfirmEpochs set, frames of higher epochs wait for this: the ones held
+// of this epoch are taken now, in the order they came, and those held of
+// lower, never confirmed epochs are dropped. An epoch lower than the one
+// the receiver follows means Consul was rebuilt (Raft indexes started
+// over): the receiver follows Consul, and says so.
+func (r *Receiver) ConfirmEpoch(epoch uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := int64(time.Since(r.base))
+	r.opened = false
+	switch {
+	case epoch > r.confirmed:
+		r.confirmed = epoch
+	case epoch < r.confirmed && r.tr.started && epoch < r.tr.epoch:
+		r.log.Error("Consul shows a lower epoch than this receiver follows: following Consul (was its cluster rebuilt?)",
+			"epoch", epoch, "following", r.tr.epoch)
+		r.st.EpochRegressions++
+		r.confirmed = epoch
+		r.gaps.closeEpoch(&r.tr, r.tr.epoch, true)
+		r.gaps.closeEpoch(&r.tr, r.tr.prev.epoch, r.tr.prev.valid)
+		r.tr.follow(epoch)
+		if r.ord != nil {
+			r.ord.flush(r.deliverFn)
+			r.ord.started = false
+		}
+	default:
+		return
+	}
+	r.pend.release(epoch, now, func(f Frame, raw []byte, from netip.AddrPort, at int64) {
+		r.confirmWait = max(r.confirmWait, time.Duration(now-at))
+		r.frame(f, raw, from, now)
+	}, &r.st.Unconfirmed)
+	r.endBatch()
+}
+
+// SetSources replaces the nodes frames are accepted from besides
+// ReceiverConfig.Sources (the agent gives it the service's registered
+// nodes). Until it is first called, with no Sources configured, frames
+// are accepted from anywhere.
+func (r *Receiver) SetSources(addrs []netip.Addr) {
+	m := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		m[a.Unmap()] = true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sources = m
+}
+
+// sourceOK reports whether frames from a are taken. Callers hold mu.
+func (r *Receiver) sourceOK(a netip.Addr) bool {
+	if r.sources == nil && len(r.cfg.Sources) == 0 {
+		return true
+	}
+	a = a.Unmap()
+	return r.sources[a] || (len(r.cfg.Sources) > 0 && r.cfg.Sources.Allows(a))
 }
 
 // SetPeers replaces the other receivers' repair addresses (the agent
@@ -464,6 +599,11 @@ func (r *Receiver) repairLoop(ctx context.Context) error {
 		now := int64(time.Since(r.base))
 		reqs, next := r.gaps.due(now, &r.tr, r.reqs[:0])
 		r.reqs = reqs
+		if r.pend != nil {
+			if at := r.pend.expire(now, &r.st.Unconfirmed); at != 0 && (next == 0 || at < next) {
+				next = at
+			}
+		}
 		if r.ord != nil {
 			// Frames held behind a hole past the hold time go now.
 			if at := r.ord.expire(now, r.deliverFn); at != 0 && (next == 0 || at < next) {
@@ -522,6 +662,10 @@ func (r *Receiver) Stats() ReceiverStats {
 	if r.peer != nil {
 		ps := r.peer.stats()
 		s.PeerRepair = &ps
+	}
+	s.Confirmed, s.ConfirmWait = r.confirmed, r.confirmWait
+	if r.pend != nil {
+		s.HeldUnconfirmed = r.pend.len()
 	}
 	if r.ord != nil {
 		s.Skipped = r.ord.skipped

@@ -121,6 +121,15 @@ func (t *tracker) announce(epoch, seq uint64) bool {
 	return true
 }
 
+// follow starts over at epoch, lower than the one followed: Consul was
+// rebuilt and its indexes began again. Only Consul's word may do this
+// (Receiver.ConfirmEpoch); a frame never does.
+func (t *tracker) follow(epoch uint64) {
+	t.prev.valid = false
+	t.reset(epoch)
+	t.started = true
+}
+
 // knows reports whether seq of epoch is inside the window (the current
 // epoch's or the previous one's), where the tracker can tell whether it
 // arrived.

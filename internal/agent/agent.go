@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -146,6 +147,11 @@ func New(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) {
 		}
 		rc := cfg.Receive.ReceiverConfig
 		rc.Key, rc.Deliver = key, d
+		// A relay may send from a VIP too: the VIPs are sources.
+		rc.Sources = slices.Clone(rc.Sources)
+		for _, v := range cfg.VIPs {
+			rc.Sources = append(rc.Sources, netip.PrefixFrom(v.Prefix.Addr(), v.Prefix.Addr().BitLen()))
+		}
 		a.recv, err = gateway.NewReceiver(rc, a.log)
 		if err != nil {
 			d.Close()
@@ -294,7 +300,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer close(regDone)
 		return a.regs.Run(regCtx)
 	})
-	if a.cfg.Relay.DynamicUnicast || !a.cfg.Relay.Repair.Off || (a.recv != nil && !a.cfg.Receive.Repair.Off) {
+	if a.recv != nil && a.cfg.Receive.ConfirmEpochs {
+		// The receiver takes an epoch only once Consul shows it as a term
+		// of the leader key.
+		g.Go(func() error {
+			return consul.WatchEpochs(gctx, a.client, a.cfg.Consul.LeaderKey(), timing.RequestTimeout, a.log, a.recv.ConfirmEpoch)
+		})
+	}
+	if a.cfg.Relay.DynamicUnicast || !a.cfg.Relay.Repair.Off || a.recv != nil {
 		// The service's instances: the unicast receivers to fan out to,
 		// the nodes whose repair requests the relay answers, and the other
 		// receivers, asked after a takeover and answered.
@@ -303,6 +316,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				func(in consul.Instances) error {
 					a.relay.SetRepairPeers(in.Nodes)
 					if a.recv != nil {
+						a.recv.SetSources(in.Sources)
 						var peers []netip.AddrPort
 						for node, ap := range in.Repair {
 							if node != a.cfg.Node {
@@ -375,6 +389,7 @@ func (a *Agent) register(ctx context.Context) error {
 	if a.recv != nil {
 		sc.RepairPort = a.recv.RepairPort() // bound by now
 	}
+	sc.Sources = sourceAddrs(a.cfg.Relay.Iface)
 	for n := 1; ; n++ {
 		reg, err := consul.Register(ctx, a.client, sc, a.log)
 		if err == nil {
@@ -419,6 +434,11 @@ func (a *Agent) onElection(e consul.Event) error {
 		a.acquiredAt = a.clock.Now()
 		a.mu.Unlock()
 		a.fwd.SetEpoch(e.Epoch)
+		if a.recv != nil {
+			// Consul's answer to this node's own acquisition shows the
+			// term: its own frames are taken at once.
+			a.recv.ConfirmEpoch(e.Epoch)
+		}
 		a.transition(RoleCandidate, "acquired the lock", e.Epoch)
 	case consul.Bind:
 		a.bind(e.Epoch, e.Deadline)
@@ -673,6 +693,34 @@ func (a *Agent) State() State {
 	}
 	st.Hooks = map[string]uint64{"ran": a.hooks.ran.Load(), "failed": a.hooks.failed.Load(), "dropped": a.hooks.dropped.Load()}
 	return st
+}
+
+// sourceAddrs are the addresses this node's relay may send frames from:
+// those of its multicast interface, or of every interface that is up but
+// the loopback. Other receivers take frames only from registered sources.
+func sourceAddrs(iface string) []netip.Addr {
+	var ifs []net.Interface
+	if iface != "" {
+		if ifi, err := net.InterfaceByName(iface); err == nil {
+			ifs = append(ifs, *ifi)
+		}
+	} else if all, err := net.Interfaces(); err == nil {
+		for _, ifi := range all {
+			if ifi.Flags&net.FlagUp != 0 && ifi.Flags&net.FlagLoopback == 0 {
+				ifs = append(ifs, ifi)
+			}
+		}
+	}
+	var out []netip.Addr
+	for _, ifi := range ifs {
+		addrs, _ := ifi.Addrs()
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && !p.Addr().IsLinkLocalUnicast() {
+				out = append(out, p.Addr())
+			}
+		}
+	}
+	return out
 }
 
 // checkCritical: the servers refused a session for a critical check. For

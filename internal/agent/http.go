@@ -213,10 +213,16 @@ func latencyHistogram(desc *prometheus.Desc, h gateway.RepairLatency) prometheus
 }
 
 // receiverOutcomes is what became of each datagram the receiver read, by
-// result label; the values add up to Received.
+// result label; the values add up to Received, less the frames waiting for
+// their epoch's confirmation (HeldUnconfirmed).
 func receiverOutcomes(r gateway.ReceiverStats) map[string]uint64 {
 	m := map[string]uint64{"delivered": r.Delivered, "duplicate": r.Duplicates, "stale_epoch": r.StaleEpoch,
-		"late": r.Late, "truncated": r.Truncated, "deliver_error": r.DeliverErrors}
+		"late": r.Late, "truncated": r.Truncated, "deliver_error": r.DeliverErrors,
+		"unconfirmed_epoch": r.Unconfirmed, "foreign_source": r.ForeignSource,
+		"announcement": r.Announcements, "bad_announcement": r.BadAnnouncements}
+	if r.PeerRepair != nil {
+		m["repair_request"] = r.PeerRepair.Requests
+	}
 	for reason, v := range r.Rejected {
 		m["rejected_"+reason] = v
 	}

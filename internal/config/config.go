@@ -98,8 +98,12 @@ type raw struct {
 			KeepFrames int    `mapstructure:"keep_frames"`
 			KeepBytes  int    `mapstructure:"keep_bytes"`
 		} `mapstructure:"repair"`
-		Order     string `mapstructure:"order"`
-		OrderHold string `mapstructure:"order_hold"`
+		Order         string   `mapstructure:"order"`
+		OrderHold     string   `mapstructure:"order_hold"`
+		ConfirmEpochs bool     `mapstructure:"confirm_epochs"`
+		HoldFrames    int      `mapstructure:"hold_frames"`
+		HoldTime      string   `mapstructure:"hold_time"`
+		Sources       []string `mapstructure:"sources"`
 	} `mapstructure:"receive"`
 	Checks  []rawCheck `mapstructure:"checks"`
 	Hooks   []rawHook  `mapstructure:"hooks"`
@@ -201,6 +205,10 @@ func defaults(v *viper.Viper) {
 		"receive.repair.keep_bytes":   gateway.DefaultKeepBytes,
 		"receive.order":               "arrival",
 		"receive.order_hold":          gateway.DefaultOrderHold.String(),
+		"receive.confirm_epochs":      true,
+		"receive.hold_frames":         gateway.DefaultHoldFrames,
+		"receive.hold_time":           gateway.DefaultHoldTime.String(),
+		"receive.sources":             []string{},
 		"metrics.address":             "127.0.0.1:9469",
 		"log.level":                   "info",
 		"log.format":                  "text",

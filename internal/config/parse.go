@@ -340,6 +340,17 @@ func parseReceive(r *raw) (Receive, error) {
 	if rec.Repair.Deadline, err = duration("receive.repair.deadline", rc.Repair.Deadline); err != nil {
 		return rec, err
 	}
+	rec.ConfirmEpochs, rec.HoldFrames = rc.ConfirmEpochs, rc.HoldFrames
+	if rec.HoldTime, err = duration("receive.hold_time", rc.HoldTime); err != nil {
+		return rec, err
+	}
+	for i, s := range rc.Sources {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return rec, fmt.Errorf("receive.sources[%d]: %q: want a CIDR such as 198.18.0.0/15", i, s)
+		}
+		rec.Sources = append(rec.Sources, p.Masked())
+	}
 	if rec.Order, err = gateway.ParseOrder(rc.Order); err != nil {
 		return rec, fmt.Errorf("receive.order: %w", err)
 	}
