@@ -101,18 +101,41 @@ type Frame struct {
 // Codec encodes and decodes frames, with HMAC state when a key is set.
 // A Codec is not safe for concurrent use: give each goroutine its own.
 type Codec struct {
-	mac hash.Hash
-	sum [sha256.Size]byte
+	mac  hash.Hash // signs, and checks
+	next hash.Hash // only checks: the next key, during a rotation
+	sum  [sha256.Size]byte
 }
 
 // NewCodec returns a codec. With a non-empty key every encoded frame carries a
-// tag and every decoded frame must carry a valid one.
-func NewCodec(key []byte) *Codec {
+// tag and every decoded frame must carry a valid one. A non-empty next key
+// is accepted too (a tag made with either is valid) but never signs with:
+// key rotation without a gap (docs/operations.md, "Keys").
+func NewCodec(key []byte, next ...[]byte) *Codec {
 	c := &Codec{}
 	if len(key) > 0 {
 		c.mac = hmac.New(sha256.New, key)
+		if len(next) > 0 && len(next[0]) > 0 {
+			c.next = hmac.New(sha256.New, next[0])
+		}
 	}
 	return c
+}
+
+// tagValid reports whether tag is the tag of body under the key or the
+// next key. It does not allocate.
+func (c *Codec) tagValid(body, tag []byte) bool {
+	for _, m := range [2]hash.Hash{c.mac, c.next} {
+		if m == nil {
+			continue
+		}
+		m.Reset()
+		m.Write(body)
+		m.Sum(c.sum[:0])
+		if hmac.Equal(c.sum[:TagLen], tag) {
+			return true
+		}
+	}
+	return false
 }
 
 // Authenticated reports whether the codec has a key.
@@ -199,10 +222,7 @@ func (c *Codec) Decode(b []byte) (Frame, error) {
 		if tlen == 0 {
 			return f, ReasonTagMissing
 		}
-		c.mac.Reset()
-		c.mac.Write(b[:hlen+plen])
-		c.mac.Sum(c.sum[:0])
-		if !hmac.Equal(c.sum[:TagLen], b[hlen+plen:]) {
+		if !c.tagValid(b[:hlen+plen], b[hlen+plen:]) {
 			return f, ReasonTagBad
 		}
 	}

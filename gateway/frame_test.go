@@ -272,3 +272,64 @@ func BenchmarkEncodeDecode(b *testing.B) {
 		})
 	}
 }
+
+// Key rotation: a codec with a next key accepts frames, repair requests
+// and announcements tagged with either key and signs with the current one.
+func TestKeyRotation(t *testing.T) {
+	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	old, mid, only2 := NewCodec(k1), NewCodec(k1, k2), NewCodec(k2)
+	h := Header{Epoch: 1, Seq: 1}
+	for _, tt := range []struct {
+		name   string
+		signer *Codec
+		reader *Codec
+		ok     bool
+	}{
+		{"old key read by old+next", old, mid, true},
+		{"next key read by old+next", only2, mid, true},
+		{"next key read by old only", only2, old, false},
+		{"old+next signs with old", mid, old, true},
+		{"old+next does not sign with next", mid, only2, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tt.reader.Decode(tt.signer.AppendFrame(nil, h, []byte("p")))
+			var n Nack
+			nerr := tt.reader.DecodeNack(tt.signer.AppendNack(nil, &Nack{Epoch: 1, Ranges: []SeqRange{{1, 1}}}), &n)
+			_, aerr := tt.reader.DecodeAnnounce(tt.signer.AppendAnnounce(nil, Announce{Epoch: 1, Seq: 1}))
+			if (err == nil) != tt.ok || (nerr == nil) != tt.ok || (aerr == nil) != tt.ok {
+				t.Fatalf("frame %v, request %v, announcement %v; want accepted = %v", err, nerr, aerr, tt.ok)
+			}
+		})
+	}
+}
+
+func TestKeyFiles(t *testing.T) {
+	dir := t.TempDir()
+	p := dir + "/key"
+	if err := GenerateKey(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := GenerateKey(p); err == nil {
+		t.Fatal("GenerateKey overwrote an existing file")
+	}
+	st, _ := os.Stat(p)
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %04o, want 0600", st.Mode().Perm())
+	}
+	k, next, err := LoadKeys(p)
+	if err != nil || len(k) != 32 || next != nil {
+		t.Fatalf("LoadKeys: %x %x %v", k, next, err)
+	}
+	// A rotation: the next key as a second line.
+	two := dir + "/two"
+	os.WriteFile(two, []byte(strings.Repeat("ab", 32)+"\n\n"+strings.Repeat("cd", 32)+"\n"), 0o600)
+	k, next, err = LoadKeys(two)
+	if err != nil || k[0] != 0xab || next[0] != 0xcd {
+		t.Fatalf("two keys: %x %x %v", k, next, err)
+	}
+	three := dir + "/three"
+	os.WriteFile(three, []byte(strings.Repeat(strings.Repeat("ab", 32)+"\n", 3)), 0o600)
+	if _, _, err := LoadKeys(three); err == nil || !strings.Contains(err.Error(), "3 keys") {
+		t.Fatalf("three keys: %v", err)
+	}
+}

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"crypto/hmac"
 	"encoding/binary"
 	"errors"
 )
@@ -76,12 +75,7 @@ func (c *Codec) appendTag(dst []byte, start int) []byte {
 }
 
 // tagOK reports whether b ends in the tag of its first body bytes.
-func (c *Codec) tagOK(b []byte, body int) bool {
-	c.mac.Reset()
-	c.mac.Write(b[:body])
-	c.mac.Sum(c.sum[:0])
-	return hmac.Equal(c.sum[:TagLen], b[body:])
-}
+func (c *Codec) tagOK(b []byte, body int) bool { return c.tagValid(b[:body], b[body:]) }
 
 // DecodeNack parses and checks a repair request into n, reusing n.Ranges.
 // With a key, the request must carry a valid tag. It does not allocate

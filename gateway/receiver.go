@@ -22,13 +22,14 @@ import (
 // ReceiverConfig configures a Receiver: either Group (multicast, joined on
 // Iface) or Listen (unicast frames).
 type ReceiverConfig struct {
-	Group  netip.AddrPort // multicast group to join
-	Iface  string         // interface to join on; "" = kernel's choice
-	Listen netip.AddrPort // unicast address to receive frames on
-	Key    []byte         // HMAC key; frames without a valid tag are rejected
-	RcvBuf int            // 0 = DefaultRcvBuf
-	Batch  int            // 0 = DefaultBatch
-	Repair ReceiverRepair // asking the relay for frames that did not arrive
+	Group   netip.AddrPort // multicast group to join
+	Iface   string         // interface to join on; "" = kernel's choice
+	Listen  netip.AddrPort // unicast address to receive frames on
+	Key     []byte         // HMAC key; frames without a valid tag are rejected
+	NextKey []byte         // accepted too (never signed with), during a key rotation
+	RcvBuf  int            // 0 = DefaultRcvBuf
+	Batch   int            // 0 = DefaultBatch
+	Repair  ReceiverRepair // asking the relay for frames that did not arrive
 	// Order: arrival (the default) or sequence, where frames after a hole
 	// wait for it to be filled for at most OrderHold (0: DefaultOrderHold).
 	Order     Order
@@ -63,6 +64,8 @@ func (c *ReceiverConfig) Validate() error {
 		return fmt.Errorf("listen: %s: need a non-zero port", c.Listen)
 	case c.Key != nil && len(c.Key) < MinKeyLen:
 		return fmt.Errorf("key: %d bytes, want at least %d", len(c.Key), MinKeyLen)
+	case c.NextKey != nil && (len(c.NextKey) < MinKeyLen || c.Key == nil):
+		return fmt.Errorf("next key: %d bytes, want at least %d, and a current key", len(c.NextKey), MinKeyLen)
 	case c.Batch < 0 || c.Batch > 1024:
 		return fmt.Errorf("batch: %d is out of range 1..1024 (0: %d)", c.Batch, DefaultBatch)
 	case c.RcvBuf < 0:
@@ -212,7 +215,7 @@ func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*Receiver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Receiver{cfg: cfg, log: log.With("component", "receiver"), codec: NewCodec(cfg.Key),
+	r := &Receiver{cfg: cfg, log: log.With("component", "receiver"), codec: NewCodec(cfg.Key, cfg.NextKey),
 		gaps: gaps{cfg: cfg.Repair.withDefaults()}, base: time.Now(), kick: make(chan struct{}, 1)}
 	if cfg.Order == OrderSequence {
 		r.ord = newOrderer(cmp.Or(cfg.OrderHold, DefaultOrderHold))
@@ -584,7 +587,7 @@ func (r *Receiver) flush() {
 // repairLoop sends the repair requests the gaps call for, when they are
 // due, until ctx is cancelled.
 func (r *Receiver) repairLoop(ctx context.Context) error {
-	codec := NewCodec(r.cfg.Key)
+	codec := NewCodec(r.cfg.Key, r.cfg.NextKey)
 	var buf []byte
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()

@@ -76,6 +76,7 @@ type RelayConfig struct {
 	Unicast []netip.AddrPort // unicast destinations
 	Allow   Allowlist        // ingress allowlist; empty = everyone
 	Key     []byte           // HMAC key; nil = no tags
+	NextKey []byte           // accepted in repair requests too, during a key rotation
 	Epoch   uint64           // initial epoch; 0 = standalone
 	RcvBuf  int              // receive buffer; 0 = DefaultRcvBuf
 	Batch   int              // datagrams per syscall; 0 = DefaultBatch
@@ -123,6 +124,9 @@ func (c *RelayConfig) Validate() error {
 	}
 	if c.Key != nil && len(c.Key) < MinKeyLen {
 		return fmt.Errorf("key: %d bytes, want at least %d", len(c.Key), MinKeyLen)
+	}
+	if c.NextKey != nil && (len(c.NextKey) < MinKeyLen || c.Key == nil) {
+		return fmt.Errorf("next key: %d bytes, want at least %d, and a current key", len(c.NextKey), MinKeyLen)
 	}
 	return c.Repair.Validate()
 }
@@ -243,7 +247,7 @@ func (r *Relay) newListener(ctx context.Context, addr netip.AddrPort, ifi *net.I
 		addr:    addr,
 		port:    addr.Port(),
 		conn:    conn,
-		codec:   NewCodec(r.cfg.Key),
+		codec:   NewCodec(r.cfg.Key, r.cfg.NextKey),
 		allow:   r.cfg.Allow,
 		space:   &r.space,
 		stopped: &r.stopped,
@@ -366,7 +370,7 @@ const announceTick = 10 * time.Millisecond
 // announce sends sequence announcements while the primary's feed pauses,
 // from the first listener's send sockets, to every destination.
 func (r *Relay) announce(ctx context.Context) error {
-	codec := NewCodec(r.cfg.Key)
+	codec := NewCodec(r.cfg.Key, r.cfg.NextKey)
 	t := time.NewTicker(announceTick)
 	defer t.Stop()
 	var (

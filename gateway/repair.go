@@ -61,6 +61,7 @@ type repairer struct {
 	ring  *ring
 	cfg   RepairConfig
 	key   []byte
+	next  []byte // accepted too, during a key rotation
 	group netip.AddrPort
 	// allowed is who may ask besides cfg.Allow: the unicast destinations
 	// and the peers from SetRepairPeers, replaced whole when either changes.
@@ -82,7 +83,9 @@ func newRepairer(g *ring, cfg RepairConfig, key []byte, group netip.AddrPort) *r
 // newRelayRepairer is the relay's: its own ring, sized by cfg.Repair.
 func newRelayRepairer(cfg RelayConfig) *repairer {
 	rc := cfg.Repair.withDefaults()
-	return newRepairer(newRing(rc.Frames, rc.Bytes), rc, cfg.Key, cfg.Group)
+	p := newRepairer(newRing(rc.Frames, rc.Bytes), rc, cfg.Key, cfg.Group)
+	p.next = cfg.NextKey
+	return p
 }
 
 // setAllowed replaces the requesters answered besides cfg.Allow.
@@ -151,7 +154,7 @@ func (p *repairer) serve(ctx context.Context, s *sender) error {
 	if err != nil {
 		return err
 	}
-	codec := NewCodec(p.key)
+	codec := NewCodec(p.key, p.next)
 	in := make([]byte, 2048)
 	a := answer{w: w, buf: make([]byte, 0, repairBatch*(HeaderLen+MaxRelayPayload+TagLen)/8)}
 	var n Nack

@@ -42,13 +42,14 @@ func parseAllow(flag string, vals []string) (gateway.Allowlist, error) {
 	return a, nil
 }
 
-func loadKey(path string) ([]byte, error) {
+// loadKeys reads --key-file: the current key and, during a rotation, the
+// next one.
+func loadKeys(path string) (key, next []byte, err error) {
 	if path == "" {
-		return nil, nil
+		return nil, nil, nil
 	}
-	key, err := gateway.LoadKey(path)
-	if err != nil {
-		return nil, usagef("--key-file: %v", err)
+	if key, next, err = gateway.LoadKeys(path); err != nil {
+		return nil, nil, usagef("--key-file: %v", err)
 	}
-	return key, nil
+	return key, next, nil
 }

@@ -52,7 +52,7 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 			if deliver == "" {
 				return usagef("--deliver is required (udp://HOST:PORT, unix:///PATH or stdout)")
 			}
-			if cfg.Key, err = loadKey(keyFile); err != nil {
+			if cfg.Key, cfg.NextKey, err = loadKeys(keyFile); err != nil {
 				return err
 			}
 			log, err := g.logger(c.ErrOrStderr())
@@ -66,6 +66,13 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 			if cfg.Deliver, err = d.Open(gateway.OpenOptions{Stdout: c.OutOrStdout(), Log: log,
 				Queue: gateway.QueueConfig{Frames: queueFrames, Bytes: queueBytes}}); err != nil {
 				return usagef("--deliver: %v", err)
+			}
+			if cfg.Key == nil {
+				// Without a key anyone on the LAN can send frames that
+				// look like the feed (docs/frame.md, "What the agent's
+				// receiver accepts"); the standalone receiver has no
+				// Consul to check epochs against either.
+				log.Warn("receiving without a key: any host that can reach the group or the port can inject frames; give --key-file (driftgate key generate)")
 			}
 			r, err := gateway.NewReceiver(cfg, log)
 			if err != nil {

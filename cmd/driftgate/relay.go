@@ -51,7 +51,7 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 			if cfg.Repair.Allow, err = parseAllow("repair-allow", repairAllow); err != nil {
 				return err
 			}
-			if cfg.Key, err = loadKey(keyFile); err != nil {
+			if cfg.Key, cfg.NextKey, err = loadKeys(keyFile); err != nil {
 				return err
 			}
 			log, err := g.logger(c.ErrOrStderr())

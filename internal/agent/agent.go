@@ -125,7 +125,7 @@ func New(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) {
 	}
 	rc := cfg.Relay.RelayConfig
 	if cfg.Relay.KeyFile != "" {
-		if rc.Key, err = gateway.LoadKey(cfg.Relay.KeyFile); err != nil {
+		if rc.Key, rc.NextKey, err = gateway.LoadKeys(cfg.Relay.KeyFile); err != nil {
 			return nil, fmt.Errorf("relay.key_file: %w", err)
 		}
 	}
@@ -135,9 +135,9 @@ func New(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) {
 	a.relay.SetForwarding(false)
 	a.fwd = a.relay
 	if cfg.Receive.Enabled {
-		var key []byte
+		var key, next []byte
 		if cfg.Receive.KeyFile != "" {
-			if key, err = gateway.LoadKey(cfg.Receive.KeyFile); err != nil {
+			if key, next, err = gateway.LoadKeys(cfg.Receive.KeyFile); err != nil {
 				return nil, fmt.Errorf("receive.key_file: %w", err)
 			}
 		}
@@ -146,7 +146,7 @@ func New(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) {
 			return nil, fmt.Errorf("receive.deliver: %w", err)
 		}
 		rc := cfg.Receive.ReceiverConfig
-		rc.Key, rc.Deliver = key, d
+		rc.Key, rc.NextKey, rc.Deliver = key, next, d
 		// A relay may send from a VIP too: the VIPs are sources.
 		rc.Sources = slices.Clone(rc.Sources)
 		for _, v := range cfg.VIPs {
