@@ -123,3 +123,19 @@ func TestSources(t *testing.T) {
 		t.Fatalf("stats: foreign %d, received %d", st.ForeignSource, st.Received)
 	}
 }
+
+// Without Consul, --max-epoch-step refuses a frame whose epoch jumps too
+// far: the stray relay with --epoch 1000000000000 fences nobody.
+func TestMaxEpochStep(t *testing.T) {
+	r := newTestReceiver(t, ReceiverConfig{MaxEpochStep: 1000})
+	r.send("198.18.0.11:40000", 5, 1)
+	r.send("198.18.0.99:40000", 1_000_000_000_000, 1)
+	r.send("198.18.0.11:40000", 5, 2)
+	r.send("198.18.0.12:40000", 900, 1) // a takeover within the step
+	if diff := cmp.Diff([]string{"5/1", "5/2", "900/1"}, r.got()); diff != "" {
+		t.Fatalf("delivered (-want +got):\n%s", diff)
+	}
+	if st := r.Stats(); st.EpochStep != 1 {
+		t.Fatalf("epoch_step %d, want 1", st.EpochStep)
+	}
+}

@@ -41,6 +41,10 @@ type ReceiverConfig struct {
 	ConfirmEpochs bool
 	HoldFrames    int
 	HoldTime      time.Duration
+	// MaxEpochStep, if set, refuses a frame whose epoch is more than this
+	// above the one followed (counted as EpochStep): for receivers that
+	// cannot ask Consul (ConfirmEpochs does better).
+	MaxEpochStep uint64
 	// Sources: frames, requests and announcements are taken only from these
 	// prefixes and the nodes given to SetSources; others are dropped and
 	// counted as foreign_source. Empty, until SetSources: from anywhere.
@@ -117,6 +121,8 @@ type ReceiverStats struct {
 	ConfirmWait      time.Duration
 	Confirmed        uint64
 	EpochRegressions uint64
+	// EpochStep: frames refused for an epoch more than MaxEpochStep ahead.
+	EpochStep uint64
 	// ForeignSource: datagrams from a host that is not a source (Sources,
 	// SetSources), dropped unread.
 	ForeignSource uint64
@@ -418,6 +424,10 @@ func (r *Receiver) datagram(raw []byte, from netip.AddrPort, now int64) {
 	f, err := r.codec.Decode(raw)
 	if err != nil {
 		r.rejected[err.(Reason)]++
+		return
+	}
+	if r.cfg.MaxEpochStep > 0 && r.tr.started && f.Epoch > r.tr.epoch && f.Epoch-r.tr.epoch > r.cfg.MaxEpochStep {
+		r.st.EpochStep++
 		return
 	}
 	if r.cfg.ConfirmEpochs && f.Epoch > r.confirmed {
