@@ -180,6 +180,9 @@ type clusterSpec struct {
 	beforeAgents func(*netlab.Lab)
 	// receive: more keys of the receive section, each "  key: value\n".
 	receive string
+	// keyFile, if set, is given to every relay and receiver (relay and
+	// receive key_file).
+	keyFile string
 }
 
 func writeAgentConfig(t *testing.T, name string, h *netlab.Host, spec clusterSpec) string {
@@ -222,7 +225,7 @@ hooks:
     timeout: 2s
 log:
   level: info
-%s`, name, agentVIP, relayReceive(h, spec.unicast), deliver, spec.receive, cmp.Or(spec.profile, "default"), hook, spec.config)
+%s`, name, agentVIP, relayReceive(h, spec.unicast, spec.keyFile), deliver, spec.receive, cmp.Or(spec.profile, "default"), hook, spec.config)
 	p := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -232,21 +235,25 @@ log:
 
 // relayReceive is the relay and receive sections: multicast, or unicast
 // fan-out to the receivers registered in Consul.
-func relayReceive(h *netlab.Host, unicast bool) string {
+func relayReceive(h *netlab.Host, unicast bool, keyFile string) string {
+	key := ""
+	if keyFile != "" {
+		key = "\n  key_file: " + keyFile
+	}
 	if unicast {
 		return fmt.Sprintf(`relay:
   listen: ["%s:5000"]
-  unicast_from_consul: true
+  unicast_from_consul: true%s
 receive:
-  listen: %s:5002`, agentVIP, h.Addr4.Addr())
+  listen: %s:5002%s`, agentVIP, key, h.Addr4.Addr(), key)
 	}
 	return fmt.Sprintf(`relay:
   listen: ["%s:5000"]
   group: 239.255.0.1:5001
-  interface: eth0
+  interface: eth0%s
 receive:
   group: 239.255.0.1:5001
-  interface: eth0`, agentVIP)
+  interface: eth0%s`, agentVIP, key, key)
 }
 
 func hasVIP(h *netlab.Host) bool {
