@@ -139,3 +139,14 @@ func TestMaxEpochStep(t *testing.T) {
 		t.Fatalf("epoch_step %d, want 1", st.EpochStep)
 	}
 }
+
+// Without ConfirmEpochs, ConfirmEpoch (the agent calls it on its own
+// acquisitions) changes nothing but a regression.
+func TestConfirmOff(t *testing.T) {
+	r := newTestReceiver(t, ReceiverConfig{})
+	r.ConfirmEpoch(5)
+	r.send("198.18.0.11:40000", 7, 1) // not held: confirmation is off
+	if diff := cmp.Diff([]string{"7/1"}, r.got()); diff != "" {
+		t.Fatalf("delivered (-want +got):\n%s", diff)
+	}
+}

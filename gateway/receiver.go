@@ -518,10 +518,12 @@ func (r *Receiver) ConfirmEpoch(epoch uint64) {
 	default:
 		return
 	}
-	r.pend.release(epoch, now, func(f Frame, raw []byte, from netip.AddrPort, at int64) {
-		r.confirmWait = max(r.confirmWait, time.Duration(now-at))
-		r.frame(f, raw, from, now)
-	}, &r.st.Unconfirmed)
+	if r.pend != nil { // nil without ConfirmEpochs: the agent still tells it its own terms
+		r.pend.release(epoch, now, func(f Frame, raw []byte, from netip.AddrPort, at int64) {
+			r.confirmWait = max(r.confirmWait, time.Duration(now-at))
+			r.frame(f, raw, from, now)
+		}, &r.st.Unconfirmed)
+	}
 	r.endBatch()
 }
 
