@@ -152,11 +152,16 @@ func (sp *seqSpace) sentUpTo(seq uint64) {
 // Relay receives datagrams on its listen addresses and forwards each, wrapped
 // in a frame, to the multicast group and every unicast destination.
 type Relay struct {
-	cfg       RelayConfig
-	log       *slog.Logger
-	space     atomic.Pointer[seqSpace]
-	stopped   atomic.Bool // forwarding off (SetForwarding(false))
-	mu        sync.Mutex  // guards listeners and dynamic
+	cfg     RelayConfig
+	log     *slog.Logger
+	space   atomic.Pointer[seqSpace]
+	stopped atomic.Bool // forwarding off (SetForwarding(false))
+	// deadline: forwarding ends at this lease deadline (ns since base; 0:
+	// none) even if nobody turns it off — a holder frozen past its lease
+	// must not relay, on waking, what waited in its socket.
+	deadline  atomic.Int64
+	base      time.Time
+	mu        sync.Mutex // guards listeners and dynamic
 	listeners []*relayListener
 	dynamic   []netip.AddrPort // from SetUnicast, applied to listeners bound later
 	peers     []netip.Addr     // from SetRepairPeers
@@ -181,7 +186,7 @@ func NewRelay(cfg RelayConfig, log *slog.Logger) (*Relay, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Relay{cfg: cfg, log: log.With("component", "relay")}
+	r := &Relay{cfg: cfg, log: log.With("component", "relay"), base: time.Now()}
 	if !cfg.Repair.Off {
 		r.rep = newRelayRepairer(cfg)
 		r.rep.setAllowed(cfg.Unicast, nil)
@@ -201,6 +206,17 @@ func (r *Relay) SetEpoch(epoch uint64) {
 // just lost the VIP never relays a datagram that still reaches it. Off,
 // datagrams are read and dropped as not_primary.
 func (r *Relay) SetForwarding(on bool) { r.stopped.Store(!on) }
+
+// SetDeadline makes forwarding end by itself at t, the holder's lease
+// deadline (the agent moves it on each renewal); the zero time removes it.
+// Turned off this way, datagrams are dropped as not_primary.
+func (r *Relay) SetDeadline(t time.Time) {
+	if t.IsZero() {
+		r.deadline.Store(0)
+		return
+	}
+	r.deadline.Store(max(1, int64(t.Sub(r.base))))
+}
 
 // Forwarding reports whether the relay forwards.
 func (r *Relay) Forwarding() bool { return !r.stopped.Load() }
@@ -251,6 +267,8 @@ func (r *Relay) newListener(ctx context.Context, addr netip.AddrPort, ifi *net.I
 		allow:   r.cfg.Allow,
 		space:   &r.space,
 		stopped: &r.stopped,
+		until:   &r.deadline,
+		base:    r.base,
 		log:     r.log.With("listen", addr.String()),
 		now:     func() int64 { return time.Now().UnixNano() },
 		rep:     r.rep,
@@ -448,6 +466,8 @@ type relayListener struct {
 	allow   Allowlist
 	space   *atomic.Pointer[seqSpace]
 	stopped *atomic.Bool
+	until   *atomic.Int64 // Relay.deadline
+	base    time.Time
 	log     *slog.Logger
 	now     func() int64
 	c       relayCounters
@@ -545,7 +565,7 @@ func (l *relayListener) forward(ctx context.Context) error {
 
 // process frames and forwards datagrams 0..n-1 of the current batch.
 func (l *relayListener) process(n int) {
-	if l.stopped.Load() {
+	if l.stopped.Load() || l.pastDeadline() {
 		l.c.received.Add(uint64(n))
 		l.c.dropped[DropNotPrimary].Add(uint64(n))
 		return
@@ -603,6 +623,15 @@ func (l *relayListener) process(n int) {
 	}
 	l.c.forwarded.Add(uint64(len(l.out) - failedAny))
 	sp.sentUpTo(seq)
+}
+
+// pastDeadline reports whether the lease deadline (SetDeadline) passed.
+func (l *relayListener) pastDeadline() bool {
+	if l.until == nil {
+		return false
+	}
+	d := l.until.Load()
+	return d != 0 && int64(time.Since(l.base)) > d
 }
 
 // logSendError logs send failures at most every 10 s: a dead destination

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -254,5 +255,24 @@ func BenchmarkRelayProcess(b *testing.B) {
 				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/datagram")
 			})
 		}
+	}
+}
+
+// Past its lease deadline the relay forwards nothing, even with forwarding
+// on: what a frozen holder finds in its socket on waking stays unsent.
+func TestRelayDeadline(t *testing.T) {
+	w := &fakeWriter{}
+	l, r := newTestListener(t, nil, nil, w)
+	l.until, l.base = &r.deadline, r.base
+	a := netip.MustParseAddrPort("198.18.0.50:4000")
+	r.SetDeadline(time.Now().Add(time.Hour))
+	l.process(feed(l, meta{N: 10, From: a}))
+	r.SetDeadline(time.Now().Add(-time.Millisecond))
+	l.process(feed(l, meta{N: 10, From: a}, meta{N: 10, From: a}))
+	r.SetDeadline(time.Time{}) // none: forwards again
+	l.process(feed(l, meta{N: 10, From: a}))
+	st := l.stats()
+	if st.Forwarded != 2 || st.Dropped["not_primary"] != 2 || w.n != 2 {
+		t.Fatalf("forwarded %d, not_primary %d, written %d; want 2, 2, 2", st.Forwarded, st.Dropped["not_primary"], w.n)
 	}
 }

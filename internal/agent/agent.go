@@ -49,6 +49,9 @@ type Election interface {
 type Forwarder interface {
 	SetEpoch(epoch uint64)
 	SetForwarding(on bool)
+	// SetDeadline ends forwarding by itself at the lease deadline: a
+	// holder frozen past it relays nothing on waking.
+	SetDeadline(t time.Time)
 }
 
 // Agent is the driftgate daemon on one server: it takes part in the
@@ -445,6 +448,7 @@ func (a *Agent) onElection(e consul.Event) error {
 	case consul.Renewed:
 		if t := a.holding(); t != nil && t.epoch == e.Epoch {
 			t.renew(e.Deadline)
+			a.fwd.SetDeadline(e.Deadline)
 		}
 	case consul.MustDrop:
 		err := a.drop()
@@ -488,6 +492,7 @@ func (a *Agent) bind(epoch uint64, deadline time.Time) {
 	}
 	a.tasks.Go(t.wait)
 	a.fwd.SetEpoch(epoch) // the same as on Acquired; set again in case of a missed event
+	a.fwd.SetDeadline(deadline)
 	a.fwd.SetForwarding(true)
 	a.mu.Lock()
 	a.term = t

@@ -182,9 +182,11 @@ type fakeRelay struct {
 	mu         sync.Mutex
 	epoch      uint64
 	forwarding bool
+	deadline   time.Time
 }
 
-func (r *fakeRelay) SetEpoch(e uint64) { r.mu.Lock(); r.epoch = e; r.mu.Unlock() }
+func (r *fakeRelay) SetEpoch(e uint64)       { r.mu.Lock(); r.epoch = e; r.mu.Unlock() }
+func (r *fakeRelay) SetDeadline(t time.Time) { r.mu.Lock(); r.deadline = t; r.mu.Unlock() }
 func (r *fakeRelay) SetForwarding(on bool) {
 	r.mu.Lock()
 	r.forwarding = on
@@ -345,6 +347,14 @@ func TestSimTerm(t *testing.T) {
 	s.clock.Advance(500 * time.Millisecond)
 	s.emit(consul.Renewed, 6, 9*time.Second, "") // another term's: ignored
 	s.emit(consul.Renewed, 7, 3*time.Second, "")
+	// The relay stops by itself at the lease deadline, moved by each
+	// renewal (a holder frozen past it must not relay on waking).
+	s.relay.mu.Lock()
+	dl := s.relay.deadline
+	s.relay.mu.Unlock()
+	if want := s.clock.Now().Add(3 * time.Second); !dl.Equal(want) {
+		t.Fatalf("relay deadline %v, want the last renewal's %v", dl, want)
+	}
 	if err := s.emit(consul.MustDrop, 7, 0, "lock lost"); err != nil {
 		t.Fatalf("MustDrop: %v", err)
 	}
