@@ -12,6 +12,9 @@ const (
 	DefaultHoldFrames = 1024
 	DefaultHoldTime   = 500 * time.Millisecond
 	holdBytes         = 4 << 20
+	// DefaultSourceRate: datagrams a second from a host admitted only by a
+	// receive.sources prefix (and a second's worth of burst).
+	DefaultSourceRate = 10_000
 )
 
 // pending holds frames of epochs Consul has not confirmed yet, in arrival

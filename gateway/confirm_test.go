@@ -150,3 +150,20 @@ func TestConfirmOff(t *testing.T) {
 		t.Fatalf("delivered (-want +got):\n%s", diff)
 	}
 }
+
+// A host admitted only by a prefix is held to SourceRate datagrams a
+// second; a registered node is not limited.
+func TestSourceRate(t *testing.T) {
+	r := newTestReceiver(t, ReceiverConfig{Sources: Allowlist{netip.MustParsePrefix("198.19.0.0/24")}, SourceRate: 100})
+	r.SetSources([]netip.Addr{netip.MustParseAddr("198.18.0.11")})
+	for s := uint64(1); s <= 300; s++ {
+		r.send("198.19.0.7:40000", 5, s) // at once: a second's worth passes
+	}
+	for s := uint64(301); s <= 600; s++ {
+		r.send("198.18.0.11:40000", 5, s)
+	}
+	st := r.Stats()
+	if st.SourceRateLimited < 190 || st.SourceRateLimited > 200 || st.Delivered != st.Received-st.SourceRateLimited {
+		t.Fatalf("rate limited %d of 300 from the prefix host (want about 200), delivered %d of %d", st.SourceRateLimited, st.Delivered, st.Received)
+	}
+}

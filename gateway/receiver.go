@@ -45,6 +45,10 @@ type ReceiverConfig struct {
 	// above the one followed (counted as EpochStep): for receivers that
 	// cannot ask Consul (ConfirmEpochs does better).
 	MaxEpochStep uint64
+	// SourceRate bounds the datagrams a second taken from one host that
+	// only a Sources prefix admits (registered nodes are not limited); 0 =
+	// DefaultSourceRate. The excess is counted as SourceRateLimited.
+	SourceRate int
 	// Sources: frames, requests and announcements are taken only from these
 	// prefixes and the nodes given to SetSources; others are dropped and
 	// counted as foreign_source. Empty, until SetSources: from anywhere.
@@ -74,6 +78,8 @@ func (c *ReceiverConfig) Validate() error {
 		return fmt.Errorf("batch: %d is out of range 1..1024 (0: %d)", c.Batch, DefaultBatch)
 	case c.RcvBuf < 0:
 		return fmt.Errorf("rcvbuf: %d must not be negative (0: %d)", c.RcvBuf, DefaultRcvBuf)
+	case c.SourceRate < 0:
+		return fmt.Errorf("source_rate: %d must not be negative (0: %d datagrams/s)", c.SourceRate, DefaultSourceRate)
 	case c.HoldFrames < 0 || c.HoldFrames > 1<<20:
 		return fmt.Errorf("hold_frames: %d is out of range 1..%d (0: %d)", c.HoldFrames, 1<<20, DefaultHoldFrames)
 	case c.HoldTime < 0 || c.HoldTime > time.Minute:
@@ -121,6 +127,9 @@ type ReceiverStats struct {
 	ConfirmWait      time.Duration
 	Confirmed        uint64
 	EpochRegressions uint64
+	// SourceRateLimited: datagrams from a prefix-allowed host beyond
+	// SourceRate, dropped unread.
+	SourceRateLimited uint64
 	// EpochStep: frames refused for an epoch more than MaxEpochStep ahead.
 	EpochStep uint64
 	// ForeignSource: datagrams from a host that is not a source (Sources,
@@ -177,6 +186,7 @@ type Receiver struct {
 	pend        *pending
 	confirmWait time.Duration
 	sources     map[netip.Addr]bool // nil: not set (SetSources)
+	srcBuckets  map[netip.Addr]*srcBucket
 
 	deliverFn func(*Frame, []byte)
 	firstErr  error // the first delivery error of the current batch
@@ -235,6 +245,7 @@ func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*Receiver, error) {
 		r.nack.Ranges = make([]SeqRange, 0, MaxNackRanges)
 	}
 	r.deliverFn = r.deliver // bound once: a method value made per call allocates
+	r.srcBuckets = map[netip.Addr]*srcBucket{}
 	if cfg.ConfirmEpochs {
 		r.pend = newPending(cmp.Or(cfg.HoldFrames, DefaultHoldFrames), cmp.Or(cfg.HoldTime, DefaultHoldTime))
 	}
@@ -393,8 +404,7 @@ func (r *Receiver) endBatch() {
 
 // datagram handles one datagram read at now from `from`. Callers hold mu.
 func (r *Receiver) datagram(raw []byte, from netip.AddrPort, now int64) {
-	if !r.sourceOK(from.Addr()) {
-		r.st.ForeignSource++
+	if !r.sourceOK(from.Addr(), now) {
 		return
 	}
 	if r.peer != nil && isNack(raw) {
@@ -542,12 +552,43 @@ func (r *Receiver) SetSources(addrs []netip.Addr) {
 }
 
 // sourceOK reports whether frames from a are taken. Callers hold mu.
-func (r *Receiver) sourceOK(a netip.Addr) bool {
+func (r *Receiver) sourceOK(a netip.Addr, now int64) bool {
 	if r.sources == nil && len(r.cfg.Sources) == 0 {
 		return true
 	}
 	a = a.Unmap()
-	return r.sources[a] || (len(r.cfg.Sources) > 0 && r.cfg.Sources.Allows(a))
+	if r.sources[a] {
+		return true // a registered node: its feed is never throttled
+	}
+	if len(r.cfg.Sources) == 0 || !r.cfg.Sources.Allows(a) {
+		r.st.ForeignSource++
+		return false
+	}
+	// Allowed by a prefix only: at most SourceRate datagrams a second, so
+	// a flood from one such host costs bounded work.
+	b := r.srcBuckets[a]
+	rate := float64(cmp.Or(r.cfg.SourceRate, DefaultSourceRate))
+	if b == nil {
+		if len(r.srcBuckets) >= 4096 {
+			clear(r.srcBuckets)
+		}
+		b = &srcBucket{tokens: rate, last: now}
+		r.srcBuckets[a] = b
+	}
+	b.tokens = min(rate, b.tokens+float64(now-b.last)/1e9*rate)
+	b.last = now
+	if b.tokens < 1 {
+		r.st.SourceRateLimited++
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// srcBucket is a token bucket of datagrams for one prefix-allowed source.
+type srcBucket struct {
+	tokens float64
+	last   int64 // ns, the receiver's clock
 }
 
 // SetPeers replaces the other receivers' repair addresses (the agent

@@ -104,6 +104,7 @@ type raw struct {
 		HoldFrames    int      `mapstructure:"hold_frames"`
 		HoldTime      string   `mapstructure:"hold_time"`
 		Sources       []string `mapstructure:"sources"`
+		SourceRate    int      `mapstructure:"source_rate"`
 	} `mapstructure:"receive"`
 	Checks  []rawCheck `mapstructure:"checks"`
 	Hooks   []rawHook  `mapstructure:"hooks"`
@@ -209,6 +210,7 @@ func defaults(v *viper.Viper) {
 		"receive.hold_frames":         gateway.DefaultHoldFrames,
 		"receive.hold_time":           gateway.DefaultHoldTime.String(),
 		"receive.sources":             []string{},
+		"receive.source_rate":         gateway.DefaultSourceRate,
 		"metrics.address":             "127.0.0.1:9469",
 		"log.level":                   "info",
 		"log.format":                  "text",

@@ -340,7 +340,7 @@ func parseReceive(r *raw) (Receive, error) {
 	if rec.Repair.Deadline, err = duration("receive.repair.deadline", rc.Repair.Deadline); err != nil {
 		return rec, err
 	}
-	rec.ConfirmEpochs, rec.HoldFrames = rc.ConfirmEpochs, rc.HoldFrames
+	rec.ConfirmEpochs, rec.HoldFrames, rec.SourceRate = rc.ConfirmEpochs, rc.HoldFrames, rc.SourceRate
 	if rec.HoldTime, err = duration("receive.hold_time", rc.HoldTime); err != nil {
 		return rec, err
 	}
