@@ -15,6 +15,9 @@ const (
 	// DefaultSourceRate: datagrams a second from a host admitted only by a
 	// receive.sources prefix (and a second's worth of burst).
 	DefaultSourceRate = 10_000
+	// replaySlack: a frame relayed longer than this before the receiver
+	// started is a replay. Generous, for relays whose clock is behind.
+	replaySlack = 30 * time.Second
 )
 
 // pending holds frames of epochs Consul has not confirmed yet, in arrival

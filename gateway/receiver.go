@@ -127,6 +127,9 @@ type ReceiverStats struct {
 	ConfirmWait      time.Duration
 	Confirmed        uint64
 	EpochRegressions uint64
+	// Replayed: frames relayed more than replaySlack before this receiver
+	// started, dropped (a restarted receiver would take them as new).
+	Replayed uint64
 	// SourceRateLimited: datagrams from a prefix-allowed host beyond
 	// SourceRate, dropped unread.
 	SourceRateLimited uint64
@@ -154,12 +157,13 @@ type Receiver struct {
 	// rejected counts by reason; index is the Reason.
 	rejected [numReasons]uint64
 
-	codec   *Codec
-	cur     Frame    // the frame being delivered (process, under mu)
-	main    readSide // the socket frames arrive on
-	gaps    gaps
-	base    time.Time // the receiver's monotonic clock starts here
-	lastLog atomic.Int64
+	codec     *Codec
+	cur       Frame    // the frame being delivered (process, under mu)
+	main      readSide // the socket frames arrive on
+	gaps      gaps
+	base      time.Time // the receiver's monotonic clock starts here
+	startWall int64     // and the wall clock, ns: frames relayed long before are replays
+	lastLog   atomic.Int64
 
 	// Repair: requests go out of repairConn (the unicast socket, or in
 	// multicast mode a socket of its own) and repaired frames come back to
@@ -232,7 +236,7 @@ func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*Receiver, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Receiver{cfg: cfg, log: log.With("component", "receiver"), codec: NewCodec(cfg.Key, cfg.NextKey),
-		gaps: gaps{cfg: cfg.Repair.withDefaults()}, base: time.Now(), kick: make(chan struct{}, 1)}
+		gaps: gaps{cfg: cfg.Repair.withDefaults()}, base: time.Now(), startWall: time.Now().UnixNano(), kick: make(chan struct{}, 1)}
 	if cfg.Order == OrderSequence {
 		r.ord = newOrderer(cmp.Or(cfg.OrderHold, DefaultOrderHold))
 	}
@@ -434,6 +438,14 @@ func (r *Receiver) datagram(raw []byte, from netip.AddrPort, now int64) {
 	f, err := r.codec.Decode(raw)
 	if err != nil {
 		r.rejected[err.(Reason)]++
+		return
+	}
+	if f.Timestamp != 0 && f.Timestamp < r.startWall-int64(replaySlack) {
+		// Relayed well before this receiver started: it cannot be a frame
+		// it missed, only one sent again (a replay; with a key, the time is
+		// the relay's, under the tag). A restarted receiver would otherwise
+		// take it as new.
+		r.st.Replayed++
 		return
 	}
 	if r.cfg.MaxEpochStep > 0 && r.tr.started && f.Epoch > r.tr.epoch && f.Epoch-r.tr.epoch > r.cfg.MaxEpochStep {

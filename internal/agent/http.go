@@ -219,8 +219,8 @@ func receiverOutcomes(r gateway.ReceiverStats) map[string]uint64 {
 	m := map[string]uint64{"delivered": r.Delivered, "duplicate": r.Duplicates, "stale_epoch": r.StaleEpoch,
 		"late": r.Late, "truncated": r.Truncated, "deliver_error": r.DeliverErrors,
 		"unconfirmed_epoch": r.Unconfirmed, "foreign_source": r.ForeignSource, "epoch_step": r.EpochStep,
-		"source_rate_limited": r.SourceRateLimited,
-		"announcement":        r.Announcements, "bad_announcement": r.BadAnnouncements}
+		"source_rate_limited": r.SourceRateLimited, "replayed": r.Replayed,
+		"announcement": r.Announcements, "bad_announcement": r.BadAnnouncements}
 	if r.PeerRepair != nil {
 		m["repair_request"] = r.PeerRepair.Requests
 	}
