@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -172,13 +173,14 @@ func TestSourceRate(t *testing.T) {
 // tell a captured frame from a new one, but the relay's timestamp (under
 // the tag, with a key) says it was relayed before the receiver started.
 func TestReplayAfterRestart(t *testing.T) {
-	r := newTestReceiver(t, ReceiverConfig{})
+	key := bytes.Repeat([]byte{3}, 32)
+	r := newTestReceiver(t, ReceiverConfig{Key: key})
 	old := time.Now().Add(-time.Minute).UnixNano()
 	for _, tc := range []struct {
 		ts  int64
 		seq uint64
 	}{{old, 100}, {old, 101}, {time.Now().UnixNano(), 102}, {old, 99}} {
-		b := NewCodec(nil).AppendFrame(r.rs.bufs[0][:0], Header{Epoch: 5, Seq: tc.seq, Timestamp: tc.ts}, []byte("x"))
+		b := NewCodec(key).AppendFrame(r.rs.bufs[0][:0], Header{Epoch: 5, Seq: tc.seq, Timestamp: tc.ts}, []byte("x"))
 		r.rs.metas[0] = meta{N: len(b), From: netip.MustParseAddrPort("198.18.0.11:40000")}
 		r.process(r.rs, 1)
 	}

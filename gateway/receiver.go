@@ -157,13 +157,14 @@ type Receiver struct {
 	// rejected counts by reason; index is the Reason.
 	rejected [numReasons]uint64
 
-	codec     *Codec
-	cur       Frame    // the frame being delivered (process, under mu)
-	main      readSide // the socket frames arrive on
-	gaps      gaps
-	base      time.Time // the receiver's monotonic clock starts here
-	startWall int64     // and the wall clock, ns: frames relayed long before are replays
-	lastLog   atomic.Int64
+	codec         *Codec
+	cur           Frame    // the frame being delivered (process, under mu)
+	main          readSide // the socket frames arrive on
+	gaps          gaps
+	base          time.Time // the receiver's monotonic clock starts here
+	startWall     int64     // and the wall clock, ns: frames relayed long before are replays
+	lastReplayLog int64
+	lastLog       atomic.Int64
 
 	// Repair: requests go out of repairConn (the unicast socket, or in
 	// multicast mode a socket of its own) and repaired frames come back to
@@ -440,12 +441,17 @@ func (r *Receiver) datagram(raw []byte, from netip.AddrPort, now int64) {
 		r.rejected[err.(Reason)]++
 		return
 	}
-	if f.Timestamp != 0 && f.Timestamp < r.startWall-int64(replaySlack) {
+	if r.codec.Authenticated() && f.Timestamp != 0 && f.Timestamp < r.startWall-int64(replaySlack) {
 		// Relayed well before this receiver started: it cannot be a frame
-		// it missed, only one sent again (a replay; with a key, the time is
-		// the relay's, under the tag). A restarted receiver would otherwise
-		// take it as new.
+		// it missed, only one sent again (a replay: the time is the
+		// relay's, under the tag — without a key it proves nothing, and
+		// nothing is checked). A restarted receiver would take it as new.
 		r.st.Replayed++
+		if now-r.lastReplayLog > int64(10*time.Second) || r.lastReplayLog == 0 {
+			r.lastReplayLog = now
+			r.log.Warn("dropping frames stamped long before this receiver started: replays, or the relay's clock is far behind",
+				"stamped", time.Unix(0, f.Timestamp).UTC(), "replayed_total", r.st.Replayed)
+		}
 		return
 	}
 	if r.cfg.MaxEpochStep > 0 && r.tr.started && f.Epoch > r.tr.epoch && f.Epoch-r.tr.epoch > r.cfg.MaxEpochStep {
