@@ -23,7 +23,6 @@ import (
 
 	"driftgate/consul"
 	"driftgate/consul/consultest"
-	"driftgate/gateway"
 	"driftgate/internal/netlab"
 	"driftgate/internal/testkit"
 )
@@ -207,16 +206,7 @@ func faults() []fault {
 					c.t.Errorf("stray epoch: reading %s's state: %v", v, err)
 					return func() {}
 				}
-				frame := gateway.NewCodec(nil).AppendFrame(nil, gateway.Header{Epoch: st.Epoch + 1_000_000, Seq: 1}, []byte("-1"))
-				if err := c.rogue.Do(func() error {
-					conn, err := net.Dial("udp4", "239.255.0.1:5001")
-					if err != nil {
-						return err
-					}
-					defer conn.Close()
-					_, err = conn.Write(frame)
-					return err
-				}); err != nil {
+				if err := sendStrayEpoch(c.rogue, st.Epoch, "-1"); err != nil {
 					c.t.Errorf("stray epoch frame: %v", err)
 				}
 				return func() {}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"driftgate/gateway"
+	"driftgate/internal/netlab"
 )
 
 // TestAgentStrayEpoch: while the feed runs, a third host on the LAN sends
@@ -39,16 +40,7 @@ func TestAgentStrayEpoch(t *testing.T) {
 			c.waitUntil("the feed at every node", 10*time.Second, func() bool {
 				return c.nodes["n1"].sink.high() > 100 && c.nodes["n2"].sink.high() > 100
 			})
-			frame := gateway.NewCodec(nil).AppendFrame(nil, gateway.Header{Epoch: st.Epoch + 1_000_000, Seq: 1}, []byte("999999"))
-			if err := c.lab.Host("rogue").Do(func() error {
-				conn, err := net.Dial("udp4", "239.255.0.1:5001")
-				if err != nil {
-					return err
-				}
-				defer conn.Close()
-				_, err = conn.Write(frame)
-				return err
-			}); err != nil {
+			if err := sendStrayEpoch(c.lab.Host("rogue"), st.Epoch, "999999"); err != nil {
 				t.Fatal(err)
 			}
 			// The stray frame is seen and dropped at every node...
@@ -78,6 +70,21 @@ func TestAgentStrayEpoch(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sendStrayEpoch sends, from h, one unsigned frame with epoch + 10⁶ to the
+// agents' group.
+func sendStrayEpoch(h *netlab.Host, epoch uint64, payload string) error {
+	frame := gateway.NewCodec(nil).AppendFrame(nil, gateway.Header{Epoch: epoch + 1_000_000, Seq: 1}, []byte(payload))
+	return h.Do(func() error {
+		conn, err := net.Dial("udp4", "239.255.0.1:5001")
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, err = conn.Write(frame)
+		return err
+	})
 }
 
 // TestAgentHostileLAN: with a key, and the whole LAN allowed as a source
