@@ -55,3 +55,58 @@ func (a *arena) at(pos uint64, n int) []byte {
 // writing runs forward, so its first byte is the first to go, once the
 // write position passes pos + len(buf).
 func (a *arena) intact(pos uint64) bool { return a.w <= pos+uint64(len(a.buf)) }
+
+// fifo is a bounded queue of byte records, each with metadata M, in one
+// arena: the delivery queue and the frames waiting for their epoch's
+// confirmation. A record stays in place until popped, so a reader may use
+// its bytes without copying.
+type fifo[M any] struct {
+	a       arena
+	recs    []fifoRec[M] // a ring; the oldest at head
+	head, n int
+}
+
+type fifoRec[M any] struct {
+	pos uint64
+	len int
+	m   M
+}
+
+func newFIFO[M any](records, bytes int) fifo[M] {
+	return fifo[M]{a: newArena(bytes), recs: make([]fifoRec[M], records)}
+}
+
+// push copies b in with m; false when the records or the bytes are used up.
+func (f *fifo[M]) push(b []byte, m M) bool {
+	if f.n == len(f.recs) {
+		return false
+	}
+	// The bytes in use run from the oldest record to the write position.
+	if pos := f.a.place(len(b)); f.n > 0 && pos+uint64(len(b))-f.recs[f.head].pos > uint64(len(f.a.buf)) {
+		return false
+	}
+	pos := f.a.put(b)
+	f.recs[(f.head+f.n)%len(f.recs)] = fifoRec[M]{pos: pos, len: len(b), m: m}
+	f.n++
+	return true
+}
+
+// rec is the i-th record from the oldest (i < n), and its bytes.
+func (f *fifo[M]) rec(i int) (*fifoRec[M], []byte) {
+	r := &f.recs[(f.head+i)%len(f.recs)]
+	return r, f.a.at(r.pos, r.len)
+}
+
+// pop forgets the oldest record.
+func (f *fifo[M]) pop() {
+	f.head = (f.head + 1) % len(f.recs)
+	f.n--
+}
+
+// usedBytes is what the records take, from the oldest to the newest.
+func (f *fifo[M]) usedBytes() int {
+	if f.n == 0 {
+		return 0
+	}
+	return int(f.a.w - f.recs[f.head].pos)
+}

@@ -21,33 +21,28 @@ const (
 )
 
 // pending holds frames of epochs Consul has not confirmed yet, in arrival
-// order, in one preallocated arena; bounded by count, bytes and age.
+// order, bounded by count, bytes and age.
 type pending struct {
-	a     arena
-	recs  []pendRec
-	head  int // index of the oldest in recs (a ring)
-	n     int
+	f     fifo[pendMeta]
 	hold  time.Duration
 	codec *Codec // decodes released frames again: they were checked on arrival
 }
 
-type pendRec struct {
+type pendMeta struct {
 	epoch uint64
 	from  netip.AddrPort
 	at    int64 // ns, the receiver's clock
-	pos   uint64
-	len   int
-	gone  bool // released or dropped out of order
+	gone  bool  // released or dropped out of order
 }
 
 func newPending(frames int, hold time.Duration) *pending {
-	return &pending{a: newArena(holdBytes), recs: make([]pendRec, frames), hold: hold, codec: NewCodec(nil)}
+	return &pending{f: newFIFO[pendMeta](frames, holdBytes), hold: hold, codec: NewCodec(nil)}
 }
 
 func (p *pending) len() int {
 	k := 0
-	for i := range p.n {
-		if !p.recs[(p.head+i)%len(p.recs)].gone {
+	for i := range p.f.n {
+		if r, _ := p.f.rec(i); !r.m.gone {
 			k++
 		}
 	}
@@ -56,38 +51,28 @@ func (p *pending) len() int {
 
 // push holds raw; false when it cannot (full): the frame is dropped.
 func (p *pending) push(epoch uint64, from netip.AddrPort, raw []byte, now int64) bool {
-	if p.n == len(p.recs) {
-		return false
-	}
-	pos := p.a.place(len(raw))
-	if p.n > 0 && pos+uint64(len(raw))-p.recs[p.head].pos > uint64(len(p.a.buf)) {
-		return false
-	}
-	pos = p.a.put(raw)
-	p.recs[(p.head+p.n)%len(p.recs)] = pendRec{epoch: epoch, from: from, at: now, pos: pos, len: len(raw)}
-	p.n++
-	return true
+	return p.f.push(raw, pendMeta{epoch: epoch, from: from, at: now})
 }
 
 // release hands take the held frames of epoch, in order, and drops those
 // of lower epochs (never confirmed), counting them in dropped; frames of
 // higher epochs stay. It also drops what is older than the hold time.
 func (p *pending) release(epoch uint64, now int64, take func(f Frame, raw []byte, from netip.AddrPort, at int64), dropped *uint64) {
-	for i := range p.n {
-		rc := &p.recs[(p.head+i)%len(p.recs)]
-		if rc.gone {
+	for i := range p.f.n {
+		r, raw := p.f.rec(i)
+		m := &r.m
+		if m.gone {
 			continue
 		}
 		switch {
-		case rc.epoch == epoch && now-rc.at <= int64(p.hold):
-			raw := p.a.at(rc.pos, rc.len)
+		case m.epoch == epoch && now-m.at <= int64(p.hold):
 			if f, err := p.codec.Decode(raw); err == nil {
-				take(f, raw, rc.from, rc.at)
+				take(f, raw, m.from, m.at)
 			}
-			rc.gone = true
-		case rc.epoch <= epoch || now-rc.at > int64(p.hold):
+			m.gone = true
+		case m.epoch <= epoch || now-m.at > int64(p.hold):
 			*dropped++
-			rc.gone = true
+			m.gone = true
 		}
 	}
 	p.trim()
@@ -96,24 +81,26 @@ func (p *pending) release(epoch uint64, now int64, take func(f Frame, raw []byte
 // expire drops what has waited longer than the hold time, counting it, and
 // returns when to look again (0: nothing held).
 func (p *pending) expire(now int64, dropped *uint64) int64 {
-	for i := range p.n {
-		rc := &p.recs[(p.head+i)%len(p.recs)]
-		if !rc.gone && now-rc.at > int64(p.hold) {
+	for i := range p.f.n {
+		if r, _ := p.f.rec(i); !r.m.gone && now-r.m.at > int64(p.hold) {
 			*dropped++
-			rc.gone = true
+			r.m.gone = true
 		}
 	}
 	p.trim()
-	if p.n == 0 {
+	if p.f.n == 0 {
 		return 0
 	}
-	return p.recs[p.head].at + int64(p.hold) + 1
+	r, _ := p.f.rec(0)
+	return r.m.at + int64(p.hold) + 1
 }
 
 // trim forgets the gone records at the head.
 func (p *pending) trim() {
-	for p.n > 0 && p.recs[p.head].gone {
-		p.head = (p.head + 1) % len(p.recs)
-		p.n--
+	for p.f.n > 0 {
+		if r, _ := p.f.rec(0); !r.m.gone {
+			return
+		}
+		p.f.pop()
 	}
 }

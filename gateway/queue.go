@@ -55,52 +55,33 @@ type DeliveryStats struct {
 	Dropped    map[string]uint64 // "queue_full", "write_error"
 }
 
-// queue is a bounded FIFO of datagrams in one preallocated arena: one
-// goroutine pushes (the receiver), one pops (the writer). A popped record
-// stays in place until done, so the writer sends from the arena without
-// copying and without holding the lock.
+// queue is the delivery queue: one goroutine pushes (the receiver), one
+// pops (the writer). A datagram stays in place until done, so the writer
+// sends from the arena without copying and without holding the lock.
 type queue struct {
-	mu      sync.Mutex
-	a       arena
-	recs    []qrec // ring of records, head at recs[head%len]
-	head, n uint64
-	r       uint64 // arena position of the head record (bytes before are free)
-	ready   chan struct{}
+	mu    sync.Mutex
+	f     fifo[struct{}]
+	ready chan struct{}
 
 	maxDepth          int
 	written           uint64
 	full, writeErrors uint64
 }
 
-type qrec struct {
-	pos uint64
-	len int
-}
-
 func newQueue(c QueueConfig) *queue {
 	c = c.withDefaults()
-	return &queue{a: newArena(c.Bytes), recs: make([]qrec, c.Frames), ready: make(chan struct{}, 1)}
+	return &queue{f: newFIFO[struct{}](c.Frames, c.Bytes), ready: make(chan struct{}, 1)}
 }
 
 // push copies b in, or returns ErrQueueFull.
 func (q *queue) push(b []byte) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.n == uint64(len(q.recs)) {
+	if !q.f.push(b, struct{}{}) {
 		q.full++
 		return ErrQueueFull
 	}
-	// The bytes in use run from the head record to the write position.
-	if pos := q.a.place(len(b)); q.n == 0 {
-		q.r = pos
-	} else if pos+uint64(len(b))-q.r > uint64(len(q.a.buf)) {
-		q.full++
-		return ErrQueueFull
-	}
-	pos := q.a.put(b)
-	q.recs[(q.head+q.n)%uint64(len(q.recs))] = qrec{pos, len(b)}
-	q.n++
-	q.maxDepth = max(q.maxDepth, int(q.n))
+	q.maxDepth = max(q.maxDepth, q.f.n)
 	select {
 	case q.ready <- struct{}{}:
 	default:
@@ -112,24 +93,18 @@ func (q *queue) push(b []byte) error {
 func (q *queue) peek() ([]byte, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.n == 0 {
+	if q.f.n == 0 {
 		return nil, false
 	}
-	rc := q.recs[q.head%uint64(len(q.recs))]
-	return q.a.at(rc.pos, rc.len), true
+	_, b := q.f.rec(0)
+	return b, true
 }
 
 // done removes the head datagram, written (ok) or dropped.
 func (q *queue) done(ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	rc := q.recs[q.head%uint64(len(q.recs))]
-	q.head++
-	q.n--
-	q.r = rc.pos + uint64(rc.len)
-	if q.n > 0 {
-		q.r = q.recs[q.head%uint64(len(q.recs))].pos
-	}
+	q.f.pop()
 	if ok {
 		q.written++
 	} else {
@@ -140,10 +115,6 @@ func (q *queue) done(ok bool) {
 func (q *queue) stats() DeliveryStats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	s := DeliveryStats{Depth: int(q.n), MaxDepth: q.maxDepth, Written: q.written,
+	return DeliveryStats{Depth: q.f.n, DepthBytes: q.f.usedBytes(), MaxDepth: q.maxDepth, Written: q.written,
 		Dropped: map[string]uint64{"queue_full": q.full, "write_error": q.writeErrors}}
-	if q.n > 0 {
-		s.DepthBytes = int(q.a.w - q.r)
-	}
-	return s
 }
