@@ -60,8 +60,8 @@ func (c *ReceiverRepair) Validate() error {
 		return fmt.Errorf("repair.deadline: %s must be longer than repair.reorder %s", c.Deadline, c.Reorder)
 	case c.KeepFrames < 0 || c.KeepFrames > 1<<24:
 		return fmt.Errorf("repair.keep_frames: %d is out of range 1..%d (0: %d)", c.KeepFrames, 1<<24, DefaultKeepFrames)
-	case c.KeepBytes != 0 && (c.KeepBytes < 2*(HeaderLen+MaxRelayPayload+TagLen) || c.KeepBytes > 1<<31):
-		return fmt.Errorf("repair.keep_bytes: %d is out of range %d..%d (0: %d)", c.KeepBytes, 2*(HeaderLen+MaxRelayPayload+TagLen), 1<<31, DefaultKeepBytes)
+	case c.KeepBytes != 0 && (c.KeepBytes < 2*maxFrameLen || c.KeepBytes > 1<<31):
+		return fmt.Errorf("repair.keep_bytes: %d is out of range %d..%d (0: %d)", c.KeepBytes, 2*maxFrameLen, 1<<31, DefaultKeepBytes)
 	}
 	return nil
 }

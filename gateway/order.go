@@ -58,15 +58,12 @@ type orderer struct {
 	heldBytes int
 	cur       Frame
 	buf       []byte
-	hold1     [1]uint64 // putBatch's arguments, without allocating
-	hold2     [1][]byte
 }
 
 // Sequence order's bounds: the frames held behind a hole.
 const (
 	orderFrames = 16384
 	orderBytes  = 16 << 20
-	maxFrameLen = HeaderLen + MaxRelayPayload + TagLen
 )
 
 func newOrderer(hold time.Duration) *orderer {
@@ -100,9 +97,7 @@ func (o *orderer) take(f *Frame, raw []byte, now int64, deliver func(*Frame, []b
 			o.flush(deliver) // full: what is held goes now, holes given up
 		}
 		if f.Seq > o.next {
-			o.hold1[0], o.hold2[0] = f.Seq, raw
-			o.held.putBatch(o.epoch, o.hold1[:], o.hold2[:])
-			o.hold2[0] = nil
+			o.held.put(o.epoch, f.Seq, raw)
 			o.heldBytes += len(raw)
 			o.high = max(o.high, f.Seq)
 			if !o.waiting {

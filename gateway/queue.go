@@ -26,8 +26,8 @@ func (c *QueueConfig) Validate() error {
 	switch {
 	case c.Frames < 0 || c.Frames > 1<<22:
 		return fmt.Errorf("queue.frames: %d is out of range 1..%d (0: %d)", c.Frames, 1<<22, DefaultQueueFrames)
-	case c.Bytes != 0 && (c.Bytes < 2*(MaxPayload+HeaderLen+TagLen) || c.Bytes > 1<<30):
-		return fmt.Errorf("queue.bytes: %d is out of range %d..%d (0: %d)", c.Bytes, 2*(MaxPayload+HeaderLen+TagLen), 1<<30, DefaultQueueBytes)
+	case c.Bytes != 0 && (c.Bytes < 2*maxFrameLen || c.Bytes > 1<<30):
+		return fmt.Errorf("queue.bytes: %d is out of range %d..%d (0: %d)", c.Bytes, 2*maxFrameLen, 1<<30, DefaultQueueBytes)
 	}
 	return nil
 }

@@ -176,13 +176,11 @@ type Receiver struct {
 	// Peer repair: the frames this receiver accepted, kept to answer the
 	// other receivers' requests (nil with repair off), through peer, whose
 	// answers go out of repairConn through answer.
-	keep    *ring
-	peer    *repairer
-	answer  answer
-	nack    Nack
-	keepOne [1]uint64 // putBatch's arguments, without allocating
-	keepRaw [1][]byte
-	opened  bool // a gap opened in the current batch
+	keep   *ring
+	peer   *repairer
+	answer answer
+	nack   Nack
+	opened bool // a gap opened in the current batch
 
 	// Epoch confirmation: the highest epoch Consul has shown, the frames
 	// of higher epochs waiting for it, and the longest any released frame
@@ -191,7 +189,7 @@ type Receiver struct {
 	pend        *pending
 	confirmWait time.Duration
 	sources     map[netip.Addr]bool // nil: not set (SetSources)
-	srcBuckets  map[netip.Addr]*srcBucket
+	srcBuckets  buckets             // per prefix-allowed source
 
 	deliverFn func(*Frame, []byte)
 	firstErr  error // the first delivery error of the current batch
@@ -246,11 +244,11 @@ func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*Receiver, error) {
 		r.keep = newRing(rc.KeepFrames, rc.KeepBytes)
 		// Peers ask for a few frames around a takeover: the relay's
 		// default rate is plenty. No group: a peer answers unicast.
-		r.peer = newRepairer(r.keep, RepairConfig{}, cfg.Key, netip.AddrPort{})
+		r.peer = newRepairer(r.keep, RepairConfig{}, netip.AddrPort{})
 		r.nack.Ranges = make([]SeqRange, 0, MaxNackRanges)
 	}
 	r.deliverFn = r.deliver // bound once: a method value made per call allocates
-	r.srcBuckets = map[netip.Addr]*srcBucket{}
+	r.srcBuckets = buckets{}
 	if cfg.ConfirmEpochs {
 		r.pend = newPending(cmp.Or(cfg.HoldFrames, DefaultHoldFrames), cmp.Or(cfg.HoldTime, DefaultHoldTime))
 	}
@@ -322,7 +320,7 @@ func (r *Receiver) Bind(ctx context.Context) error {
 			r.conn = nil
 			return fmt.Errorf("receiver: %w", err)
 		}
-		r.answer = answer{w: w, buf: make([]byte, 0, repairBatch*maxFrameLen/8)}
+		r.answer = newAnswer(w)
 		r.keep.mu.Lock()
 		r.keep.a.prefault()
 		r.keep.mu.Unlock()
@@ -505,9 +503,7 @@ func (r *Receiver) frame(f Frame, raw []byte, from netip.AddrPort, now int64) {
 	// escapes, one allocation per frame.
 	r.cur = f
 	if r.keep != nil {
-		r.keepOne[0], r.keepRaw[0] = f.Seq, raw
-		r.keep.putBatch(f.Epoch, r.keepOne[:], r.keepRaw[:])
-		r.keepRaw[0] = nil
+		r.keep.put(f.Epoch, f.Seq, raw)
 	}
 	if r.ord != nil {
 		r.ord.take(&r.cur, raw, now, r.deliverFn)
@@ -584,29 +580,12 @@ func (r *Receiver) sourceOK(a netip.Addr, now int64) bool {
 	}
 	// Allowed by a prefix only: at most SourceRate datagrams a second, so
 	// a flood from one such host costs bounded work.
-	b := r.srcBuckets[a]
 	rate := float64(cmp.Or(r.cfg.SourceRate, DefaultSourceRate))
-	if b == nil {
-		if len(r.srcBuckets) >= 4096 {
-			clear(r.srcBuckets)
-		}
-		b = &srcBucket{tokens: rate, last: now}
-		r.srcBuckets[a] = b
-	}
-	b.tokens = min(rate, b.tokens+float64(now-b.last)/1e9*rate)
-	b.last = now
-	if b.tokens < 1 {
+	if !r.srcBuckets.of(a, rate, now).take(1, rate, rate, now) {
 		r.st.SourceRateLimited++
 		return false
 	}
-	b.tokens--
 	return true
-}
-
-// srcBucket is a token bucket of datagrams for one prefix-allowed source.
-type srcBucket struct {
-	tokens float64
-	last   int64 // ns, the receiver's clock
 }
 
 // SetPeers replaces the other receivers' repair addresses (the agent

@@ -64,6 +64,9 @@ const (
 	// MaxRelayPayload is the largest datagram the relay forwards: the
 	// framed datagram must still fit the IPv4 UDP limit of 65507 bytes.
 	MaxRelayPayload = 65507 - HeaderLen - TagLen
+	// maxFrameLen is the largest frame: what every buffer that holds
+	// frames (rings, queues, answers) must leave room for.
+	maxFrameLen = HeaderLen + MaxRelayPayload + TagLen
 )
 
 // RelayConfig configures a Relay. Listen and at least one destination
@@ -518,7 +521,7 @@ func (l *relayListener) alloc(batch int) {
 	l.frames = make([][]byte, batch)
 	l.reads = make([][]byte, batch)
 	for i := range l.frames {
-		l.frames[i] = make([]byte, HeaderLen+MaxRelayPayload+TagLen)
+		l.frames[i] = make([]byte, maxFrameLen)
 		l.reads[i] = l.frames[i][HeaderLen : HeaderLen+MaxRelayPayload]
 	}
 	l.metas = make([]meta, batch)

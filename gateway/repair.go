@@ -60,7 +60,7 @@ type repairCounters struct {
 type repairer struct {
 	ring  *ring
 	cfg   RepairConfig
-	key   []byte
+	key   []byte // serve's keys (the relay's); the receiver's peer passes its own codec
 	next  []byte // accepted too, during a key rotation
 	group netip.AddrPort
 	// allowed is who may ask besides cfg.Allow: the unicast destinations
@@ -69,22 +69,24 @@ type repairer struct {
 	c       repairCounters
 
 	mu      sync.Mutex // guards buckets
-	buckets map[netip.Addr]*bucket
+	buckets buckets
 }
 
 // newRepairer answers from g; group, if valid, is where a frame several
-// receivers ask for goes instead.
-func newRepairer(g *ring, cfg RepairConfig, key []byte, group netip.AddrPort) *repairer {
-	p := &repairer{ring: g, cfg: cfg.withDefaults(), key: key, group: group, buckets: map[netip.Addr]*bucket{}}
+// receivers ask for goes instead. handle is given the codec to check
+// requests with; serve makes one from key and next.
+func newRepairer(g *ring, cfg RepairConfig, group netip.AddrPort) *repairer {
+	p := &repairer{ring: g, cfg: cfg.withDefaults(), group: group, buckets: buckets{}}
 	p.allowed.Store(&map[netip.Addr]bool{})
 	return p
 }
 
-// newRelayRepairer is the relay's: its own ring, sized by cfg.Repair.
+// newRelayRepairer is the relay's: its own ring, sized by cfg.Repair,
+// serving on the relay's send sockets.
 func newRelayRepairer(cfg RelayConfig) *repairer {
 	rc := cfg.Repair.withDefaults()
-	p := newRepairer(newRing(rc.Frames, rc.Bytes), rc, cfg.Key, cfg.Group)
-	p.next = cfg.NextKey
+	p := newRepairer(newRing(rc.Frames, rc.Bytes), rc, cfg.Group)
+	p.key, p.next = cfg.Key, cfg.NextKey
 	return p
 }
 
@@ -105,32 +107,14 @@ func (p *repairer) allows(a netip.Addr) bool {
 	return (*p.allowed.Load())[a] || (len(p.cfg.Allow) > 0 && p.cfg.Allow.Allows(a))
 }
 
-// bucket is a token bucket of bytes for one requester.
-type bucket struct {
-	tokens float64
-	last   time.Time
-}
-
-// take reports whether requester may be sent n more bytes now.
+// take reports whether requester may be sent n more bytes now: at most
+// cfg.Rate a second, a quarter second's worth at once.
 func (p *repairer) take(requester netip.Addr, n int, now time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	b := p.buckets[requester]
-	burst := float64(p.cfg.Rate) / 4
-	if b == nil {
-		if len(p.buckets) >= 4096 { // allowlisted requesters are few; never grow without bound
-			clear(p.buckets)
-		}
-		b = &bucket{tokens: burst, last: now}
-		p.buckets[requester] = b
-	}
-	b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*float64(p.cfg.Rate))
-	b.last = now
-	if b.tokens < float64(n) {
-		return false
-	}
-	b.tokens -= float64(n)
-	return true
+	rate := float64(p.cfg.Rate)
+	ns := now.UnixNano()
+	return p.buckets.of(requester, rate/4, ns).take(float64(n), rate, rate/4, ns)
 }
 
 func (p *repairer) stats() RepairStats {
@@ -156,7 +140,7 @@ func (p *repairer) serve(ctx context.Context, s *sender) error {
 	}
 	codec := NewCodec(p.key, p.next)
 	in := make([]byte, 2048)
-	a := answer{w: w, buf: make([]byte, 0, repairBatch*(HeaderLen+MaxRelayPayload+TagLen)/8)}
+	a := newAnswer(w)
 	var n Nack
 	n.Ranges = make([]SeqRange, 0, MaxNackRanges)
 	stop := context.AfterFunc(ctx, func() { _ = s.conn.SetReadDeadline(time.Unix(1, 0)) })
@@ -298,6 +282,12 @@ type answer struct {
 	lastGroup bool
 }
 
+// newAnswer is an answer written with w: room for a batch of average
+// frames, and flushed before a largest one would not fit.
+func newAnswer(w batchWriter) answer {
+	return answer{w: w, buf: make([]byte, 0, repairBatch*maxFrameLen/8)}
+}
+
 func (a *answer) start(to, group netip.AddrPort) {
 	a.to, a.group = to, group
 	a.reset()
@@ -332,5 +322,5 @@ func (a *answer) unpick() {
 // full: one more frame might not fit without growing the buffer, or a
 // batch is complete.
 func (a *answer) full() bool {
-	return len(a.uni)+len(a.grp) >= repairBatch || cap(a.buf)-len(a.buf) < HeaderLen+MaxRelayPayload+TagLen
+	return len(a.uni)+len(a.grp) >= repairBatch || cap(a.buf)-len(a.buf) < maxFrameLen
 }

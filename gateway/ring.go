@@ -33,8 +33,8 @@ func (c *RepairConfig) Validate() error {
 	switch {
 	case c.Frames < 0 || c.Frames > 1<<24:
 		return fmt.Errorf("repair.frames: %d is out of range 1..%d (0: %d)", c.Frames, 1<<24, DefaultRingFrames)
-	case c.Bytes != 0 && (c.Bytes < 2*(HeaderLen+MaxRelayPayload+TagLen) || c.Bytes > 1<<31):
-		return fmt.Errorf("repair.bytes: %d is out of range %d..%d (0: %d)", c.Bytes, 2*(HeaderLen+MaxRelayPayload+TagLen), 1<<31, DefaultRingBytes)
+	case c.Bytes != 0 && (c.Bytes < 2*maxFrameLen || c.Bytes > 1<<31):
+		return fmt.Errorf("repair.bytes: %d is out of range %d..%d (0: %d)", c.Bytes, 2*maxFrameLen, 1<<31, DefaultRingBytes)
 	case c.Rate < 0:
 		return fmt.Errorf("repair.rate: %d must not be negative (0: %d bytes/s)", c.Rate, DefaultRepairRate)
 	}
@@ -79,14 +79,27 @@ func newRing(frames, bytes int) *ring {
 	return &ring{a: newArena(bytes), ents: make([]ringEntry, frames)}
 }
 
-// putBatch stores frames whose sequence numbers are seqs, all of epoch.
+// putBatch stores frames whose sequence numbers are seqs, all of epoch,
+// under one lock (the relay's batch).
 func (g *ring) putBatch(epoch uint64, seqs []uint64, frames [][]byte) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for i, f := range frames {
-		pos := g.a.put(f)
-		g.ents[seqs[i]%uint64(len(g.ents))] = ringEntry{epoch: epoch, seq: seqs[i], pos: pos, len: len(f)}
+		g.store(epoch, seqs[i], f)
 	}
+}
+
+// put stores one frame.
+func (g *ring) put(epoch, seq uint64, frame []byte) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.store(epoch, seq, frame)
+}
+
+// store copies frame in. Callers hold mu.
+func (g *ring) store(epoch, seq uint64, frame []byte) {
+	pos := g.a.put(frame)
+	g.ents[seq%uint64(len(g.ents))] = ringEntry{epoch: epoch, seq: seq, pos: pos, len: len(frame)}
 }
 
 // entry returns the live entry for (epoch, seq), or nil. Callers hold mu.
