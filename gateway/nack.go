@@ -46,21 +46,52 @@ func isNack(b []byte) bool { return len(b) >= 2 && b[0] == magic0 && b[1] == nac
 // AppendNack appends n, tagged when the codec has a key, to dst.
 func (c *Codec) AppendNack(dst []byte, n *Nack) []byte {
 	start := len(dst)
-	var h [NackHeaderLen]byte
-	h[0], h[1], h[2] = magic0, nackMagic1, Version
-	if c.mac != nil {
-		h[3] = FlagAuth
-	}
-	binary.BigEndian.PutUint16(h[4:], NackHeaderLen)
-	binary.BigEndian.PutUint16(h[6:], uint16(len(n.Ranges)))
-	binary.BigEndian.PutUint64(h[8:], n.Epoch)
-	binary.BigEndian.PutUint64(h[16:], uint64(n.Timestamp))
-	dst = append(dst, h[:]...)
+	dst = c.appendMsgHeader(dst, nackMagic1, uint16(len(n.Ranges)), n.Epoch, uint64(n.Timestamp))
 	for _, r := range n.Ranges {
 		dst = binary.BigEndian.AppendUint64(dst, r.First)
 		dst = binary.BigEndian.AppendUint32(dst, r.Count)
 	}
 	return c.appendTag(dst, start)
+}
+
+// Repair requests and announcements share one header layout (24 bytes):
+// magic "D" and their kind, version, flags, header length, a 16-bit count,
+// two 64-bit fields; then count items, then the tag with a key.
+
+// appendMsgHeader appends that header.
+func (c *Codec) appendMsgHeader(dst []byte, kind byte, count uint16, x, y uint64) []byte {
+	var h [NackHeaderLen]byte
+	h[0], h[1], h[2] = magic0, kind, Version
+	if c.mac != nil {
+		h[3] = FlagAuth
+	}
+	binary.BigEndian.PutUint16(h[4:], NackHeaderLen)
+	binary.BigEndian.PutUint16(h[6:], count)
+	binary.BigEndian.PutUint64(h[8:], x)
+	binary.BigEndian.PutUint64(h[16:], y)
+	return append(dst, h[:]...)
+}
+
+// openMsg checks the header, length and tag of a message of kind whose
+// count items of itemLen bytes each follow the header, count in
+// minCount..maxCount; it returns the header length and the count.
+func (c *Codec) openMsg(b []byte, kind byte, itemLen, minCount, maxCount int) (hlen, count int, err error) {
+	if len(b) < NackHeaderLen || b[0] != magic0 || b[1] != kind || b[2] != Version || b[3]&^FlagAuth != 0 {
+		return 0, 0, ErrNackMalformed
+	}
+	hlen = int(binary.BigEndian.Uint16(b[4:]))
+	count = int(binary.BigEndian.Uint16(b[6:]))
+	tlen := 0
+	if b[3]&FlagAuth != 0 {
+		tlen = TagLen
+	}
+	if hlen < NackHeaderLen || count < minCount || count > maxCount || len(b) != hlen+count*itemLen+tlen {
+		return 0, 0, ErrNackMalformed
+	}
+	if c.mac != nil && (tlen == 0 || !c.tagValid(b[:len(b)-TagLen], b[len(b)-TagLen:])) {
+		return 0, 0, ErrNackTag
+	}
+	return hlen, count, nil
 }
 
 // appendTag appends, when the codec has a key, the tag of dst[start:].
@@ -74,32 +105,13 @@ func (c *Codec) appendTag(dst []byte, start int) []byte {
 	return append(dst, c.sum[:TagLen]...)
 }
 
-// tagOK reports whether b ends in the tag of its first body bytes.
-func (c *Codec) tagOK(b []byte, body int) bool { return c.tagValid(b[:body], b[body:]) }
-
 // DecodeNack parses and checks a repair request into n, reusing n.Ranges.
 // With a key, the request must carry a valid tag. It does not allocate
 // once n.Ranges has room for MaxNackRanges.
 func (c *Codec) DecodeNack(b []byte, n *Nack) error {
-	if len(b) < NackHeaderLen || b[0] != magic0 || b[1] != nackMagic1 || b[2] != Version || b[3]&^FlagAuth != 0 {
-		return ErrNackMalformed
-	}
-	hlen := int(binary.BigEndian.Uint16(b[4:]))
-	count := int(binary.BigEndian.Uint16(b[6:]))
-	tlen := 0
-	if b[3]&FlagAuth != 0 {
-		tlen = TagLen
-	}
-	if hlen < NackHeaderLen || count == 0 || count > MaxNackRanges || len(b) != hlen+count*NackRangeLen+tlen {
-		return ErrNackMalformed
-	}
-	if c.mac != nil {
-		if tlen == 0 {
-			return ErrNackTag
-		}
-		if !c.tagOK(b, len(b)-TagLen) {
-			return ErrNackTag
-		}
+	hlen, count, err := c.openMsg(b, nackMagic1, NackRangeLen, 1, MaxNackRanges)
+	if err != nil {
+		return err
 	}
 	n.Epoch = binary.BigEndian.Uint64(b[8:])
 	n.Timestamp = int64(binary.BigEndian.Uint64(b[16:]))
@@ -122,10 +134,7 @@ func (c *Codec) DecodeNack(b []byte, n *Nack) error {
 // receiver that missed the last frames before the pause — which no later
 // frame reveals — can ask for them too (PGM's source path messages do the
 // same).
-const (
-	AnnounceLen  = 24
-	announceMag1 = 'S'
-)
+const announceMag1 = 'S' // its header is the repair request's, with no items
 
 // Announce is a decoded sequence announcement.
 type Announce struct {
@@ -139,38 +148,14 @@ func IsAnnounce(b []byte) bool { return len(b) >= 2 && b[0] == magic0 && b[1] ==
 // AppendAnnounce appends a, tagged when the codec has a key, to dst.
 func (c *Codec) AppendAnnounce(dst []byte, a Announce) []byte {
 	start := len(dst)
-	var h [AnnounceLen]byte
-	h[0], h[1], h[2] = magic0, announceMag1, Version
-	if c.mac != nil {
-		h[3] = FlagAuth
-	}
-	binary.BigEndian.PutUint16(h[4:], AnnounceLen)
-	binary.BigEndian.PutUint64(h[8:], a.Epoch)
-	binary.BigEndian.PutUint64(h[16:], a.Seq)
-	return c.appendTag(append(dst, h[:]...), start)
+	return c.appendTag(c.appendMsgHeader(dst, announceMag1, 0, a.Epoch, a.Seq), start)
 }
 
 // DecodeAnnounce parses and checks an announcement; with a key it must
 // carry a valid tag. It does not allocate.
 func (c *Codec) DecodeAnnounce(b []byte) (Announce, error) {
-	if len(b) < AnnounceLen || !IsAnnounce(b) || b[2] != Version || b[3]&^FlagAuth != 0 {
-		return Announce{}, ErrNackMalformed
-	}
-	hlen := int(binary.BigEndian.Uint16(b[4:]))
-	tlen := 0
-	if b[3]&FlagAuth != 0 {
-		tlen = TagLen
-	}
-	if hlen < AnnounceLen || len(b) != hlen+tlen {
-		return Announce{}, ErrNackMalformed
-	}
-	if c.mac != nil {
-		if tlen == 0 {
-			return Announce{}, ErrNackTag
-		}
-		if !c.tagOK(b, hlen) {
-			return Announce{}, ErrNackTag
-		}
+	if _, _, err := c.openMsg(b, announceMag1, 0, 0, 0); err != nil {
+		return Announce{}, err
 	}
 	return Announce{Epoch: binary.BigEndian.Uint64(b[8:]), Seq: binary.BigEndian.Uint64(b[16:])}, nil
 }
