@@ -19,21 +19,18 @@ type Instances struct {
 	// Receivers: the unicast receivers (ServiceConfig.Receive) of the
 	// healthy instances, sorted.
 	Receivers []netip.AddrPort
-	// Nodes: the addresses of all instances' nodes, healthy or not (a node
-	// with a critical check still receives the feed and may ask for
-	// repairs), sorted.
-	Nodes []netip.Addr
 	// Repair: each node's receiver repair address (its address and
 	// ServiceConfig.RepairPort), by node name.
 	Repair map[string]netip.AddrPort
 	// Sources: every instance's node address and registered sources
-	// (ServiceConfig.Sources), sorted: where frames may come from.
+	// (ServiceConfig.Sources), healthy or not (a node with a critical check
+	// still receives the feed and may ask for repairs), sorted: where
+	// frames and repair requests may come from.
 	Sources []netip.Addr
 }
 
 func (in Instances) equal(o Instances) bool {
-	return slices.Equal(in.Receivers, o.Receivers) && slices.Equal(in.Nodes, o.Nodes) && maps.Equal(in.Repair, o.Repair) &&
-		slices.Equal(in.Sources, o.Sources)
+	return slices.Equal(in.Receivers, o.Receivers) && maps.Equal(in.Repair, o.Repair) && slices.Equal(in.Sources, o.Sources)
 }
 
 // WatchReceivers calls fn with the service's instances each time they
@@ -63,7 +60,6 @@ func WatchReceivers(ctx context.Context, c *api.Client, service string, reqTimeo
 			}
 			a, aerr := netip.ParseAddr(addr)
 			if aerr == nil {
-				in.Nodes = append(in.Nodes, a)
 				in.Sources = append(in.Sources, a)
 				if port, err := strconv.ParseUint(e.Service.Meta[metaRepairPort], 10, 16); err == nil && port != 0 {
 					in.Repair[e.Service.Meta[metaNode]] = netip.AddrPortFrom(a, uint16(port))
@@ -77,8 +73,6 @@ func WatchReceivers(ctx context.Context, c *api.Client, service string, reqTimeo
 			}
 		}
 		slices.SortFunc(in.Receivers, func(x, y netip.AddrPort) int { return x.Compare(y) })
-		slices.SortFunc(in.Nodes, func(x, y netip.Addr) int { return x.Compare(y) })
-		in.Nodes = slices.Compact(in.Nodes)
 		slices.SortFunc(in.Sources, func(x, y netip.Addr) int { return x.Compare(y) })
 		in.Sources = slices.Compact(in.Sources)
 		if first || !in.equal(current) {
@@ -86,7 +80,7 @@ func WatchReceivers(ctx context.Context, c *api.Client, service string, reqTimeo
 				log.Error("updating the relay's receivers", "err", err)
 			} else {
 				first, current = false, in
-				log.Info("the service's instances from Consul", "receivers", fmt.Sprint(in.Receivers), "nodes", fmt.Sprint(in.Nodes), "repair", fmt.Sprint(in.Repair))
+				log.Info("the service's instances from Consul", "receivers", fmt.Sprint(in.Receivers), "sources", fmt.Sprint(in.Sources), "repair", fmt.Sprint(in.Repair))
 			}
 		}
 		return meta, false, nil

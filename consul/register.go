@@ -160,7 +160,7 @@ func Register(ctx context.Context, c *api.Client, cfg ServiceConfig, log *slog.L
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Registration{c: c, cfg: cfg, log: log.With("component", "registration"), role: "standby", reconnected: make(chan struct{}, 1),
-		heartbeatID: cfg.ID + ":heartbeat", linkID: cfg.ID + ":link"}
+		heartbeatID: heartbeatCheckID(cfg.ID), linkID: cfg.ID + ":link"}
 	if err := r.registerService(ctx); err != nil {
 		return nil, err
 	}
@@ -228,6 +228,12 @@ func (r *Registration) Restore(ctx context.Context) error {
 	}
 	return nil
 }
+
+// heartbeatCheckID is the heartbeat check of the service instance id.
+func heartbeatCheckID(serviceID string) string { return serviceID + ":heartbeat" }
+
+// heartbeatAlive starts every heartbeat's output; a note follows after "; ".
+const heartbeatAlive = "alive"
 
 // SetHeartbeatNote makes every heartbeat carry fn's text in the check's
 // output, which ReadStatus returns as NodeStatus.Feed. The local agent
@@ -333,7 +339,7 @@ func (r *Registration) RunHeartbeat(ctx context.Context, interval time.Duration)
 	fails := 0
 	for {
 		rctx, cancel := context.WithTimeout(ctx, interval)
-		out := "alive"
+		out := heartbeatAlive
 		if fn := r.note.Load(); fn != nil {
 			out += "; " + (*fn)()
 		}

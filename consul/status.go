@@ -82,8 +82,8 @@ func ReadStatus(ctx context.Context, c *api.Client, key, service string) (Status
 		var critical []string
 		for _, ch := range e.Checks {
 			ns.Checks[ch.Name] = ch.Status
-			if ch.CheckID == e.Service.ID+":heartbeat" {
-				ns.Feed = strings.TrimPrefix(strings.TrimPrefix(ch.Output, "alive"), "; ")
+			if ch.CheckID == heartbeatCheckID(e.Service.ID) {
+				ns.Feed = strings.TrimPrefix(strings.TrimPrefix(ch.Output, heartbeatAlive), "; ")
 			}
 			if ch.Status == api.HealthCritical {
 				critical = append(critical, ch.Name)

@@ -312,12 +312,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.cfg.Relay.DynamicUnicast || !a.cfg.Relay.Repair.Off || a.recv != nil {
 		// The service's instances: the unicast receivers to fan out to,
-		// the nodes whose repair requests the relay answers, and the other
-		// receivers, asked after a takeover and answered.
+		// the nodes frames and repair requests may come from, and the
+		// other receivers, asked after a takeover and answered.
 		g.Go(func() error {
 			return consul.WatchReceivers(gctx, a.client, a.cfg.Service.Name, timing.RequestTimeout, a.log,
 				func(in consul.Instances) error {
-					a.relay.SetRepairPeers(in.Nodes)
+					a.relay.SetRepairPeers(in.Sources)
 					if a.recv != nil {
 						a.recv.SetSources(in.Sources)
 						var peers []netip.AddrPort
