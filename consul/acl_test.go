@@ -70,7 +70,7 @@ func TestACLPolicy(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	epochs := make(chan uint64, 16)
-	go WatchEpochs(ctx, c2, "driftgate/leader", time.Second, nil, func(e uint64) { epochs <- e })
+	go WatchEpochs(ctx, c2, "driftgate/leader", time.Second, nil, nil, func(e uint64) { epochs <- e })
 	select {
 	case e := <-epochs:
 		if e == 0 {

@@ -74,16 +74,20 @@ type Config struct {
 	// critical to the servers once it can, and would invalidate a session
 	// created in the meantime at once.
 	Ready func() bool
-	// CheckCritical, if set, is told when the servers refuse a session
-	// because a check is critical (its ID) after Ready said yes: the
-	// servers may hold a status the local agent failed to sync while it
-	// could not reach them (a cut-off seen to last 70 s), and the agent
-	// can make it sync again.
-	CheckCritical func(ctx context.Context, checkID string)
+	// CheckRefused, if set, is told when the servers refuse a session
+	// because of one of its checks (its ID) after Ready said yes: they
+	// hold it critical (missing false) or do not have it at all (missing
+	// true). The servers may hold a status the local agent failed to sync
+	// while it could not reach them (a cut-off seen to last 70 s), or have
+	// lost the node's registration (a Consul cluster rebuilt under running
+	// agents); the local agent re-syncs at its anti-entropy interval, a
+	// minute or more, and the caller can make it sync at once.
+	CheckRefused func(ctx context.Context, checkID string, missing bool)
 }
 
-// criticalCheck finds the check a session was refused for.
-var criticalCheck = regexp.MustCompile(`Check '([^']+)' is in critical state`)
+// refusedCheck finds the check a session was refused for: critical on
+// the servers (group 1) or missing there (group 2).
+var refusedCheck = regexp.MustCompile(`Check '([^']+)' is in critical state|Missing check '([^']+)' registration`)
 
 func (c *Config) validate() error {
 	switch {
@@ -253,8 +257,8 @@ func (e *Election) Run(ctx context.Context, emit func(Event) error) error {
 			attempt++
 			wait := retry.Backoff(attempt)
 			e.log.Warn("cannot create session; retrying", "err", err, "attempt", attempt, "retry_in", wait)
-			if m := criticalCheck.FindStringSubmatch(err.Error()); m != nil && e.cfg.CheckCritical != nil && attempt >= 3 {
-				e.cfg.CheckCritical(ctx, m[1])
+			if m := refusedCheck.FindStringSubmatch(err.Error()); m != nil && e.cfg.CheckRefused != nil && attempt >= 3 {
+				e.cfg.CheckRefused(ctx, m[1]+m[2], m[2] != "")
 			}
 			e.setSnap(func(s *Snapshot) { s.Ineligible = "no session: " + err.Error() })
 			if !e.sleep(ctx, wait) {
@@ -427,7 +431,7 @@ func (v *leaseView) get() (known, exists bool, idx uint64, seen time.Time) {
 
 // watchLease keeps view up to date with the lease record until ctx ends.
 func (e *Election) watchLease(ctx context.Context, view *leaseView) {
-	watch(ctx, e.cfg.Timing.RequestTimeout, func(q *api.QueryOptions) (*api.QueryMeta, bool, error) {
+	watch(ctx, e.cfg.Timing.RequestTimeout, nil, func(q *api.QueryOptions) (*api.QueryMeta, bool, error) {
 		pair, meta, err := e.c.KV().Get(e.leaseKey(), q)
 		if err == nil {
 			view.record(pair, time.Now())
@@ -510,7 +514,7 @@ func (e *Election) contend(parent context.Context, sess string) (acquisition, er
 
 // watchSession ends ctx (cause errSessionGone) when the session is gone.
 func (e *Election) watchSession(ctx context.Context, sess string, cancel context.CancelCauseFunc) {
-	watch(ctx, e.cfg.Timing.RequestTimeout, func(q *api.QueryOptions) (*api.QueryMeta, bool, error) {
+	watch(ctx, e.cfg.Timing.RequestTimeout, nil, func(q *api.QueryOptions) (*api.QueryMeta, bool, error) {
 		info, meta, err := e.c.Session().Info(sess, q)
 		if err != nil {
 			return nil, false, err
@@ -1004,7 +1008,7 @@ func (e *Election) markDropped(sess string, epoch uint64) {
 // Markers are only ever written after the drop and name one session, so
 // even a stale read that shows it is true.
 func (e *Election) watchDropped(ctx context.Context, pred string, found chan<- struct{}) {
-	watch(ctx, e.cfg.Timing.RequestTimeout, func(q *api.QueryOptions) (*api.QueryMeta, bool, error) {
+	watch(ctx, e.cfg.Timing.RequestTimeout, nil, func(q *api.QueryOptions) (*api.QueryMeta, bool, error) {
 		pair, meta, err := e.c.KV().Get(e.droppedKey(), q)
 		if err != nil {
 			return nil, false, err

@@ -42,7 +42,7 @@ func WatchReceivers(ctx context.Context, c *api.Client, service string, reqTimeo
 	fn func(Instances) error) error {
 	var current Instances
 	first := true
-	watch(ctx, reqTimeout, func(q *api.QueryOptions) (*api.QueryMeta, bool, error) {
+	watch(ctx, reqTimeout, nil, func(q *api.QueryOptions) (*api.QueryMeta, bool, error) {
 		entries, meta, err := c.Health().Service(service, "", false, q)
 		if err != nil {
 			return nil, false, fmt.Errorf("reading the instances of %s: %w", service, err)

@@ -241,24 +241,53 @@ const heartbeatAlive = "alive"
 // check_update_interval (5 min by default): it is a slow, cheap view.
 func (r *Registration) SetHeartbeatNote(fn func() string) { r.note.Store(&fn) }
 
-// ResyncHeartbeat registers the heartbeat check again, passing: the local
-// agent then syncs it to the servers at once. Call it only while the
-// heartbeat reaches the local agent (HeartbeatHealthy) but the servers
-// still hold it critical, a status the agent failed to sync while it could
-// not reach them; it retries a failed sync only at its anti-entropy
-// interval.
-func (r *Registration) ResyncHeartbeat(ctx context.Context) error {
-	for _, reg := range r.checkRegs {
-		if reg.ID == r.heartbeatID {
-			return r.registerCheck(ctx, reg)
+// Resync makes the local agent sync the checks ids (and with them the
+// service) to the servers at once, for checks the servers hold critical
+// while they pass locally, or do not have at all; the agent itself would
+// only at its anti-entropy interval, a minute or more, or after a server
+// joins. A check registered again with what the agent has changes nothing
+// it syncs (a TTL check even keeps its persisted status), but it syncs a
+// status change at once: a TTL check is set to warning, which fences no
+// session, and straight back; any other is registered again. The owners of
+// the TTL checks hear Reconnected, to set them again should they have
+// changed meanwhile.
+func (r *Registration) Resync(ctx context.Context, ids ...string) error {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	have, err := r.c.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(rctx))
+	if err != nil {
+		return fmt.Errorf("resyncing checks: listing the local agent's checks: %w", err)
+	}
+	q := (&api.QueryOptions{}).WithContext(rctx)
+	for _, id := range ids {
+		i := slices.IndexFunc(r.checkRegs, func(reg *api.AgentCheckRegistration) bool { return reg.ID == id })
+		if i < 0 {
+			return fmt.Errorf("resyncing check %s: not one of this registration's", id)
 		}
+		c, ok := have[id]
+		if r.checkRegs[i].TTL == "" || !ok {
+			if err := r.registerCheck(ctx, r.checkRegs[i]); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := r.c.Agent().UpdateTTLOpts(id, "syncing to the Consul servers", api.HealthWarning, q); err != nil {
+			return fmt.Errorf("resyncing check %s: %w", id, err)
+		}
+		if err := r.c.Agent().UpdateTTLOpts(id, c.Output, c.Status, q); err != nil {
+			return fmt.Errorf("resyncing check %s: %w", id, err)
+		}
+	}
+	select {
+	case r.reconnected <- struct{}{}:
+	default:
 	}
 	return nil
 }
 
 // Reconnected receives after the heartbeat reached the local agent again
-// after failing: whoever owns the registration's state (role, link) should
-// set it again.
+// after failing, and after Resync: whoever owns the registration's state
+// (role, link) should set it again.
 func (r *Registration) Reconnected() <-chan struct{} { return r.reconnected }
 
 // CheckIDs are the service's checks, to bind to the election session.

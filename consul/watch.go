@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -59,14 +60,34 @@ func (b *blocking) reset() { b.idx = 0 }
 
 // watch runs query as a series of blocking queries until ctx ends (it then
 // returns nil) or query reports done. onErr, if set, hears each failure
-// before the backoff.
-func watch(ctx context.Context, reqTimeout time.Duration, query func(*api.QueryOptions) (*api.QueryMeta, bool, error),
+// before the backoff. A receive on recheck (nil: none) ends the query in
+// flight and asks again without a wait index: after a Consul cluster is
+// rebuilt its indexes start low, and a query waiting on an old, higher
+// index would otherwise see nothing until its wait time ends.
+func watch(ctx context.Context, reqTimeout time.Duration, recheck <-chan struct{}, query func(*api.QueryOptions) (*api.QueryMeta, bool, error),
 	onErr func(err error, attempt int, retryIn time.Duration)) {
 	var b blocking
 	for ctx.Err() == nil {
 		q, cancel := b.options(ctx, reqTimeout)
+		var rechecked atomic.Bool
+		answered := make(chan struct{})
+		if recheck != nil {
+			go func() {
+				select {
+				case <-recheck:
+					rechecked.Store(true)
+					cancel()
+				case <-answered:
+				}
+			}()
+		}
 		meta, done, err := query(q)
+		close(answered)
 		cancel()
+		if rechecked.Load() {
+			b.reset()
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return

@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -8,6 +9,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/hashicorp/consul/api"
+
+	"driftgate/consul/consultest"
 )
 
 // TestBlocking: the index rules of a series of blocking queries, step by
@@ -86,5 +89,50 @@ func TestRenewBackoff(t *testing.T) {
 	near := time.Now().Add(2*tm.RequestTimeout + 300*time.Millisecond)
 	if got := time.Until(renewBackoff(7, near, tm)); got > 300*time.Millisecond {
 		t.Fatalf("near deadline: next in %v, want at most 300ms (two request timeouts before the deadline)", got)
+	}
+}
+
+// TestWatchRecheck: a receive on recheck ends the blocking query in flight
+// and asks again without the wait index (after a Consul rebuild the old
+// index is higher than any the cluster has: the query would wait its whole
+// wait time); without one, the query blocks.
+func TestWatchRecheck(t *testing.T) {
+	c := consultest.StartServer(t).Client()
+	if _, err := c.KV().Put(&api.KVPair{Key: "w", Value: []byte("x")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	recheck := make(chan struct{})
+	asked := make(chan uint64, 16)
+	go watch(ctx, time.Second, recheck, func(q *api.QueryOptions) (*api.QueryMeta, bool, error) {
+		asked <- q.WaitIndex
+		_, meta, err := c.KV().Get("w", q)
+		return meta, false, err
+	}, nil)
+	next := func(what string) uint64 {
+		t.Helper()
+		select {
+		case idx := <-asked:
+			return idx
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: no query within 5s", what)
+			return 0
+		}
+	}
+	if idx := next("first"); idx != 0 {
+		t.Fatalf("first query waits on index %d, want 0", idx)
+	}
+	if idx := next("second"); idx == 0 {
+		t.Fatal("second query does not block (wait index 0)")
+	}
+	select {
+	case idx := <-asked:
+		t.Fatalf("a query (index %d) while nothing changed and no recheck", idx)
+	case <-time.After(300 * time.Millisecond):
+	}
+	recheck <- struct{}{}
+	if idx := next("after recheck"); idx != 0 {
+		t.Fatalf("after a recheck the query waits on index %d, want 0", idx)
 	}
 }

@@ -2,12 +2,19 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/consul/api"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sync/errgroup"
 
 	"driftgate/gateway"
 	"driftgate/internal/netlab"
@@ -212,4 +219,176 @@ func TestAgentHostileLAN(t *testing.T) {
 			t.Errorf("%s counted %v, want a tag_missing, a tag_bad, one unconfirmed, ≥ 900 duplicates of the replay, and the flood as bad_magic or, beyond 10k/s, source_rate_limited", name, got)
 		}
 	}
+}
+
+// TestAgentConsulRebuilt: the Consul cluster is rebuilt from scratch under
+// running agents — every server killed, its data directory deleted, and
+// started again on the same address; the client agents joined to it again,
+// as an operator would. Raft indexes start over, so the new primary's
+// epoch is lower than the one every receiver follows. Each receiver
+// follows Consul (counting an epoch regression) and the feed resumes,
+// whole, at every node.
+func TestAgentConsulRebuilt(t *testing.T) {
+	c := startCluster(t, clusterSpec{})
+	c.waitUntil("a primary", 30*time.Second, func() bool { return c.primary() != "" })
+	// Raise the old cluster's index far above what the new one reaches in
+	// this test, then start a term there.
+	var g errgroup.Group
+	g.SetLimit(16)
+	for i := range 1500 {
+		g.Go(func() error {
+			_, err := c.client.KV().Put(&api.KVPair{Key: "scratch/" + strconv.Itoa(i%16), Value: []byte{byte(i)}}, nil)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	old := c.primary()
+	if out, err := c.nodes[old].host.Command(context.Background(), driftgate, "step-down", "--config", c.nodes[old].cfg).CombinedOutput(); err != nil {
+		t.Fatalf("step-down: %v: %s", err, out)
+	}
+	var oldEpoch uint64
+	c.waitUntil("a primary with the raised epoch", 30*time.Second, func() bool {
+		p := c.primary()
+		if p == "" {
+			return false
+		}
+		st, err := c.nodes[p].state(t)
+		oldEpoch = st.Epoch
+		return err == nil && st.Epoch > 1500
+	})
+	c.startFeed(200)
+	c.waitUntil("the feed at every node", 10*time.Second, func() bool {
+		return c.nodes["n1"].sink.high() > 100 && c.nodes["n2"].sink.high() > 100
+	})
+
+	rebuilt := time.Now()
+	for _, s := range c.servers {
+		s.Rebuild()
+	}
+	for _, s := range c.servers {
+		s.WaitReady()
+	}
+	for name, a := range c.consul {
+		if err := a.Client().Agent().Join(c.lab.Host("cs1").Addr4.Addr().String(), false); err != nil {
+			t.Fatalf("%s: joining the rebuilt cluster: %v", name, err)
+		}
+	}
+	var newEpoch uint64
+	c.waitUntil("a primary in the rebuilt cluster", 60*time.Second, func() bool {
+		p := c.primary()
+		if p == "" {
+			return false
+		}
+		st, err := c.nodes[p].state(t)
+		newEpoch = st.Epoch
+		return err == nil && st.Epoch < oldEpoch
+	})
+	t.Logf("a primary again %v after the rebuild began (epoch %d, was %d)", time.Since(rebuilt).Round(time.Millisecond), newEpoch, oldEpoch)
+	at := max(c.nodes["n1"].sink.high(), c.nodes["n2"].sink.high())
+	c.waitUntil("the feed to resume at every node", 20*time.Second, func() bool {
+		return c.nodes["n1"].sink.high() > at+400 && c.nodes["n2"].sink.high() > at+400
+	})
+	for name, n := range c.nodes {
+		if miss, dup := n.sink.window(at+1, at+400); miss != 0 || dup != 0 {
+			t.Errorf("%s: after the rebuild it missed %d and duplicated %d of datagrams %d..%d", name, miss, dup, at+1, at+400)
+		}
+		s, err := n.state(t)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := s.Receiver; r.Epoch != newEpoch || r.EpochRegressions < 1 {
+			t.Errorf("%s: receiver follows epoch %d with %d regressions; want the rebuilt cluster's %d, and the regression counted", name, r.Epoch, r.EpochRegressions, newEpoch)
+		}
+	}
+}
+
+// TestAgentSpoofedSource: a host on the LAN forges the primary's source
+// address (a raw socket), so the receivers' source check, at its default
+// (the registered nodes only), lets its frames through: an address proves
+// nothing on a LAN. With a key they are refused — unsigned as tag_missing,
+// signed with another key as tag_bad — and the feed goes on, whole, at
+// every node. (The primary's own kernel drops a frame from its own address
+// as a martian; the standby's receiver is the one the forgery reaches.)
+func TestAgentSpoofedSource(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	keyPath := filepath.Join(dir, "frame.key")
+	if err := gateway.GenerateKey(keyPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(keyPath, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	c := startCluster(t, clusterSpec{extra: []string{"rogue"}, keyFile: keyPath})
+	c.waitUntil("a primary", 30*time.Second, func() bool { return c.primary() != "" })
+	p := c.primary()
+	st, err := c.nodes[p].state(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.startFeed(200)
+	c.waitUntil("the feed at every node", 10*time.Second, func() bool {
+		return c.nodes["n1"].sink.high() > 100 && c.nodes["n2"].sink.high() > 100
+	})
+	h := gateway.Header{Epoch: st.Epoch, Seq: 1 << 40}
+	frames := [][]byte{
+		gateway.NewCodec(nil).AppendFrame(nil, h, []byte("999999")),
+		gateway.NewCodec(bytes.Repeat([]byte{9}, 32)).AppendFrame(nil, h, []byte("999998")),
+	}
+	const each = 10
+	if err := c.lab.Host("rogue").Do(func() error {
+		return sendSpoofed(c.nodes[p].host.Addr4.Addr().AsSlice(), frames, each)
+	}); err != nil {
+		t.Fatalf("sending forged frames: %v", err)
+	}
+	standby := map[string]string{"n1": "n2", "n2": "n1"}[p]
+	c.waitUntil("the forged frames refused at the standby", 5*time.Second, func() bool {
+		s, err := c.nodes[standby].state(t)
+		return err == nil && s.Receiver != nil && s.Receiver.Rejected["tag_missing"] >= each && s.Receiver.Rejected["tag_bad"] >= each
+	})
+	at := c.nodes[p].sink.high()
+	c.waitUntil("the feed to go on at every node", 10*time.Second, func() bool {
+		return c.nodes["n1"].sink.high() > at+200 && c.nodes["n2"].sink.high() > at+200
+	})
+	c.steady(at + 200) // a forged frame delivered would show as datagram 999999
+	s, _ := c.nodes[standby].state(t)
+	if r := s.Receiver; r.ForeignSource != 0 || r.Epoch != st.Epoch {
+		t.Errorf("%s: foreign_source %d (the forgery must pass the source check: only the key refuses it), epoch %d (want %d)", standby, r.ForeignSource, r.Epoch, st.Epoch)
+	}
+}
+
+// sendSpoofed sends each frame n times to the agents' group from a raw
+// socket, with src as the IPv4 source address.
+func sendSpoofed(src net.IP, frames [][]byte, n int) error {
+	pc, err := net.ListenPacket("ip4:udp", "0.0.0.0")
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	raw, err := ipv4.NewRawConn(pc)
+	if err != nil {
+		return err
+	}
+	ifi, err := net.InterfaceByName("eth0")
+	if err != nil {
+		return err
+	}
+	group := net.IPv4(239, 255, 0, 1).To4()
+	for range n {
+		for _, f := range frames {
+			udp := make([]byte, 8+len(f))
+			binary.BigEndian.PutUint16(udp[0:], 40000)
+			binary.BigEndian.PutUint16(udp[2:], 5001)
+			binary.BigEndian.PutUint16(udp[4:], uint16(len(udp))) // checksum 0: none (IPv4)
+			copy(udp[8:], f)
+			hdr := &ipv4.Header{Version: ipv4.Version, Len: ipv4.HeaderLen, TotalLen: ipv4.HeaderLen + len(udp),
+				TTL: 1, Protocol: 17, Src: src, Dst: group}
+			if err := raw.WriteTo(hdr, udp, &ipv4.ControlMessage{IfIndex: ifi.Index}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -165,6 +165,10 @@ type Receiver struct {
 	startWall     int64     // and the wall clock, ns: frames relayed long before are replays
 	lastReplayLog int64
 	lastLog       atomic.Int64
+	// stale hears, at most once a second, that frames of an epoch below
+	// the one followed arrive (StaleEpochs).
+	stale     chan struct{}
+	lastStale int64
 
 	// Repair: requests go out of repairConn (the unicast socket, or in
 	// multicast mode a socket of its own) and repaired frames come back to
@@ -235,7 +239,8 @@ func NewReceiver(cfg ReceiverConfig, log *slog.Logger) (*Receiver, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Receiver{cfg: cfg, log: log.With("component", "receiver"), codec: NewCodec(cfg.Key, cfg.NextKey),
-		gaps: gaps{cfg: cfg.Repair.withDefaults()}, base: time.Now(), startWall: time.Now().UnixNano(), kick: make(chan struct{}, 1)}
+		gaps: gaps{cfg: cfg.Repair.withDefaults()}, base: time.Now(), startWall: time.Now().UnixNano(), kick: make(chan struct{}, 1),
+		stale: make(chan struct{}, 1)}
 	if cfg.Order == OrderSequence {
 		r.ord = newOrderer(cmp.Or(cfg.OrderHold, DefaultOrderHold))
 	}
@@ -483,6 +488,13 @@ func (r *Receiver) frame(f Frame, raw []byte, from netip.AddrPort, now int64) {
 		return
 	case stale:
 		r.st.StaleEpoch++
+		if r.lastStale == 0 || now-r.lastStale >= int64(time.Second) {
+			r.lastStale = now
+			select {
+			case r.stale <- struct{}{}:
+			default:
+			}
+		}
 		return
 	case late:
 		r.st.Late++
@@ -550,6 +562,13 @@ func (r *Receiver) ConfirmEpoch(epoch uint64) {
 	}
 	r.endBatch()
 }
+
+// StaleEpochs receives, at most once a second, while frames of an epoch
+// below the one followed arrive. A deposed primary's last frames do that;
+// so does a new primary after the Consul cluster was rebuilt (its Raft
+// indexes, and so epochs, start low again), a term the watch that confirms
+// epochs should then look for at once (consul.WatchEpochs' recheck).
+func (r *Receiver) StaleEpochs() <-chan struct{} { return r.stale }
 
 // SetSources replaces the nodes frames are accepted from besides
 // ReceiverConfig.Sources (the agent gives it the service's registered

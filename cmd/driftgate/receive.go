@@ -103,7 +103,7 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 				// Like the agent's: an epoch is taken once Consul shows it
 				// as a term of the leader key.
 				g.Go(func() error {
-					return consul.WatchEpochs(gctx, client, leaderKey, 5*time.Second, log, r.ConfirmEpoch)
+					return consul.WatchEpochs(gctx, client, leaderKey, 5*time.Second, log, r.StaleEpochs(), r.ConfirmEpoch)
 				})
 			}
 			if err := g.Wait(); err != nil {

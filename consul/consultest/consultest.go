@@ -231,6 +231,18 @@ func (a *Agent) Restart() {
 	a.WaitReady()
 }
 
+// Rebuild kills the agent, deletes its data directory and starts it again:
+// a new agent with the old name and address, as when a cluster is rebuilt
+// from scratch. It does not wait, since servers bootstrap together: call
+// WaitReady on each.
+func (a *Agent) Rebuild() {
+	a.Kill()
+	if err := os.RemoveAll(filepath.Join(a.dir, "data")); err != nil {
+		a.tb.Fatalf("consul agent %s: deleting its data: %v", a.Name, err)
+	}
+	a.start()
+}
+
 func (a *Agent) wait(d time.Duration) bool {
 	a.mu.Lock()
 	p := a.proc

@@ -90,7 +90,7 @@ type Agent struct {
 	acquiredAt time.Time
 
 	conflicts  atomic.Uint64
-	lastResync atomic.Int64 // ns: when checkCritical last registered the heartbeat again
+	lastResync atomic.Int64 // ns: when checkRefused last registered a check again
 	healthy    atomic.Bool
 	// takeover observes how long a new holder waited from acquiring the
 	// lock to binding the VIP (T_wait, or ~0 after a clean release).
@@ -259,8 +259,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		ServiceChecks: a.reg.CheckIDs(), Priority: a.cfg.Election.Priority,
 		// One more heartbeat interval after a failure: the local agent
 		// syncs the passing status to the servers first.
-		Ready:         func() bool { return a.reg.HeartbeatHealthy(2 * timing.HeartbeatInterval) },
-		CheckCritical: a.checkCritical}, a.log); err != nil {
+		Ready:        func() bool { return a.reg.HeartbeatHealthy(2 * timing.HeartbeatInterval) },
+		CheckRefused: a.checkRefused}, a.log); err != nil {
 		return err
 	}
 
@@ -307,7 +307,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		// The receiver takes an epoch only once Consul shows it as a term
 		// of the leader key.
 		g.Go(func() error {
-			return consul.WatchEpochs(gctx, a.client, a.cfg.Consul.LeaderKey(), timing.RequestTimeout, a.log, a.recv.ConfirmEpoch)
+			return consul.WatchEpochs(gctx, a.client, a.cfg.Consul.LeaderKey(), timing.RequestTimeout, a.log, a.recv.StaleEpochs(), a.recv.ConfirmEpoch)
 		})
 	}
 	if a.cfg.Relay.DynamicUnicast || !a.cfg.Relay.Repair.Off || a.recv != nil {
@@ -728,12 +728,15 @@ func sourceAddrs(iface string) []netip.Addr {
 	return out
 }
 
-// checkCritical: the servers refused a session for a critical check. For
-// the heartbeat, while it reaches the local agent, that is a stale status
-// on the servers: registering the check again makes the agent sync it (at
-// most every 5 s).
-func (a *Agent) checkCritical(ctx context.Context, id string) {
-	if id != a.reg.HeartbeatID() || !a.reg.HeartbeatHealthy(2*a.cfg.Election.Timing.HeartbeatInterval) {
+// checkRefused: the servers refused a session because of a check. Missing
+// there (a Consul cluster rebuilt under running agents: then the whole
+// registration is), or the heartbeat
+// held critical there while it reaches the local agent: the servers' view
+// is stale, and registering the service and check again makes the local
+// agent sync it (at most every 5 s). Any other critical check is the
+// servers' correct view.
+func (a *Agent) checkRefused(ctx context.Context, id string, missing bool) {
+	if !missing && (id != a.reg.HeartbeatID() || !a.reg.HeartbeatHealthy(2*a.cfg.Election.Timing.HeartbeatInterval)) {
 		return
 	}
 	if last := a.lastResync.Load(); last != 0 && time.Since(time.Unix(0, last)) < 5*time.Second {
@@ -742,8 +745,16 @@ func (a *Agent) checkCritical(ctx context.Context, id string) {
 	a.lastResync.Store(time.Now().UnixNano())
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if err := a.reg.ResyncHeartbeat(rctx); err != nil {
-		a.log.Warn("registering the heartbeat check again, to sync it to the servers", "err", err)
+	ids := []string{id}
+	if missing { // the servers lost the registration: all of it
+		ids = a.reg.CheckIDs()
+	}
+	if err := a.reg.Resync(rctx, ids...); err != nil {
+		a.log.Warn("registering checks again, to sync them to the servers", "checks", ids, "err", err)
+		return
+	}
+	if missing {
+		a.log.Warn("the servers do not have this node's check (was Consul rebuilt?); registered the service and its checks again to sync them", "check", id)
 		return
 	}
 	a.log.Warn("the servers hold the heartbeat check critical while it passes locally; registered it again to sync it")

@@ -63,6 +63,7 @@ type agentCollector struct {
 	recvFrames, recvReordered, hooks           *prometheus.Desc
 	recvUnrecovered, recvMissing, recvRepaired *prometheus.Desc
 	recvNacks, recvRepairLatency               *prometheus.Desc
+	recvRegressions                            *prometheus.Desc
 	queueDepth, queueWritten, queueDropped     *prometheus.Desc
 	repairRequests, repairFrames, repairRefuse *prometheus.Desc
 	repairUnavailable                          *prometheus.Desc
@@ -100,6 +101,7 @@ func (a *Agent) collector() prometheus.Collector {
 		recvRepaired:      d("receiver_repaired_total", "Frames that arrived after a repair request."),
 		recvNacks:         d("receiver_nacks_total", "Repair requests, by result.", "result"),
 		recvRepairLatency: d("receiver_repair_latency_seconds", "From a gap's detection to the repaired frame's arrival."),
+		recvRegressions:   d("receiver_epoch_regressions_total", "Times Consul confirmed an epoch lower than the one followed (its cluster rebuilt); alert on any."),
 		queueDepth:        d("delivery_queue_depth", "Datagrams waiting for the application."),
 		queueWritten:      d("delivery_written_total", "Datagrams the application's socket took."),
 		queueDropped:      d("delivery_dropped_total", "Datagrams not handed to the application, by reason.", "reason"),
@@ -173,6 +175,7 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 		ct(c.recvUnrecovered, r.Unrecovered)
 		g(c.recvMissing, float64(r.Missing))
 		ct(c.recvRepaired, r.Repaired)
+		ct(c.recvRegressions, r.EpochRegressions)
 		ct(c.recvNacks, r.Nacks, "sent")
 		ct(c.recvNacks, r.NackErrors, "send_error")
 		ch <- latencyHistogram(c.recvRepairLatency, r.RepairLatency)
