@@ -47,20 +47,22 @@ type Timing struct {
 }
 
 // Profiles are the named timings (election.profile). Each satisfies
-// Validate and the agent's kernel-lifetime rule (t_fence ≥ request_timeout
-// + 1.3 s: the VIP's address lifetime has whole seconds). What each rides
-// out and what a host failure costs is in docs/election.md; in short:
+// Validate; default and tolerant also the rule of the address-lifetime
+// fence (t_fence ≥ request_timeout + 1.3 s: the VIP's address lifetime has
+// whole seconds), fast only with the nftables fence (election.kernel_fence),
+// which ends a lease to the millisecond. What each rides out and what a
+// host failure costs is in docs/election.md; in short:
 //
 //	default   host failure ≈ t_wait (2.35 s); rides out ≈ 1.6 s of Consul outage
-//	fast      host failure ≈ 1.65 s;         rides out ≈ 1.1 s (Consul servers close)
+//	fast      host failure ≈ 0.8 s;          rides out ≈ 0.4 s (Consul servers close)
 //	tolerant  host failure ≈ 8.5 s;          rides out ≈ 7.5 s (a Consul leader election at raft_multiplier 5)
 //
 // A host failure costs t_wait because a standby breaks the lock t_wait after
 // the last lease renewal it saw (the lease proof); the outage a holder
-// rides out is t_fence less the kernel's expiry slack and a renewal
-// interval. Lock-delay is short: it is not a fence here (the lease proof,
-// t_wait and the dropped marker are), and it delays every takeover after
-// Consul ends a session (a check critical, a dead daemon's heartbeat).
+// rides out is t_fence less a request timeout and a renewal interval.
+// Lock-delay is short: it is not a fence here (the lease proof, t_wait and
+// the dropped marker are), and it delays every takeover after Consul ends a
+// session (a check critical, a dead daemon's heartbeat).
 var profiles = map[string]Timing{
 	"default": {
 		TFence:          2100 * time.Millisecond,
@@ -77,8 +79,8 @@ var profiles = map[string]Timing{
 		SessionTTL:        10 * time.Second,
 	},
 	"fast": {
-		TFence:            1500 * time.Millisecond,
-		TWait:             1650 * time.Millisecond,
+		TFence:            700 * time.Millisecond,
+		TWait:             820 * time.Millisecond,
 		ConfirmInterval:   100 * time.Millisecond,
 		RequestTimeout:    200 * time.Millisecond,
 		DropBudget:        100 * time.Millisecond,

@@ -18,7 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/hashicorp/consul/api"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"driftgate/consul"
@@ -256,8 +258,24 @@ receive:
   interface: eth0%s`, agentVIP, key, key)
 }
 
+// hasVIP: the VIP is on h's eth0, and h's kernel fence, if it has one,
+// lets its traffic through (a frozen holder's address outlives its lease,
+// fenced).
 func hasVIP(h *netlab.Host) bool {
-	return strings.Contains(h.IP("-4", "addr", "show", "dev", "eth0"), agentVIP+"/")
+	if !strings.Contains(h.IP("-4", "addr", "show", "dev", "eth0"), agentVIP+"/") {
+		return false
+	}
+	ns, err := netns.GetFromName(h.NS)
+	if err != nil {
+		return true
+	}
+	defer ns.Close()
+	conn, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		return true
+	}
+	fenced, _ := readFence(conn)
+	return !fenced
 }
 
 // agentCluster is driftgate agents, each with its own Consul client agent,

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,12 +14,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"driftgate/gateway"
 	"driftgate/internal/netlab"
+	"driftgate/netvip"
 )
 
 // recorder keeps, with timestamps from one clock (this process's monotonic
@@ -31,6 +34,7 @@ type recorder struct {
 	marks  []mark                 // timeline: VIP, router, fault and heal records
 	frames map[string][]delivered // by receiving node
 	vip    map[string]bool        // VIP present now, by node
+	fenced map[string]bool        // the node's kernel fence drops the VIP's traffic now
 	router string                 // whose MAC the router's entry has now
 	macs   map[string]string      // MAC → host name
 }
@@ -38,7 +42,7 @@ type recorder struct {
 type mark struct {
 	t    time.Time
 	who  string
-	what string // vip+ vip- router fault heal recovered note
+	what string // vip+ vip- fence+ (answers) fence- (fenced) router fault heal recovered note
 	note string
 }
 
@@ -50,7 +54,7 @@ type delivered struct {
 }
 
 func newRecorder(hosts ...*netlab.Host) *recorder {
-	r := &recorder{start: time.Now(), frames: map[string][]delivered{}, vip: map[string]bool{}, macs: map[string]string{}}
+	r := &recorder{start: time.Now(), frames: map[string][]delivered{}, vip: map[string]bool{}, fenced: map[string]bool{}, macs: map[string]string{}}
 	for _, h := range hosts {
 		r.macs[h.MAC().String()] = h.Name
 	}
@@ -63,13 +67,13 @@ func (r *recorder) add(who, what, note string) {
 	r.marks = append(r.marks, mark{time.Now(), who, what, note})
 }
 
-// vipHolders are the nodes that have the VIP now.
+// vipHolders are the nodes that have the VIP now, unfenced.
 func (r *recorder) vipHolders() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var hs []string
 	for n, on := range r.vip {
-		if on {
+		if on && !r.fenced[n] {
 			hs = append(hs, n)
 		}
 	}
@@ -134,6 +138,80 @@ func (r *recorder) watchVIP(t *testing.T, h *netlab.Host) {
 			r.marks = append(r.marks, mark{now, h.Name, map[bool]string{true: "vip+", false: "vip-"}[u.NewAddr], ""})
 		}
 	})
+}
+
+// watchFence records when h's kernel fence (netvip.Fence) stops and starts
+// answering for the VIP: an address still on a node whose fence drops its
+// traffic is not held (a frozen holder's address outlives its lease by up
+// to its one-second lifetime, fenced). It polls the fence's live set every
+// 2 ms; the end of a lease is dated from the element's time left as last
+// read (the kernel's own expiry), not from the poll that no longer finds
+// it. No table (no agent, or its clean exit) is no fence.
+func (r *recorder) watchFence(t *testing.T, h *netlab.Host) {
+	ns, err := netns.GetFromName(h.NS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := nftables.New(nftables.WithNetNSFd(int(ns)), nftables.AsLasting())
+	ns.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	t.Cleanup(func() { close(done); <-stopped; conn.CloseLasting() })
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		var until time.Time // the lease's end as last read
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			now := time.Now()
+			fenced, left := readFence(conn)
+			if !fenced && left > 0 {
+				until = now.Add(left)
+			}
+			r.mu.Lock()
+			if fenced != r.fenced[h.Name] {
+				r.fenced[h.Name] = fenced
+				at, what := now, "fence+"
+				if fenced {
+					what = "fence-"
+					if !until.IsZero() && until.Before(now) {
+						at = until
+					}
+				}
+				r.marks = append(r.marks, mark{at, h.Name, what, ""})
+			}
+			r.mu.Unlock()
+		}
+	}()
+}
+
+// readFence reads, through conn (in a node's namespace), whether the
+// node's kernel fence drops the VIP's traffic now, and if not, for how much
+// longer its lease lets it through (0: no fence at all).
+func readFence(conn *nftables.Conn) (fenced bool, left time.Duration) {
+	set, err := conn.GetSetByName(&nftables.Table{Name: netvip.FenceTable, Family: nftables.TableFamilyINet}, "live4")
+	if err != nil {
+		return false, 0 // no table: no fence
+	}
+	els, err := conn.GetSetElements(set)
+	if err != nil {
+		return true, 0
+	}
+	vip := netip.MustParseAddr(agentVIP).AsSlice()
+	for _, e := range els {
+		if slices.Equal(e.Key, vip) && e.Expires > 0 {
+			return false, e.Expires
+		}
+	}
+	return true, 0
 }
 
 // watchRouter records which host the router's (src's) neighbour entry for
@@ -248,21 +326,34 @@ type interval struct {
 	from, to time.Time
 }
 
-// ownership turns the VIP marks into intervals; one still open ends at end.
+// ownership turns the VIP and fence marks into intervals: a node holds
+// the VIP while it has the address and its fence does not drop the VIP's
+// traffic. One still open ends at end.
 func (r *recorder) ownership(end time.Time) []interval {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	marks := slices.Clone(r.marks)
+	r.mu.Unlock()
+	// A fence's end is dated back to the kernel's expiry: sort by time.
+	slices.SortStableFunc(marks, func(a, b mark) int { return a.t.Compare(b.t) })
 	open := map[string]time.Time{}
+	has, fenced := map[string]bool{}, map[string]bool{}
 	var out []interval
-	for _, m := range r.marks {
+	for _, m := range marks {
 		switch m.what {
-		case "vip+":
+		case "vip+", "vip-":
+			has[m.who] = m.what == "vip+"
+		case "fence+", "fence-":
+			fenced[m.who] = m.what == "fence-"
+		default:
+			continue
+		}
+		from, holding := open[m.who]
+		switch now := has[m.who] && !fenced[m.who]; {
+		case now && !holding:
 			open[m.who] = m.t
-		case "vip-":
-			if from, ok := open[m.who]; ok {
-				out = append(out, interval{m.who, from, m.t})
-				delete(open, m.who)
-			}
+		case !now && holding:
+			out = append(out, interval{m.who, from, m.t})
+			delete(open, m.who)
 		}
 	}
 	for n, from := range open {

@@ -413,6 +413,7 @@ func startChaos(t *testing.T, nNodes int, profile string) *chaos {
 		rec = newRecorder(hosts...)
 		for _, n := range names {
 			rec.watchVIP(t, lab.Host(n))
+			rec.watchFence(t, lab.Host(n))
 			ct := &checkTarget{h: lab.Host(n)}
 			ct.set(true)
 			t.Cleanup(func() { ct.set(false) })

@@ -21,8 +21,8 @@ func TestExpires(t *testing.T) {
 		{1300 * time.Millisecond, time.Second, 1},
 		{1299 * time.Millisecond, -1, 0},
 	} {
-		got, err := Expires(now.Add(tt.left), now)
-		lft, _ := lifetime(now.Add(tt.left), now)
+		got, err := Expires(now.Add(tt.left), now, false)
+		lft, _ := lifetime(now.Add(tt.left), now, false)
 		switch {
 		case tt.want < 0:
 			if !errors.Is(err, ErrLeaseTooShort) {
@@ -34,7 +34,17 @@ func TestExpires(t *testing.T) {
 			t.Errorf("lease of %v: the kernel could remove it after the lease ends", tt.left)
 		}
 	}
-	if got, err := Expires(time.Time{}, now); err != nil || !got.IsZero() {
+	if got, err := Expires(time.Time{}, now, false); err != nil || !got.IsZero() {
 		t.Errorf("no lease: %v, %v; want never", got, err)
+	}
+	// Fenced (the nftables fence ends the lease): a short lease still gets
+	// a lifetime, a second, as a clean-up; longer ones as before.
+	for _, tt := range []struct {
+		left time.Duration
+		want int
+	}{{100 * time.Millisecond, 1}, {1299 * time.Millisecond, 1}, {2300 * time.Millisecond, 2}} {
+		if lft, err := lifetime(now.Add(tt.left), now, true); err != nil || lft != tt.want {
+			t.Errorf("fenced, lease of %v: lifetime %d s, %v; want %d s", tt.left, lft, err, tt.want)
+		}
 	}
 }

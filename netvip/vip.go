@@ -62,9 +62,15 @@ var ErrNoInterface = errors.New("no such interface")
 
 // Manager adds, removes and checks one VIP through netlink.
 type Manager struct {
-	vip VIP
-	h   *netlink.Handle
+	vip    VIP
+	h      *netlink.Handle
+	fenced bool
 }
+
+// SetFenced says a Fence ends this VIP's lease: the address lifetime is
+// then only a clean-up, at least a second even for a shorter lease, so Add
+// no longer fails with ErrLeaseTooShort. Call it before the first Add.
+func (m *Manager) SetFenced() { m.fenced = true }
 
 // New validates v and opens a netlink socket in the caller's network
 // namespace. The interface need not exist yet; operations fail with
@@ -108,11 +114,12 @@ var ErrLeaseTooShort = errors.New("lease too short for a kernel address lifetime
 // Expires is when the kernel's valid lifetime that Add sets now for a lease
 // ending at until runs out: after it the kernel removes the address (up to
 // ExpirySlack later), never before. A zero until never expires (zero time).
-func Expires(until, now time.Time) (time.Time, error) {
+// fenced is the Manager's SetFenced.
+func Expires(until, now time.Time, fenced bool) (time.Time, error) {
 	if until.IsZero() {
 		return time.Time{}, nil
 	}
-	secs, err := lifetime(until, now)
+	secs, err := lifetime(until, now, fenced)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -122,11 +129,16 @@ func Expires(until, now time.Time) (time.Time, error) {
 // lifetime turns a lease end into the address's valid lifetime in whole
 // seconds, rounded down so the kernel removes the address before the lease
 // ends even if the kernel is ExpirySlack late. A zero time is no lease.
-func lifetime(until, now time.Time) (int, error) {
+// When a Fence ends the lease (fenced), a lease shorter than that gets one
+// second: the address outlives the lease by less than a second, fenced.
+func lifetime(until, now time.Time, fenced bool) (int, error) {
 	if until.IsZero() {
 		return math.MaxUint32, nil // INFINITY_LIFE_TIME
 	}
 	secs := until.Sub(now.Add(ExpirySlack)) / time.Second
+	if secs < 1 && fenced {
+		secs = 1
+	}
 	if secs < 1 {
 		return 0, fmt.Errorf("%w: %s left", ErrLeaseTooShort, until.Sub(now).Round(time.Millisecond))
 	}
@@ -162,7 +174,7 @@ func (m *Manager) addr(link netlink.Link, validLft int) *netlink.Addr {
 // marked "dadfailed" is removed and added again. ErrLeaseTooShort means
 // nothing was changed.
 func (m *Manager) Add(until time.Time) error {
-	lft, err := lifetime(until, time.Now())
+	lft, err := lifetime(until, time.Now(), m.fenced)
 	if err != nil {
 		return m.opErr("adding", err)
 	}

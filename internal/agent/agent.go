@@ -69,6 +69,7 @@ type Agent struct {
 	recv     *gateway.Receiver
 	vips     []VIP
 	vipNames []string
+	fence    Fence // nil: election.kernel_fence lifetime
 	hold     holdFunc
 	el       Election
 	reg      *consul.Registration
@@ -220,13 +221,31 @@ func (a *Agent) Run(ctx context.Context) error {
 	if res.ReleaseErr != nil {
 		a.log.Warn("checking for a lock left by an earlier run", "err", res.ReleaseErr)
 	}
+	var fence *netvip.Fence
+	if a.cfg.Election.KernelFence == config.FenceNFTables {
+		var addrs []netip.Addr
+		for _, v := range a.cfg.VIPs {
+			addrs = append(addrs, v.Prefix.Addr())
+		}
+		if fence, err = netvip.OpenFence(addrs); err != nil {
+			return fmt.Errorf("election.kernel_fence %s: %w (kernel_fence: %s uses the VIP's address lifetime alone, whole seconds, and needs a profile that allows it)",
+				config.FenceNFTables, err, config.FenceLifetime)
+		}
+		a.fence = fence
+	}
 	for _, v := range a.cfg.VIPs {
 		m, err := netvip.New(v.VIP)
 		if err != nil {
 			return err
 		}
+		if fence != nil {
+			m.SetFenced()
+		}
 		defer m.Close()
 		a.vips = append(a.vips, m)
+	}
+	if fence != nil {
+		defer a.closeFence(fence) // before the managers close: it asks them
 	}
 	if err := a.relay.Bind(ctx); err != nil {
 		return err
@@ -479,7 +498,7 @@ func isPermission(err error) bool { return errors.Is(err, unix.EPERM) || errors.
 // announcing. If a VIP cannot be bound the node steps down, or, lacking
 // the capability, stops: it would fail again in every term.
 func (a *Agent) bind(epoch uint64, deadline time.Time) {
-	t, err := bindTerm(a.tasksCtx, epoch, deadline, a.vips, a.vipNames, a.hold, a.clock, a.log)
+	t, err := bindTerm(a.tasksCtx, epoch, deadline, a.vips, a.vipNames, a.fence, a.hold, a.clock, a.log)
 	if err != nil {
 		if isPermission(err) {
 			a.log.Error("cannot bind the VIP; stopping", "err", err)
@@ -502,6 +521,20 @@ func (a *Agent) bind(epoch uint64, deadline time.Time) {
 	a.mu.Unlock()
 	a.transition(RolePrimary, "won the election", epoch)
 	a.regs.set(func(w *regWant) { w.role, w.primary = RolePrimary.String(), true })
+}
+
+// closeFence removes the kernel fence as the agent exits, unless a VIP may
+// still be on the host: then it stays, fenced, for driftgate cleanup.
+func (a *Agent) closeFence(f *netvip.Fence) {
+	for i, v := range a.vips {
+		if there, err := v.Present(); err != nil || there {
+			a.log.Error("leaving the VIPs fenced: one may still be on the host", "vip", a.vipNames[i], "err", err)
+			return
+		}
+	}
+	if err := f.Close(); err != nil {
+		a.log.Warn("removing the kernel fence", "err", err)
+	}
 }
 
 // drop stops forwarding and ends the holding term, which removes the VIPs

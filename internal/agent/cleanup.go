@@ -54,6 +54,12 @@ func Cleanup(ctx context.Context, cfg *config.Config, client *api.Client) (Clean
 	if len(errs) > 0 {
 		return res, fmt.Errorf("removing the VIPs of an earlier run: %w", errors.Join(errs...))
 	}
+	if cfg.Election.KernelFence == config.FenceNFTables {
+		// Its kernel fence, now that no VIP is left to fence.
+		if err := netvip.RemoveFence(); err != nil {
+			return res, fmt.Errorf("removing the kernel fence of an earlier run: %w", err)
+		}
+	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	res.Clean = len(res.Removed) > 0

@@ -27,6 +27,13 @@ type VIP interface {
 	Present() (bool, error)
 }
 
+// Fence ends the lease in the kernel to the millisecond (*netvip.Fence):
+// the kernel stops answering for the VIPs at the time given last, even if
+// the process is frozen. A time already past fences them now.
+type Fence interface {
+	Extend(until time.Time) error
+}
+
 // holdFunc starts, in g, the tasks that run while a term holds VIP i:
 // announcer, conflict guard, probe. allowed reports whether the term still
 // holds (read before every announcement). It returns a counter of the
@@ -44,6 +51,10 @@ type term struct {
 	log   *slog.Logger
 	vips  []VIP
 	names []string // of vips, for logs
+	fence Fence    // nil: the VIPs' address lifetimes alone
+	// deadline is the lease's end as last renewed (unix ns on clock):
+	// announcements stop at it even before drop runs.
+	deadline atomic.Int64
 
 	holding atomic.Bool // until drop starts
 	cancel  context.CancelFunc
@@ -61,30 +72,48 @@ type term struct {
 // bindTerm adds every VIP until deadline and starts the holding tasks. If
 // an address cannot be added, those already added are removed and the
 // error is returned (the caller steps down, or stops on EPERM).
-func bindTerm(ctx context.Context, epoch uint64, deadline time.Time, vips []VIP, names []string, hold holdFunc, clock Clock, log *slog.Logger) (*term, error) {
+func bindTerm(ctx context.Context, epoch uint64, deadline time.Time, vips []VIP, names []string, fence Fence, hold holdFunc, clock Clock, log *slog.Logger) (*term, error) {
+	if fence != nil {
+		// Answered only until the deadline, before the address is there.
+		if err := fence.Extend(deadline); err != nil {
+			return nil, fmt.Errorf("binding the VIPs: %w", err)
+		}
+	}
 	for i, v := range vips {
 		if err := v.Add(deadline); err != nil {
 			// A failed removal is logged; the drop that follows removes
 			// every VIP again and reports it.
 			_ = removeVIPs(vips[:i], names, log)
+			if fence != nil {
+				_ = fence.Extend(time.Time{})
+			}
 			return nil, fmt.Errorf("binding %s: %w", names[i], err)
 		}
 	}
-	t := &term{epoch: epoch, clock: clock, log: log, vips: vips, names: names}
-	t.expires, _ = netvip.Expires(deadline, clock.Now())
+	t := &term{epoch: epoch, clock: clock, log: log, vips: vips, names: names, fence: fence}
+	t.expires, _ = netvip.Expires(deadline, clock.Now(), fence != nil)
+	t.deadline.Store(deadline.UnixNano())
 	t.holding.Store(true)
 	tctx, cancel := context.WithCancel(ctx)
 	t.cancel = cancel
 	t.g, tctx = errgroup.WithContext(tctx)
 	for i := range vips {
 		if hold != nil {
-			if sent := hold(tctx, t.g, i, t.holding.Load); sent != nil {
+			if sent := hold(tctx, t.g, i, t.allowed); sent != nil {
 				t.sent = append(t.sent, sent)
 			}
 		}
 	}
 	t.scheduleRenewal(deadline)
 	return t, nil
+}
+
+// allowed reports whether the term may still announce: it holds and its
+// lease has not ended (a holder that thaws after its lease announces
+// nothing before the agent notices; announcements leave through packet
+// sockets, which the fence does not see).
+func (t *term) allowed() bool {
+	return t.holding.Load() && t.clock.Now().UnixNano() < t.deadline.Load()
 }
 
 // wait waits for the term's tasks, which end after drop.
@@ -108,6 +137,17 @@ func (t *term) renew(deadline time.Time) {
 	defer t.mu.Unlock()
 	if !t.holding.Load() {
 		return
+	}
+	if t.fence != nil {
+		// If this fails the fence ends the lease at the last deadline it
+		// took, and the agent's own deadline ends the term with it.
+		if err := t.fence.Extend(deadline); err != nil {
+			t.log.Warn("extending the lease in the kernel fence", "err", err)
+		} else {
+			t.deadline.Store(deadline.UnixNano())
+		}
+	} else {
+		t.deadline.Store(deadline.UnixNano())
 	}
 	t.setLifetimes(deadline)
 	t.scheduleRenewalLocked(deadline)
@@ -162,7 +202,7 @@ func (t *term) setLifetimes(deadline time.Time) {
 		}
 		set = true
 	}
-	if exp, err := netvip.Expires(deadline, now); set && err == nil {
+	if exp, err := netvip.Expires(deadline, now, t.fence != nil); set && err == nil {
 		t.expires = exp
 	}
 }
@@ -188,9 +228,17 @@ func (t *term) drop() error {
 		t.stopTimer = nil
 	}
 	t.mu.Unlock()
-	err := removeVIPs(t.vips, t.names, t.log)
+	var errs []error
+	if t.fence != nil {
+		// Fenced at once, before the addresses go (and if one cannot).
+		if err := t.fence.Extend(time.Time{}); err != nil {
+			t.log.Error("fencing the VIPs", "err", err)
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, removeVIPs(t.vips, t.names, t.log))
 	t.cancel()
-	return err
+	return errors.Join(errs...)
 }
 
 // removeVIPs removes every VIP (removing an absent one succeeds) and

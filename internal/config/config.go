@@ -58,6 +58,7 @@ type raw struct {
 		SessionTTL        string `mapstructure:"session_ttl"`
 		Priority          int    `mapstructure:"priority"`
 		StepDownHoldOff   string `mapstructure:"step_down_hold_off"`
+		KernelFence       string `mapstructure:"kernel_fence"`
 	} `mapstructure:"election"`
 	VIPs  []rawVIP `mapstructure:"vips"`
 	Relay struct {
@@ -164,6 +165,7 @@ func defaults(v *viper.Viper) {
 		// The timing keys are empty unless set: the profile's values
 		// apply, and a key that is set overrides its own.
 		"election.profile":            "default",
+		"election.kernel_fence":       FenceNFTables,
 		"election.t_fence":            "",
 		"election.t_wait":             "",
 		"election.confirm_interval":   "",

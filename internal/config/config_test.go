@@ -106,7 +106,9 @@ func TestErrors(t *testing.T) {
 		{"unknown nested key", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 239.255.0.1:5001\n  colour: red\n", "relay.colour"},
 		{"bare number duration", "election:\n  t_fence: 3\n", `election.t_fence: "3" is not a duration; write it with a unit`},
 		{"unsafe t_wait", "election:\n  t_wait: 2s\n", "election.t_wait: 2s is unsafe"},
-		{"t_fence under kernel lifetime", "election:\n  t_fence: 2s\n  request_timeout: 900ms\n", "election.t_fence: 2s is below request_timeout + 1s + 300ms = 2.2s"},
+		{"t_fence under kernel lifetime", "election:\n  kernel_fence: lifetime\n  t_fence: 2s\n  request_timeout: 900ms\n", "election.t_fence: 2s is below request_timeout + 1s + 300ms = 2.2s"},
+		{"fast without nftables", "election:\n  profile: fast\n  kernel_fence: lifetime\n", "election.t_fence: 700ms is below request_timeout + 1s + 300ms = 1.5s: with kernel_fence lifetime"},
+		{"kernel fence", "election:\n  kernel_fence: iptables\n", `election.kernel_fence: "iptables": want nftables or lifetime`},
 		{"announce count", "vips:\n  - address: 198.18.0.100/24\n    interface: eth0\n    announce:\n      count: 50\n", "vips[0].announce.count: 50 is out of range 1..20"},
 		{"bad vip", "vips:\n  - address: 198.18.0.100\n    interface: eth0\n", `vips[0].address: "198.18.0.100": want ADDRESS/PREFIXLEN`},
 		{"vip label", "vips:\n  - address: 198.18.0.100/24\n    interface: eth0\n    label: vip\n", `vips[0].label: "vip" must start with the interface name`},
@@ -127,7 +129,7 @@ func TestErrors(t *testing.T) {
 		{"log level", "log:\n  level: loud\n", `log.level: "loud"`},
 		{"priority", "election:\n  priority: 101\n", "election.priority: 101 is out of range 0..100"},
 		{"profile", "election:\n  profile: quick\n", `election.profile: unknown timing profile "quick": want default, fast, tolerant`},
-		{"profile override unsafe", "election:\n  profile: fast\n  t_fence: 3s\n", "election.t_wait: 1.65s is unsafe"},
+		{"profile override unsafe", "election:\n  profile: fast\n  t_fence: 3s\n", "election.t_wait: 820ms is unsafe"},
 		{"token both", "consul:\n  token: a\n  token_file: /x\n", "consul.token_file: set either"},
 	}
 	for _, tt := range tests {

@@ -50,7 +50,20 @@ type Election struct {
 	Timing          consul.Timing
 	Priority        int
 	StepDownHoldOff time.Duration
+	// KernelFence is how the kernel enforces the lease on a holder that
+	// cannot (frozen, killed): FenceNFTables or FenceLifetime.
+	KernelFence string
 }
+
+// The kernel fences (election.kernel_fence).
+const (
+	// FenceNFTables: netvip.Fence, to the millisecond, and the address
+	// lifetime as a clean-up.
+	FenceNFTables = "nftables"
+	// FenceLifetime: the VIP's address lifetime alone, whole seconds: a
+	// lease needs t_fence ≥ request_timeout + 1.3 s.
+	FenceLifetime = "lifetime"
+)
 
 // VIP is one floating address and how to announce it.
 type VIP struct {
@@ -206,12 +219,18 @@ func parseElection(r *raw) (Election, error) {
 	if err := t.Validate(); err != nil {
 		return el, pathErr("election", err)
 	}
-	// The kernel holds a bound VIP for a lifetime of whole seconds, set
-	// after each confirmation, which may take request_timeout, and cut by
-	// the kernel's expiry slack (netvip.Manager.Add).
-	if least := t.RequestTimeout + time.Second + netvip.ExpirySlack; t.TFence < least {
-		return el, fmt.Errorf("election.t_fence: %s is below request_timeout + 1s + %s = %s: the VIP's kernel lifetime, whole seconds set after each confirmation, could not end within the lease",
-			t.TFence, netvip.ExpirySlack, least)
+	switch el.KernelFence = strings.TrimSpace(e.KernelFence); el.KernelFence {
+	case FenceNFTables:
+	case FenceLifetime:
+		// The kernel holds a bound VIP for a lifetime of whole seconds,
+		// set after each renewal, which may take request_timeout, and
+		// cut by the kernel's expiry slack (netvip.Manager.Add).
+		if least := t.RequestTimeout + time.Second + netvip.ExpirySlack; t.TFence < least {
+			return el, fmt.Errorf("election.t_fence: %s is below request_timeout + 1s + %s = %s: with kernel_fence %s the VIP's address lifetime, whole seconds set after each renewal, could not end within the lease (kernel_fence %s can)",
+				t.TFence, netvip.ExpirySlack, least, FenceLifetime, FenceNFTables)
+		}
+	default:
+		return el, fmt.Errorf("election.kernel_fence: %q: want %s or %s", el.KernelFence, FenceNFTables, FenceLifetime)
 	}
 	if e.Priority < 0 || e.Priority > 100 {
 		return el, fmt.Errorf("election.priority: %d is out of range 0..100", e.Priority)
