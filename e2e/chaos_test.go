@@ -334,6 +334,30 @@ func TestChaos(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second) // a last quiet stretch
 	end := time.Now()
+	// What one node delivered just before the end another may deliver just
+	// after: wait (bounded) until every node has caught up with the newest
+	// datagram any node delivered before the end, then check.
+	newest := func(n string, before time.Time) int {
+		hi := -1
+		for _, f := range c.rec.framesOf(n) {
+			if before.IsZero() || f.t.Before(before) {
+				hi = max(hi, f.src)
+			}
+		}
+		return hi
+	}
+	target := -1
+	for n := range c.nodes {
+		target = max(target, newest(n, end))
+	}
+	testkit.Poll(2*time.Second, func() bool {
+		for n := range c.nodes {
+			if newest(n, time.Time{}) < target {
+				return false
+			}
+		}
+		return true
+	})
 	c.check(done, end)
 }
 

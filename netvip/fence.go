@@ -169,11 +169,15 @@ func fenced(vips, live *nftables.Set) []expr.Any {
 }
 
 // Extend lets the kernel answer for the VIPs until until less FenceSlack;
-// a time already past (or within FenceSlack) fences them now. Each call
-// replaces the last, in one transaction: the VIPs are never fenced in
+// a zero time, or one already past (or within FenceSlack), fences them now.
+// Each call replaces the last in one transaction (the set flushed, the
+// elements added with the new timeout): the VIPs are never fenced in
 // between.
 func (f *Fence) Extend(until time.Time) error {
-	left := time.Until(until) - FenceSlack
+	var left time.Duration // stays 0 for a zero time: time.Until of it, less the slack, overflows
+	if !until.IsZero() {
+		left = time.Until(until) - FenceSlack
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, l := range f.live {

@@ -86,6 +86,24 @@ func TestFence(t *testing.T) {
 				t.Fatalf("expired lease: the router learnt %s for the VIP", mac)
 			}
 
+			// Extended again, then fenced at once (a drop): from that
+			// instant nothing is received.
+			router.IP("neigh", "flush", "dev", "eth0")
+			if err := f.Extend(time.Now().Add(10 * time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			sendFrom(t, router, dst, "again")
+			if got := readFor(l, 3*time.Second); len(got) != 1 || got[0] != "again" {
+				t.Fatalf("extended again: received %q, want \"again\"", got)
+			}
+			if err := f.Extend(time.Time{}); err != nil {
+				t.Fatal(err)
+			}
+			sendFrom(t, router, dst, "after the drop")
+			if got := readFor(l, 300*time.Millisecond); len(got) != 0 {
+				t.Fatalf("fenced at once: received %q", got)
+			}
+
 			// Removed: the kernel answers as for any address.
 			router.IP("neigh", "flush", "dev", "eth0") // and with it what waited for an answer
 			if err := f.Close(); err != nil {
