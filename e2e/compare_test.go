@@ -220,97 +220,101 @@ vrrp_instance VI_1 {
 		rows = append(rows, compareRow{"keepalived", "host freeze of the master 15 s (keepalived stopped)", fmt.Sprintf("backup receives the feed after %v; VIP on both nodes in %d of %d samples", firstAfter(sinks[1], freeze).Round(time.Millisecond), dual, samples)})
 	})
 
-	// driftgate: the agent cluster of the e2e tests, default timing.
-	t.Run("driftgate", func(t *testing.T) {
-		c := startAgentCluster(t, false)
-		c.waitUntil("a primary", 60*time.Second, func() bool { return c.primary() != "" })
-		c.startFeed(rate)
-		ov := sampleOverlap(t, c.nodes["n1"].host, c.nodes["n2"].host)
-		time.Sleep(2 * time.Second)
-		old := c.primary()
-		other := map[string]string{"n1": "n2", "n2": "n1"}[old]
-		crash := time.Now()
-		if err := c.nodes[old].proc.Kill(); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := c.nodes[old].host.Command(context.Background(), driftgate, "cleanup", "--config", c.nodes[old].cfg).CombinedOutput(); err != nil {
-			t.Fatalf("cleanup: %v: %s", err, out)
-		}
-		c.waitUntil("the takeover", 30*time.Second, func() bool { return c.primary() == other })
-		time.Sleep(2 * time.Second)
-		// Only the new primary's receiver counts: the killed node has none.
-		// The standby always receives (the tee), so the measure is the
-		// pause in its feed.
-		rows = append(rows, compareRow{"driftgate", "kill -9 of the primary (+ ExecStopPost clean-up)", fmt.Sprintf("pause in the survivor's feed %v", mergedGap(crash, c.nodes[other].sink).Round(time.Millisecond))})
-		c.nodes[old].start(t)
-		c.waitUntil("the restarted node to be standby", 30*time.Second, func() bool {
-			s, err := c.nodes[old].state(t)
-			return err == nil && s.Role == "standby"
-		})
-		time.Sleep(2 * time.Second)
-		stop := time.Now()
-		c.nodes[other].proc.Signal(syscall.SIGTERM)
-		c.waitUntil("the takeover", 30*time.Second, func() bool { return c.primary() == old })
-		time.Sleep(2 * time.Second)
-		rows = append(rows, compareRow{"driftgate", "clean stop of the primary (SIGTERM)", fmt.Sprintf("pause in the feed %v", mergedGap(stop, c.nodes[old].sink).Round(time.Millisecond))})
-		c.nodes[other].start(t)
-		time.Sleep(3 * time.Second)
-		samples, dual := ov.end()
-		rows = append(rows, compareRow{"driftgate", "VIP on both nodes (kill -9, restarts)", fmt.Sprintf("%d of %d samples", dual, samples)})
-		if dual != 0 {
-			t.Errorf("SAFETY: the VIP was on both nodes in %d samples", dual)
-		}
-		ov = sampleOverlap(t, c.nodes["n1"].host, c.nodes["n2"].host)
-		isolate(t, c.lab, true, c.nodes["n1"].host, c.nodes["n2"].host)
-		time.Sleep(8 * time.Second)
-		isolate(t, c.lab, false, c.nodes["n1"].host, c.nodes["n2"].host)
-		time.Sleep(3 * time.Second)
-		samples, dual = ov.end()
-		rows = append(rows, compareRow{"driftgate", "VIP on both nodes, 8 s partition between them", fmt.Sprintf("%d of %d samples", dual, samples)})
-		if dual != 0 {
-			t.Errorf("SAFETY: the VIP was on both nodes in %d samples during the partition", dual)
-		}
+	// driftgate: the agent cluster of the e2e tests, in the default and
+	// the fast profile.
+	for _, profile := range []string{"default", "fast"} {
+		system := "driftgate " + profile
+		t.Run(system, func(t *testing.T) {
+			c := startCluster(t, clusterSpec{profile: profile})
+			c.waitUntil("a primary", 60*time.Second, func() bool { return c.primary() != "" })
+			c.startFeed(rate)
+			ov := sampleOverlap(t, c.nodes["n1"].host, c.nodes["n2"].host)
+			time.Sleep(2 * time.Second)
+			old := c.primary()
+			other := map[string]string{"n1": "n2", "n2": "n1"}[old]
+			crash := time.Now()
+			if err := c.nodes[old].proc.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := c.nodes[old].host.Command(context.Background(), driftgate, "cleanup", "--config", c.nodes[old].cfg).CombinedOutput(); err != nil {
+				t.Fatalf("cleanup: %v: %s", err, out)
+			}
+			c.waitUntil("the takeover", 30*time.Second, func() bool { return c.primary() == other })
+			time.Sleep(2 * time.Second)
+			// Only the new primary's receiver counts: the killed node has none.
+			// The standby always receives (the tee), so the measure is the
+			// pause in its feed.
+			rows = append(rows, compareRow{system, "kill -9 of the primary (+ ExecStopPost clean-up)", fmt.Sprintf("pause in the survivor's feed %v", mergedGap(crash, c.nodes[other].sink).Round(time.Millisecond))})
+			c.nodes[old].start(t)
+			c.waitUntil("the restarted node to be standby", 30*time.Second, func() bool {
+				s, err := c.nodes[old].state(t)
+				return err == nil && s.Role == "standby"
+			})
+			time.Sleep(2 * time.Second)
+			stop := time.Now()
+			c.nodes[other].proc.Signal(syscall.SIGTERM)
+			c.waitUntil("the takeover", 30*time.Second, func() bool { return c.primary() == old })
+			time.Sleep(2 * time.Second)
+			rows = append(rows, compareRow{system, "clean stop of the primary (SIGTERM)", fmt.Sprintf("pause in the feed %v", mergedGap(stop, c.nodes[old].sink).Round(time.Millisecond))})
+			c.nodes[other].start(t)
+			time.Sleep(3 * time.Second)
+			samples, dual := ov.end()
+			rows = append(rows, compareRow{system, "VIP on both nodes (kill -9, restarts)", fmt.Sprintf("%d of %d samples", dual, samples)})
+			if dual != 0 {
+				t.Errorf("SAFETY: the VIP was on both nodes in %d samples", dual)
+			}
+			ov = sampleOverlap(t, c.nodes["n1"].host, c.nodes["n2"].host)
+			isolate(t, c.lab, true, c.nodes["n1"].host, c.nodes["n2"].host)
+			time.Sleep(8 * time.Second)
+			isolate(t, c.lab, false, c.nodes["n1"].host, c.nodes["n2"].host)
+			time.Sleep(3 * time.Second)
+			samples, dual = ov.end()
+			rows = append(rows, compareRow{system, "VIP on both nodes, 8 s partition between them", fmt.Sprintf("%d of %d samples", dual, samples)})
+			if dual != 0 {
+				t.Errorf("SAFETY: the VIP was on both nodes in %d samples during the partition", dual)
+			}
 
-		// Host crash of the primary: daemon and Consul agent killed, link
-		// down, at once; then the host comes back.
-		c.waitUntil("one primary", 60*time.Second, func() bool { return c.primary() != "" })
-		time.Sleep(3 * time.Second)
-		ov = sampleOverlap(t, c.nodes["n1"].host, c.nodes["n2"].host)
-		old = c.primary()
-		other = map[string]string{"n1": "n2", "n2": "n1"}[old]
-		crash = time.Now()
-		c.hostCrash(old)
-		c.waitUntil("the takeover", 30*time.Second, func() bool { return c.primary() == other })
-		time.Sleep(2 * time.Second)
-		rows = append(rows, compareRow{"driftgate", "host crash of the primary (daemon and Consul agent killed, link down)", fmt.Sprintf("pause in the survivor's feed %v", mergedGap(crash, c.nodes[other].sink).Round(time.Millisecond))})
-		c.bridgePort(old, "", "up", "up")
-		c.consul[old].Restart()
-		c.nodes[old].start(t)
-		c.waitUntil("the rebooted node to be an eligible standby", 30*time.Second, func() bool {
-			s, err := c.nodes[old].state(t)
-			return err == nil && s.Role == "standby" && s.Eligible
-		})
-		time.Sleep(2 * time.Second)
+			// Host crash of the primary: daemon and Consul agent killed, link
+			// down, at once; then the host comes back.
+			c.waitUntil("one primary", 60*time.Second, func() bool { return c.primary() != "" })
+			time.Sleep(3 * time.Second)
+			ov = sampleOverlap(t, c.nodes["n1"].host, c.nodes["n2"].host)
+			old = c.primary()
+			other = map[string]string{"n1": "n2", "n2": "n1"}[old]
+			crash = time.Now()
+			c.hostCrash(old)
+			c.waitUntil("the takeover", 30*time.Second, func() bool { return c.primary() == other })
+			time.Sleep(2 * time.Second)
+			rows = append(rows, compareRow{system, "host crash of the primary (daemon and Consul agent killed, link down)", fmt.Sprintf("pause in the survivor's feed %v", mergedGap(crash, c.nodes[other].sink).Round(time.Millisecond))})
+			c.bridgePort(old, "", "up", "up")
+			c.consul[old].Restart()
+			c.nodes[old].start(t)
+			c.waitUntil("the rebooted node to be an eligible standby", 30*time.Second, func() bool {
+				s, err := c.nodes[old].state(t)
+				return err == nil && s.Role == "standby" && s.Eligible
+			})
+			time.Sleep(2 * time.Second)
 
-		// Host freeze of the primary: daemon and Consul agent stopped 15 s.
-		old, other = other, old
-		freeze := time.Now()
-		c.nodes[old].proc.Signal(syscall.SIGSTOP)
-		c.consul[old].Pause()
-		c.waitUntil("the takeover", 30*time.Second, func() bool { return c.primary() == other })
-		time.Sleep(15*time.Second - time.Since(freeze))
-		c.consul[old].Resume()
-		c.nodes[old].proc.Signal(syscall.SIGCONT)
-		c.waitUntil("the thawed node to be standby", 60*time.Second, func() bool {
-			s, err := c.nodes[old].state(t)
-			return err == nil && s.Role == "standby"
+			// Host freeze of the primary: daemon and Consul agent stopped 15 s.
+			old, other = other, old
+			freeze := time.Now()
+			c.nodes[old].proc.Signal(syscall.SIGSTOP)
+			c.consul[old].Pause()
+			c.waitUntil("the takeover", 30*time.Second, func() bool { return c.primary() == other })
+			time.Sleep(15*time.Second - time.Since(freeze))
+			c.consul[old].Resume()
+			c.nodes[old].proc.Signal(syscall.SIGCONT)
+			c.waitUntil("the thawed node to be standby", 60*time.Second, func() bool {
+				s, err := c.nodes[old].state(t)
+				return err == nil && s.Role == "standby"
+			})
+			samples, dual = ov.end()
+			rows = append(rows, compareRow{system, "host freeze of the primary 15 s (daemon and Consul agent stopped)", fmt.Sprintf("pause in the survivor's feed %v; VIP on both nodes in %d of %d samples", mergedGap(freeze, c.nodes[other].sink).Round(time.Millisecond), dual, samples)})
+			if dual != 0 {
+				t.Errorf("SAFETY: the VIP was on both nodes in %d samples (host crash and freeze)", dual)
+			}
 		})
-		samples, dual = ov.end()
-		rows = append(rows, compareRow{"driftgate", "host freeze of the primary 15 s (daemon and Consul agent stopped)", fmt.Sprintf("pause in the survivor's feed %v; VIP on both nodes in %d of %d samples", mergedGap(freeze, c.nodes[other].sink).Round(time.Millisecond), dual, samples)})
-		if dual != 0 {
-			t.Errorf("SAFETY: the VIP was on both nodes in %d samples (host crash and freeze)", dual)
-		}
-	})
+	}
 
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 2, 0, 2, ' ', 0)
