@@ -54,12 +54,15 @@ type Timing struct {
 // host failure costs is in docs/election.md; in short:
 //
 //	default   host failure ≈ t_wait (2.35 s); rides out ≈ 1.6 s of Consul outage
-//	fast      host failure ≈ 0.8 s;          rides out ≈ 0.4 s (Consul servers close)
+//	fast      host failure ≈ 0.8 s;          rides out ≈ 0.6 s (Consul servers close)
 //	tolerant  host failure ≈ 8.5 s;          rides out ≈ 7.5 s (a Consul leader election at raft_multiplier 5)
 //
 // A host failure costs t_wait because a standby breaks the lock t_wait after
 // the last lease renewal it saw (the lease proof); the outage a holder
-// rides out is t_fence less a request timeout and a renewal interval.
+// rides out is t_fence less a renewal interval, and less the address
+// lifetime's expiry slack (0.3 s) where the lifetime, rounded down to whole
+// seconds, ends first (default, tolerant; not fast, whose lease is below a
+// second and fenced by nftables alone).
 // Lock-delay is short: it is not a fence here (the lease proof, t_wait and
 // the dropped marker are), and it delays every takeover after Consul ends a
 // session (a check critical, a dead daemon's heartbeat).
