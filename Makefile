@@ -67,6 +67,7 @@ bench: bench-micro bench-repair bench-compare
 bench-micro: consul
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./gateway/...
 	$(GO) test -run '^$$' -bench LeaseRenewal -benchtime 200x -count=1 ./consul
+	$(GO) test -run '^$$' -bench FenceExtend -benchtime 2000x -count=1 ./netvip
 
 # Loss repair on the namespace LAN: drops on the bridge towards receivers,
 # repair off (the anchor) and on, side by side in one table.

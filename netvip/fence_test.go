@@ -134,3 +134,22 @@ func readFor(l *net.UDPConn, d time.Duration) []string {
 		}
 	}
 }
+
+// BenchmarkFenceExtend: what a renewal adds for the kernel fence (one
+// nftables transaction).
+func BenchmarkFenceExtend(b *testing.B) {
+	lab := netlab.New(b, "a")
+	var f *Fence
+	if err := lab.Host("a").Do(func() (err error) {
+		f, err = OpenFence([]netip.Addr{netip.MustParseAddr("198.18.0.100")})
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	for b.Loop() {
+		if err := f.Extend(time.Now().Add(time.Second)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
