@@ -66,6 +66,10 @@ type fault struct {
 	// killsReceiver: the victim's receiver does not run through the fault
 	// (its process dies), so what was sent meanwhile is not its to deliver.
 	killsReceiver bool
+	// cutsLink: the victim's link carries nothing from the injection on, so
+	// what its relay sent at that instant (the feed reaches it over the
+	// same link: nothing after) reached only its own receiver.
+	cutsLink bool
 }
 
 func between(lo, hi time.Duration) func(*rand.Rand) time.Duration {
@@ -137,7 +141,7 @@ func faults() []fault {
 			}},
 		{name: "cut off from consul servers", on: "primary", hold: between(5*time.Second, 30*time.Second),
 			inject: func(c *chaos, v string) func() { return c.cutFromServers(v) }},
-		{name: "cut off from everything", on: "primary", hold: between(3*time.Second, 15*time.Second),
+		{name: "cut off from everything", on: "primary", hold: between(3*time.Second, 15*time.Second), cutsLink: true,
 			inject: func(c *chaos, v string) func() { return c.bridgePort(v, "state", "0", "3") }},
 		{name: "consul leader killed", on: "leader", hold: between(2*time.Second, 10*time.Second),
 			inject: func(c *chaos, v string) func() {
@@ -182,7 +186,7 @@ func faults() []fault {
 				c.lab.Drop(c.lab.Host(v), pct, 5001)
 				return func() { c.lab.Undrop(c.lab.Host(v)) }
 			}},
-		{name: "link down", on: "primary", hold: between(time.Second, 8*time.Second),
+		{name: "link down", on: "primary", hold: between(time.Second, 8*time.Second), cutsLink: true,
 			inject: func(c *chaos, v string) func() { return c.bridgePort(v, "", "down", "up") }},
 		{name: "VIP deleted", on: "primary", hold: fixed(0),
 			inject: func(c *chaos, v string) func() {
@@ -231,7 +235,7 @@ func faults() []fault {
 // trial is one injected fault and what the recording shows about it.
 type trial struct {
 	fault, victim                  string
-	killsReceiver                  bool
+	killsReceiver, cutsLink        bool
 	quiet, inject, heal, recovered time.Time
 	// measured
 	failover time.Duration // longest pause in deliveries at the other nodes
@@ -311,7 +315,7 @@ func TestChaos(t *testing.T) {
 	}()
 	whole := c.waitRecovered(time.Now(), 60*time.Second, "the cluster to form")
 	for i, f := range order {
-		tr := trial{fault: f.name, quiet: whole, killsReceiver: f.killsReceiver}
+		tr := trial{fault: f.name, quiet: whole, killsReceiver: f.killsReceiver, cutsLink: f.cutsLink}
 		// A quiet stretch, which must be loss-free (the stable stretch
 		// of the recovery before it counts too), then the fault at a
 		// random moment.
@@ -811,12 +815,17 @@ func (c *chaos) check(trials []trial, end time.Time) {
 			next = trials[i+1].quiet
 		}
 		union := map[int]time.Time{}
+		by := map[int]map[string]bool{} // who delivered each
 		for n := range c.nodes {
 			for _, f := range frames[n] {
 				if !f.t.Before(tr.quiet) && f.t.Before(next) {
-					if _, ok := union[f.src]; !ok {
+					if at, ok := union[f.src]; !ok || f.t.Before(at) {
 						union[f.src] = f.t
 					}
+					if by[f.src] == nil {
+						by[f.src] = map[string]bool{}
+					}
+					by[f.src][n] = true
 				}
 			}
 		}
@@ -829,6 +838,12 @@ func (c *chaos) check(trials []trial, end time.Time) {
 				// (From a moment before the kill: what the others had just
 				// delivered may still have been in the victim's queue.)
 				if tr.killsReceiver && n == tr.victim && !at.Before(tr.inject.Add(-100*time.Millisecond)) && at.Before(tr.recovered) {
+					continue
+				}
+				// (What only the victim delivered as its link went: its
+				// relay's last frames, which could leave it no more.)
+				if tr.cutsLink && n != tr.victim && len(by[src]) == 1 && by[src][tr.victim] &&
+					!at.Before(tr.inject.Add(-100*time.Millisecond)) && at.Before(tr.inject.Add(100*time.Millisecond)) {
 					continue
 				}
 				missing = append(missing, src)
