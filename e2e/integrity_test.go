@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"driftgate/gateway"
+	"driftgate/internal/agent"
 	"driftgate/internal/netlab"
 )
 
@@ -37,16 +38,7 @@ func TestAgentStrayEpoch(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := startCluster(t, clusterSpec{extra: []string{"rogue"}, receive: tt.receive})
-			c.waitUntil("a primary", 30*time.Second, func() bool { return c.primary() != "" })
-			p := c.primary()
-			st, err := c.nodes[p].state(t)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c.startFeed(200)
-			c.waitUntil("the feed at every node", 10*time.Second, func() bool {
-				return c.nodes["n1"].sink.high() > 100 && c.nodes["n2"].sink.high() > 100
-			})
+			p, st := c.feeding()
 			if err := sendStrayEpoch(c.lab.Host("rogue"), st.Epoch, "999999"); err != nil {
 				t.Fatal(err)
 			}
@@ -94,6 +86,38 @@ func sendStrayEpoch(h *netlab.Host, epoch uint64, payload string) error {
 	})
 }
 
+// feeding waits for a primary, starts the 200/s feed and waits until every
+// node delivers it; it returns the primary and its state.
+func (c *agentCluster) feeding() (string, agent.State) {
+	c.t.Helper()
+	c.waitUntil("a primary", 30*time.Second, func() bool { return c.primary() != "" })
+	p := c.primary()
+	st, err := c.nodes[p].state(c.t)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.startFeed(200)
+	c.waitUntil("the feed at every node", 10*time.Second, func() bool {
+		return c.nodes["n1"].sink.high() > 100 && c.nodes["n2"].sink.high() > 100
+	})
+	return p, st
+}
+
+// agentKeyFile writes a new frame key the agents (running as nobody) can
+// read, and returns its path.
+func agentKeyFile(t *testing.T) string {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	keyPath := filepath.Join(dir, "frame.key")
+	if err := gateway.GenerateKey(keyPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(keyPath, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	return keyPath
+}
+
 // TestAgentHostileLAN: with a key, and the whole LAN allowed as a source
 // (so the key is all that stands between a host and the feed), a host on
 // the LAN sends, while the 200/s feed runs: frames without a tag, frames
@@ -104,29 +128,13 @@ func sendStrayEpoch(h *netlab.Host, epoch uint64, payload string) error {
 // datagram of the feed exactly once, and counts each bad one under its
 // reason.
 func TestAgentHostileLAN(t *testing.T) {
-	dir := t.TempDir()
-	os.Chmod(dir, 0o755)
-	keyPath := filepath.Join(dir, "frame.key")
-	if err := gateway.GenerateKey(keyPath); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(keyPath, 65534, 65534); err != nil { // the agents run as nobody
-		t.Fatal(err)
-	}
+	keyPath := agentKeyFile(t)
 	key, _, err := gateway.LoadKeys(keyPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := startCluster(t, clusterSpec{extra: []string{"rogue"}, keyFile: keyPath, receive: "  sources: [198.18.0.0/24]\n"})
-	c.waitUntil("a primary", 30*time.Second, func() bool { return c.primary() != "" })
-	st, err := c.nodes[c.primary()].state(t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.startFeed(200)
-	c.waitUntil("the feed at every node", 10*time.Second, func() bool {
-		return c.nodes["n1"].sink.high() > 100 && c.nodes["n2"].sink.high() > 100
-	})
+	_, st := c.feeding()
 	rogue := c.lab.Host("rogue")
 	group := &net.UDPAddr{IP: net.IPv4(239, 255, 0, 1), Port: 5001}
 	// send sends frames at rate a second (0: at once), paced by the clock
@@ -248,16 +256,21 @@ func TestAgentConsulRebuilt(t *testing.T) {
 	if out, err := c.nodes[old].host.Command(context.Background(), driftgate, "step-down", "--config", c.nodes[old].cfg).CombinedOutput(); err != nil {
 		t.Fatalf("step-down: %v: %s", err, out)
 	}
-	var oldEpoch uint64
-	c.waitUntil("a primary with the raised epoch", 30*time.Second, func() bool {
-		p := c.primary()
-		if p == "" {
-			return false
-		}
-		st, err := c.nodes[p].state(t)
-		oldEpoch = st.Epoch
-		return err == nil && st.Epoch > 1500
-	})
+	// primaryEpoch waits until a primary's epoch satisfies ok; it returns it.
+	primaryEpoch := func(what string, d time.Duration, ok func(uint64) bool) uint64 {
+		var epoch uint64
+		c.waitUntil(what, d, func() bool {
+			p := c.primary()
+			if p == "" {
+				return false
+			}
+			st, err := c.nodes[p].state(t)
+			epoch = st.Epoch
+			return err == nil && ok(st.Epoch)
+		})
+		return epoch
+	}
+	oldEpoch := primaryEpoch("a primary with the raised epoch", 30*time.Second, func(e uint64) bool { return e > 1500 })
 	c.startFeed(200)
 	c.waitUntil("the feed at every node", 10*time.Second, func() bool {
 		return c.nodes["n1"].sink.high() > 100 && c.nodes["n2"].sink.high() > 100
@@ -275,16 +288,7 @@ func TestAgentConsulRebuilt(t *testing.T) {
 			t.Fatalf("%s: joining the rebuilt cluster: %v", name, err)
 		}
 	}
-	var newEpoch uint64
-	c.waitUntil("a primary in the rebuilt cluster", 60*time.Second, func() bool {
-		p := c.primary()
-		if p == "" {
-			return false
-		}
-		st, err := c.nodes[p].state(t)
-		newEpoch = st.Epoch
-		return err == nil && st.Epoch < oldEpoch
-	})
+	newEpoch := primaryEpoch("a primary in the rebuilt cluster", 60*time.Second, func(e uint64) bool { return e < oldEpoch })
 	t.Logf("a primary again %v after the rebuild began (epoch %d, was %d)", time.Since(rebuilt).Round(time.Millisecond), newEpoch, oldEpoch)
 	at := max(c.nodes["n1"].sink.high(), c.nodes["n2"].sink.high())
 	c.waitUntil("the feed to resume at every node", 20*time.Second, func() bool {
@@ -312,26 +316,8 @@ func TestAgentConsulRebuilt(t *testing.T) {
 // every node. (The primary's own kernel drops a frame from its own address
 // as a martian; the standby's receiver is the one the forgery reaches.)
 func TestAgentSpoofedSource(t *testing.T) {
-	dir := t.TempDir()
-	os.Chmod(dir, 0o755)
-	keyPath := filepath.Join(dir, "frame.key")
-	if err := gateway.GenerateKey(keyPath); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(keyPath, 65534, 65534); err != nil {
-		t.Fatal(err)
-	}
-	c := startCluster(t, clusterSpec{extra: []string{"rogue"}, keyFile: keyPath})
-	c.waitUntil("a primary", 30*time.Second, func() bool { return c.primary() != "" })
-	p := c.primary()
-	st, err := c.nodes[p].state(t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.startFeed(200)
-	c.waitUntil("the feed at every node", 10*time.Second, func() bool {
-		return c.nodes["n1"].sink.high() > 100 && c.nodes["n2"].sink.high() > 100
-	})
+	c := startCluster(t, clusterSpec{extra: []string{"rogue"}, keyFile: agentKeyFile(t)})
+	p, st := c.feeding()
 	h := gateway.Header{Epoch: st.Epoch, Seq: 1 << 40}
 	frames := [][]byte{
 		gateway.NewCodec(nil).AppendFrame(nil, h, []byte("999999")),
