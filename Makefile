@@ -121,7 +121,7 @@ test-chaos: deps consul
 compare-keepalived: deps consul build
 	command -v keepalived >/dev/null || (apt-get update -qq && apt-get install -y -qq keepalived)
 	$(GO) test -c -o bin/e2e.test ./e2e/
-	cd e2e && DRIFTGATE_COMPARE=1 ../bin/e2e.test -test.run '^TestCompareKeepalived$$' -test.v -test.timeout 10m
+	cd e2e && DRIFTGATE_COMPARE=1 ../bin/e2e.test -test.run '^TestCompareKeepalived$$' -test.v -test.timeout 20m
 
 # The relay alone: a relay tees datagrams to receivers in three namespaces.
 demo-relay: deps build

@@ -54,18 +54,20 @@ func Cleanup(ctx context.Context, cfg *config.Config, client *api.Client) (Clean
 	if len(errs) > 0 {
 		return res, fmt.Errorf("removing the VIPs of an earlier run: %w", errors.Join(errs...))
 	}
-	if cfg.Election.KernelFence == config.FenceNFTables {
-		// Its kernel fence, now that no VIP is left to fence.
-		if err := netvip.RemoveFence(); err != nil {
-			return res, fmt.Errorf("removing the kernel fence of an earlier run: %w", err)
-		}
-	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	res.Clean = len(res.Removed) > 0
 	res.Released, res.ReleaseErr = consul.ReleaseAbandoned(rctx, client, cfg.Consul.LeaderKey(), cfg.Node, res.Clean)
 	if !res.Released {
 		res.Clean = false
+	}
+	if cfg.Election.KernelFence == config.FenceNFTables {
+		// Its kernel fence, now that no VIP is left to fence; after the
+		// release, which a standby waits for: deleting a table waits for
+		// the kernel's RCU grace period (about 10 ms).
+		if err := netvip.RemoveFence(); err != nil {
+			return res, fmt.Errorf("removing the kernel fence of an earlier run: %w", err)
+		}
 	}
 	return res, nil
 }
