@@ -87,14 +87,16 @@ func newVersionCmd() *cobra.Command {
 }
 
 // logger builds the process logger. Under systemd (JOURNAL_STREAM set) the
-// journal adds timestamps, so the handler leaves them out.
+// journal adds timestamps, so the handler leaves them out, and each line
+// carries its syslog priority (journalHandler).
 func (g *globals) logger(w io.Writer) (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
 		return nil, usagef("--log-level %q: want debug, info, warn or error", g.logLevel)
 	}
 	opts := &slog.HandlerOptions{Level: lvl}
-	if os.Getenv("JOURNAL_STREAM") != "" {
+	journal := os.Getenv("JOURNAL_STREAM") != ""
+	if journal {
 		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
 			if len(groups) == 0 && a.Key == slog.TimeKey {
 				return slog.Attr{}
@@ -102,13 +104,19 @@ func (g *globals) logger(w io.Writer) (*slog.Logger, error) {
 			return a
 		}
 	}
+	var mk func(io.Writer) slog.Handler
 	switch strings.ToLower(g.logFormat) {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		mk = func(w io.Writer) slog.Handler { return slog.NewTextHandler(w, opts) }
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		mk = func(w io.Writer) slog.Handler { return slog.NewJSONHandler(w, opts) }
+	default:
+		return nil, usagef("--log-format %q: want text or json", g.logFormat)
 	}
-	return nil, usagef("--log-format %q: want text or json", g.logFormat)
+	if journal {
+		return slog.New(newJournalHandler(w, mk)), nil
+	}
+	return slog.New(mk(w)), nil
 }
 
 // signalContext is cancelled by SIGINT or SIGTERM.
