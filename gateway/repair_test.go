@@ -181,10 +181,18 @@ func TestLoopbackRepair(t *testing.T) {
 			if rs.Frames < uint64(dropped) || rs.Requests == 0 || rs.Requests > nacks || rs.Unavailable != 0 {
 				t.Fatalf("relay repair stats %+v: want >= %d frames resent for %d requests", rs, dropped, nacks)
 			}
-			// Repair traffic: a duplicate only when a request raced its
-			// answer; never more than 1.2x what was lost.
-			if float64(rs.Frames) > 1.2*float64(st.Repaired) {
-				t.Fatalf("%d frames resent for %d repaired", rs.Frames, st.Repaired)
+			// Repair traffic: every frame resent filled a gap, or arrived
+			// again because its request was retried before the answer came
+			// (a loaded machine: the answer is late), as a duplicate —
+			// nothing nobody asked for. How little is resent on a LAN is
+			// make bench-repair's (1.00x).
+			var dups uint64
+			testkit.Poll(time.Second, func() bool { // resent frames may be in flight
+				dups = recv.Stats().Duplicates
+				return rs.Frames <= st.Repaired+dups
+			})
+			if rs.Frames > st.Repaired+dups {
+				t.Fatalf("%d frames resent for %d repaired and %d duplicates: some nobody asked for", rs.Frames, st.Repaired, dups)
 			}
 		})
 	}
