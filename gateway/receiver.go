@@ -109,6 +109,7 @@ type ReceiverStats struct {
 	Repaired    uint64 // arrived after a repair request
 	Unrecovered uint64 // given up: not arrived by the repair deadline
 	Nacks       uint64 // repair requests sent
+	NackFrames  uint64 // frames those requests asked for
 	NackErrors  uint64 // repair requests the kernel refused
 	// Announcements read (good ones) and those that failed their checks
 	// (malformed, bad tag).
@@ -198,7 +199,7 @@ type Receiver struct {
 	deliverFn func(*Frame, []byte)
 	firstErr  error // the first delivery error of the current batch
 	reqs      []request
-	nackStats struct{ sent, errors atomic.Uint64 }
+	nackStats struct{ sent, frames, errors atomic.Uint64 }
 }
 
 // readSide is one socket's batch reader and its buffers.
@@ -689,12 +690,18 @@ func (r *Receiver) repairLoop(ctx context.Context) error {
 		// Encoded under the lock (reqs is reused); sent after it.
 		var out [][]byte
 		var to []netip.AddrPort
+		var asked []uint64
 		buf = buf[:0]
 		for i := range reqs {
 			start := len(buf)
 			buf = codec.AppendNack(buf, &reqs[i].nack)
 			out = append(out, buf[start:len(buf):len(buf)])
 			to = append(to, reqs[i].to)
+			var n uint64
+			for _, sr := range reqs[i].nack.Ranges {
+				n += uint64(sr.Count)
+			}
+			asked = append(asked, n)
 		}
 		r.mu.Unlock()
 		for i, b := range out {
@@ -703,6 +710,7 @@ func (r *Receiver) repairLoop(ctx context.Context) error {
 				continue
 			}
 			r.nackStats.sent.Add(1)
+			r.nackStats.frames.Add(asked[i])
 		}
 		if next > 0 {
 			t.Reset(max(time.Duration(next-int64(time.Since(r.base))), 0))
@@ -730,7 +738,7 @@ func (r *Receiver) Stats() ReceiverStats {
 	}
 	s.Gaps, s.Missing = r.tr.gaps, r.tr.lost
 	s.Unrecovered, s.RepairLatency = r.gaps.unrecovered, r.gaps.latency.snapshot()
-	s.Nacks, s.NackErrors = r.nackStats.sent.Load(), r.nackStats.errors.Load()
+	s.Nacks, s.NackFrames, s.NackErrors = r.nackStats.sent.Load(), r.nackStats.frames.Load(), r.nackStats.errors.Load()
 	if r.peer != nil {
 		ps := r.peer.stats()
 		s.PeerRepair = &ps
