@@ -138,15 +138,16 @@ func (t *term) renew(deadline time.Time) {
 	if !t.holding.Load() {
 		return
 	}
+	extended := true
 	if t.fence != nil {
 		// If this fails the fence ends the lease at the last deadline it
-		// took, and the agent's own deadline ends the term with it.
+		// took, and announcements stop there too.
 		if err := t.fence.Extend(deadline); err != nil {
 			t.log.Warn("extending the lease in the kernel fence", "err", err)
-		} else {
-			t.deadline.Store(deadline.UnixNano())
+			extended = false
 		}
-	} else {
+	}
+	if extended {
 		t.deadline.Store(deadline.UnixNano())
 	}
 	t.setLifetimes(deadline)
