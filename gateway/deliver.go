@@ -10,11 +10,12 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"strconv"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"driftgate/internal/udpbatch"
 )
 
 // Deliverer hands accepted frames to the local application. Deliver is
@@ -117,25 +118,27 @@ type DeliveryStatser interface {
 
 // connDeliverer writes each frame, or its payload, as one datagram to a
 // connected socket, through a bounded queue: Deliver only copies the
-// datagram in, and a writer goroutine sends it, waiting while the
-// application's socket is full. So a stalled application delays its own
-// datagrams instead of losing them (a unix datagram socket queues only
-// net.unix.max_dgram_qlen of them, 10 by default) and never stalls the
-// receiver; only beyond the queue's bound are datagrams dropped, counted.
+// datagram in, and a writer goroutine sends what waits in batches of up to
+// deliverBatch with sendmmsg (runs of equal-size UDP datagrams as one GSO
+// send, which the kernel splits again before the application reads them),
+// waiting while the application's socket is full. So a stalled application
+// delays its own datagrams instead of losing them (a unix datagram socket
+// queues only net.unix.max_dgram_qlen of them, 10 by default) and never
+// stalls the receiver; only beyond the queue's bound are datagrams dropped,
+// counted.
 type connDeliverer struct {
 	c           net.Conn
-	rc          syscall.RawConn
+	w           *udpbatch.Conn
 	payloadOnly bool
 	q           *queue
 	log         *slog.Logger
 	stop, done  chan struct{}
-
-	// The writer's state: what the current write sends, and its result.
-	buf     []byte
-	err     error
-	writeFn func(fd uintptr) bool
-	lastLog time.Time
+	bufs        [][]byte // the writer's batch, pointing into the queue
+	lastLog     time.Time
 }
+
+// deliverBatch is how many datagrams one delivery system call takes.
+const deliverBatch = 64
 
 // closeGrace is how long Close lets the writer hand queued datagrams to a
 // slow application before it gives up on them.
@@ -156,18 +159,16 @@ func newConnDeliverer(c net.Conn, payloadOnly bool, o OpenOptions) (*connDeliver
 		c.Close()
 		return nil, err
 	}
+	gso := false
+	if uc, ok := c.(*net.UDPConn); ok {
+		gso = udpbatch.ProbeGSO(uc)
+	}
 	log := o.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &connDeliverer{c: c, rc: rc, payloadOnly: payloadOnly, q: newQueue(o.Queue), log: log,
-		stop: make(chan struct{}), done: make(chan struct{})}
-	d.writeFn = func(fd uintptr) bool {
-		_, d.err = unix.SendmsgN(int(fd), d.buf, nil, nil, unix.MSG_DONTWAIT)
-		// EAGAIN: the application's socket is full; false makes the
-		// runtime's poller wait until it can take more.
-		return !errors.Is(d.err, unix.EAGAIN)
-	}
+	d := &connDeliverer{c: c, w: udpbatch.NewRaw(rc, deliverBatch, gso), payloadOnly: payloadOnly, q: newQueue(o.Queue), log: log,
+		stop: make(chan struct{}), done: make(chan struct{}), bufs: make([][]byte, deliverBatch)}
 	go d.run()
 	return d, nil
 }
@@ -182,8 +183,8 @@ func (d *connDeliverer) Deliver(f *Frame, raw []byte) error {
 func (d *connDeliverer) run() {
 	defer close(d.done)
 	for {
-		b, ok := d.q.peek()
-		if !ok {
+		n := d.q.peek(d.bufs)
+		if n == 0 {
 			select {
 			case <-d.q.ready:
 				continue
@@ -191,15 +192,21 @@ func (d *connDeliverer) run() {
 				return
 			}
 		}
-		d.buf = b
-		if err := d.rc.Write(d.writeFn); err != nil {
+		failed, err := d.w.WriteBatch(d.bufs[:n], netip.AddrPort{})
+		if failed > 0 && isClosed(err) {
 			return // closed, or Close's grace ran out
 		}
-		if d.err != nil {
-			d.logWriteError(d.err)
+		if failed > 0 {
+			d.logWriteError(err)
 		}
-		d.q.done(d.err == nil)
+		d.q.done(n, failed)
 	}
+}
+
+// isClosed: the socket was closed or its write deadline (Close's grace)
+// passed.
+func isClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // logWriteError logs at most every 10 s (an absent application must not
@@ -213,7 +220,11 @@ func (d *connDeliverer) logWriteError(err error) {
 		"write_errors_total", d.q.stats().Dropped["write_error"])
 }
 
-func (d *connDeliverer) Flush() error { return nil }
+// Flush wakes the writer once for the receiver's whole batch.
+func (d *connDeliverer) Flush() error {
+	d.q.wake()
+	return nil
+}
 
 // Close gives the writer closeGrace to hand over what is queued, then
 // closes the socket.

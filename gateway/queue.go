@@ -73,7 +73,8 @@ func newQueue(c QueueConfig) *queue {
 	return &queue{f: newFIFO[struct{}](c.Frames, c.Bytes), ready: make(chan struct{}, 1)}
 }
 
-// push copies b in, or returns ErrQueueFull.
+// push copies b in, or returns ErrQueueFull. The writer is woken by wake,
+// once per batch of pushes, so that it takes them in one system call.
 func (q *queue) push(b []byte) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -82,34 +83,38 @@ func (q *queue) push(b []byte) error {
 		return ErrQueueFull
 	}
 	q.maxDepth = max(q.maxDepth, q.f.n)
+	return nil
+}
+
+// wake tells the writer there is something to send.
+func (q *queue) wake() {
 	select {
 	case q.ready <- struct{}{}:
 	default:
 	}
-	return nil
 }
 
-// peek returns the head datagram, which stays queued until done.
-func (q *queue) peek() ([]byte, bool) {
+// peek fills bs with up to len(bs) datagrams from the head and returns how
+// many; they stay queued, in place, until done.
+func (q *queue) peek(bs [][]byte) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.f.n == 0 {
-		return nil, false
+	n := min(len(bs), q.f.n)
+	for i := range n {
+		_, bs[i] = q.f.rec(i)
 	}
-	_, b := q.f.rec(0)
-	return b, true
+	return n
 }
 
-// done removes the head datagram, written (ok) or dropped.
-func (q *queue) done(ok bool) {
+// done removes the n head datagrams, of which failed were dropped.
+func (q *queue) done(n, failed int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.f.pop()
-	if ok {
-		q.written++
-	} else {
-		q.writeErrors++
+	for range n {
+		q.f.pop()
 	}
+	q.written += uint64(n - failed)
+	q.writeErrors += uint64(failed)
 }
 
 func (q *queue) stats() DeliveryStats {

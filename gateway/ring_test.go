@@ -96,13 +96,15 @@ func TestQueueBounds(t *testing.T) {
 	if err := q.push([]byte{9}); err != ErrQueueFull {
 		t.Fatalf("fifth push: %v, want ErrQueueFull", err)
 	}
-	for i := range 4 {
-		b, ok := q.peek()
-		if !ok || b[0] != byte(i) {
-			t.Fatalf("pop %d: %v %v", i, b, ok)
-		}
-		q.done(true)
+	bs := make([][]byte, 3)
+	if n := q.peek(bs); n != 3 || bs[0][0] != 0 || bs[1][0] != 1 || bs[2][0] != 2 {
+		t.Fatalf("peek of 3: %d %v", n, bs)
 	}
+	q.done(3, 1) // three done, one of them refused
+	if n := q.peek(bs); n != 1 || bs[0][0] != 3 {
+		t.Fatalf("peek after done: %d %v", n, bs[:n])
+	}
+	q.done(1, 0)
 	// By bytes: two frames of the largest size fill it, with wrapping.
 	big := make([]byte, MaxPayload+HeaderLen+TagLen)
 	for round := range 3 {
@@ -115,14 +117,12 @@ func TestQueueBounds(t *testing.T) {
 		if err := q.push(big); err != ErrQueueFull {
 			t.Fatalf("round %d: third push %v, want ErrQueueFull", round, err)
 		}
-		for range 2 {
-			if _, ok := q.peek(); !ok {
-				t.Fatal("empty")
-			}
-			q.done(true)
+		if n := q.peek(bs); n != 2 {
+			t.Fatalf("round %d: peek %d, want 2", round, n)
 		}
+		q.done(2, 0)
 	}
-	if st := q.stats(); st.Written != 10 || st.Dropped["queue_full"] != 4 || st.Depth != 0 {
+	if st := q.stats(); st.Written != 9 || st.Dropped["write_error"] != 1 || st.Dropped["queue_full"] != 4 || st.Depth != 0 {
 		t.Fatalf("stats %+v", st)
 	}
 }

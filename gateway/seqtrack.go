@@ -5,6 +5,13 @@ package gateway
 // while it is inside the window (3 s at 20k frames/s; 8 KiB of bits).
 const WindowSize = 1 << 16
 
+// headGap: a receiver whose first frame of a feed has a sequence number up
+// to this asks for the frames before it. A joiner sees a running feed's
+// head this small only if it was there when the feed began (64 frames are
+// 3 ms at 20k/s, 0.3 s at 200/s), and at worst it is handed that many
+// frames it did not wait for.
+const headGap = 64
+
 // verdict is what the tracker decided about a frame.
 type verdict uint8
 
@@ -50,9 +57,17 @@ func (t *tracker) check(epoch, seq uint64) verdict {
 	switch {
 	case !t.started:
 		// The first frame sets the baseline: a receiver that starts while
-		// a feed is running has not lost what came before it.
+		// a feed is running has not lost what came before it. Unless the
+		// feed has only just begun: a receiver that was waiting for it and
+		// whose first frame is one of the epoch's first headGap lost the
+		// ones before it (the head of a stream has no gap to show it).
 		t.started = true
 		t.reset(epoch)
+		if seq > 1 && seq <= headGap {
+			t.gaps++
+			t.lost += seq - 1
+			t.gapFirst, t.gapLast = 1, seq-1
+		}
 		t.mark(seq)
 		t.highest = seq
 		return accept

@@ -60,6 +60,13 @@ func New(c *net.UDPConn, size int, gso bool) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("getting raw socket: %w", err)
 	}
+	return NewRaw(rc, size, gso), nil
+}
+
+// NewRaw is New on any datagram socket, such as a connected unix datagram
+// socket; WriteBatch with the zero address sends on a connected socket. GSO
+// is for UDP sockets only.
+func NewRaw(rc syscall.RawConn, size int, gso bool) *Conn {
 	m := &Conn{
 		rc:     rc,
 		gso:    gso,
@@ -71,7 +78,7 @@ func New(c *net.UDPConn, size int, gso bool) (*Conn, error) {
 	}
 	m.readFn = m.doRead
 	m.writeFn = m.doWrite
-	return m, nil
+	return m
 }
 
 func (m *Conn) doRead(fd uintptr) bool {
@@ -138,8 +145,13 @@ func (m *Conn) ReadBatch(bufs [][]byte, ms []Meta) (int, error) {
 // them, except that a refused GSO send is retried frame by frame. Runs of frames of equal length go out
 // as one UDP_SEGMENT (GSO) send when GSO is on: the kernel splits them into
 // datagrams of that length, one traversal of the stack for up to 64 frames.
+//
+// The zero dst sends on a connected socket (no address in the headers).
 func (m *Conn) WriteBatch(frames [][]byte, dst netip.AddrPort) (failed int, firstErr error) {
-	namelen := putSockaddr(&m.dst, dst)
+	var namelen uint32
+	if dst.IsValid() {
+		namelen = putSockaddr(&m.dst, dst)
+	}
 	singles := 0 // frames to send one by one after a refused GSO send
 	for i := 0; i < len(frames); {
 		nh := m.layout(frames[i:], namelen, &singles)
@@ -187,7 +199,10 @@ func (m *Conn) layout(frames [][]byte, namelen uint32, singles *int) int {
 			run = gsoRun(frames[i:], min(maxGSOSegments, len(m.iovs)-nIov))
 		}
 		h := &m.hdrs[nh].Hdr
-		*h = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&m.dst)), Namelen: namelen, Iov: &m.iovs[nIov]}
+		*h = unix.Msghdr{Namelen: namelen, Iov: &m.iovs[nIov]}
+		if namelen != 0 {
+			h.Name = (*byte)(unsafe.Pointer(&m.dst))
+		}
 		h.SetIovlen(run)
 		for j := range run {
 			f := frames[i+j]
