@@ -406,3 +406,94 @@ func nonZero(m map[string]uint64) map[string]uint64 {
 	}
 	return out
 }
+
+// TestLocalReceiver: a relay with a receiver in process (SetLocal) hands it
+// every frame by a call, as it sends the same frames to a remote receiver:
+// both deliver the whole feed once, in order, and the local one read
+// nothing from a socket. The checks still apply: with ConfirmEpochs, the
+// local receiver holds the relay's frames until their epoch is confirmed,
+// and a wrong key rejects them.
+func TestLocalReceiver(t *testing.T) {
+	key := bytes.Repeat([]byte{0x42}, 32)
+	tests := []struct {
+		name     string
+		localKey []byte
+		confirm  bool
+		want     int // frames the local receiver delivers
+	}{
+		{"delivers", key, false, 200},
+		{"held until confirmed", key, true, 200},
+		{"wrong key rejected", bytes.Repeat([]byte{0x43}, 32), false, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			lo := netip.MustParseAddr("127.0.0.1")
+			in, out := netip.AddrPortFrom(lo, freePort(t, "127.0.0.1")), netip.AddrPortFrom(lo, freePort(t, "127.0.0.1"))
+			relay, err := NewRelay(RelayConfig{Listen: []netip.AddrPort{in}, Unicast: []netip.AddrPort{out}, Key: key, Epoch: 7}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			remote := &collector{}
+			rrcv, err := NewReceiver(ReceiverConfig{Listen: out, Key: key, Deliver: remote}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			col := &collector{}
+			rcv, err := NewReceiver(ReceiverConfig{Listen: netip.AddrPortFrom(lo, freePort(t, "127.0.0.1")),
+				Key: tt.localKey, ConfirmEpochs: tt.confirm, Deliver: col}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			relay.SetLocal(rcv)
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer cancel()
+			for _, run := range []interface {
+				Bind(context.Context) error
+				Run(context.Context) error
+			}{rrcv, rcv, relay} {
+				if err := run.Bind(ctx); err != nil {
+					t.Fatal(err)
+				}
+				wg.Go(func() { run.Run(ctx) })
+			}
+			src, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			const n = 200
+			for i := range n {
+				fmt.Fprintf(src, "msg-%03d", i)
+				if i%50 == 49 {
+					testkit.WaitFor(t, "the relay to forward", 5*time.Second, func() bool { return relay.Stats()[0].Forwarded == uint64(i+1) })
+				}
+			}
+			testkit.WaitFor(t, "the remote receiver", 5*time.Second, func() bool { return remote.count() == n })
+			testkit.WaitFor(t, "the local receiver to take every frame", 5*time.Second, func() bool { return rcv.Stats().Local == n })
+			if tt.confirm {
+				if got := col.count(); got != 0 {
+					t.Fatalf("%d frames delivered before their epoch was confirmed", got)
+				}
+				rcv.ConfirmEpoch(7)
+			}
+			testkit.WaitFor(t, "local deliveries", 5*time.Second, func() bool { return col.count() == tt.want })
+			st := rcv.Stats()
+			if st.Received != 0 {
+				t.Errorf("the local receiver read %d datagrams from its socket, want 0", st.Received)
+			}
+			if tt.want == 0 && st.Rejected["tag_bad"] != n {
+				t.Errorf("rejected %v, want %d tag_bad", st.Rejected, n)
+			}
+			col.mu.Lock()
+			defer col.mu.Unlock()
+			for i, f := range col.frames {
+				if f.Seq != uint64(i+1) || f.Epoch != 7 || string(f.Payload) != fmt.Sprintf("msg-%03d", i) {
+					t.Fatalf("local frame %d: epoch %d seq %d %q", i, f.Epoch, f.Seq, f.Payload)
+				}
+			}
+		})
+	}
+}

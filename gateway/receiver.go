@@ -95,6 +95,7 @@ func (c *ReceiverConfig) Validate() error {
 // ReceiverStats is a snapshot of a receiver's counters.
 type ReceiverStats struct {
 	Received    uint64            // datagrams read
+	Local       uint64            // frames taken from the relay in this process (Relay.SetLocal)
 	Delivered   uint64            // frames handed to the application
 	Held        uint64            // in sequence order: frames waiting behind a hole now
 	Skipped     uint64            // in sequence order: holes given up after the hold time
@@ -411,11 +412,31 @@ func (r *Receiver) endBatch() {
 	}
 }
 
+// takeLocal takes frames from the relay in this process (Relay.SetLocal):
+// each is checked as a datagram read from the network would be, but for
+// its source, which is this process.
+func (r *Receiver) takeLocal(frames [][]byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.st.Local += uint64(len(frames))
+	now := int64(time.Since(r.base))
+	r.opened = false
+	for _, raw := range frames {
+		r.checked(raw, netip.AddrPort{}, now)
+	}
+	r.endBatch()
+}
+
 // datagram handles one datagram read at now from `from`. Callers hold mu.
 func (r *Receiver) datagram(raw []byte, from netip.AddrPort, now int64) {
 	if !r.sourceOK(from.Addr(), now) {
 		return
 	}
+	r.checked(raw, from, now)
+}
+
+// checked handles a datagram from an accepted source. Callers hold mu.
+func (r *Receiver) checked(raw []byte, from netip.AddrPort, now int64) {
 	if r.peer != nil && isNack(raw) {
 		// Another receiver asks for frames it missed of a deposed
 		// primary: answered from what this one kept.

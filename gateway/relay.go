@@ -88,6 +88,10 @@ type RelayConfig struct {
 	// DynamicUnicast: destinations come later through SetUnicast, so a
 	// configuration without group and unicast destinations is valid.
 	DynamicUnicast bool
+	// MulticastLoop keeps the group's copies looping back to this host
+	// when a receiver is in process (SetLocal), for other receivers on it;
+	// without SetLocal they always loop back.
+	MulticastLoop bool
 }
 
 // ErrNoDestination: a relay configuration with neither a group nor unicast
@@ -169,6 +173,7 @@ type Relay struct {
 	dynamic   []netip.AddrPort // from SetUnicast, applied to listeners bound later
 	peers     []netip.Addr     // from SetRepairPeers
 	rep       *repairer        // nil: repair off
+	local     *Receiver        // from SetLocal: this host's receiver, in process
 }
 
 // NewRelay checks cfg and returns a relay; it opens nothing. Call Bind to
@@ -276,6 +281,7 @@ func (r *Relay) newListener(ctx context.Context, addr netip.AddrPort, ifi *net.I
 		now:     func() int64 { return time.Now().UnixNano() },
 		rep:     r.rep,
 		spawn:   make(chan *sender, 2),
+		local:   r.local,
 	}
 	l.log.Info("listening", "rcvbuf_requested", r.cfg.RcvBuf, "rcvbuf_granted", granted)
 	if granted < r.cfg.RcvBuf {
@@ -287,7 +293,10 @@ func (r *Relay) newListener(ctx context.Context, addr netip.AddrPort, ifi *net.I
 		return nil, fmt.Errorf("relay: %s: %w", addr, err)
 	}
 	l.in = in
-	l.mc, l.batch, l.gso = mcastOpts{ifi: ifi, ttl: r.cfg.TTL, loop: true}, r.cfg.Batch, !r.cfg.NoGSO
+	// With the host's receiver in process, the group's copies need not
+	// loop back to this host (unless other receivers here want them).
+	loop := r.local == nil || r.cfg.MulticastLoop
+	l.mc, l.batch, l.gso = mcastOpts{ifi: ifi, ttl: r.cfg.TTL, loop: loop}, r.cfg.Batch, !r.cfg.NoGSO
 	if err := l.setDests(r.allDests()); err != nil {
 		l.close()
 		return nil, err
@@ -322,6 +331,19 @@ func (r *Relay) SetUnicast(dyn []netip.AddrPort) error {
 		}
 	}
 	return nil
+}
+
+// SetLocal makes rcv, a receiver in this process, take every frame the
+// relay sends by a function call, after the network copies: the same
+// checks as for a frame read from a socket (epoch, confirmation, order,
+// duplicates, tag), without a loopback copy, a second read and a second
+// receive system call for the host that relays. The group's copies then do
+// not loop back to this host (RelayConfig.MulticastLoop keeps them). Call
+// it before Bind.
+func (r *Relay) SetLocal(rcv *Receiver) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.local = rcv
 }
 
 // SetRepairPeers replaces the nodes, besides the unicast destinations,
@@ -476,6 +498,7 @@ type relayListener struct {
 	c       relayCounters
 	rep     *repairer    // nil: repair off
 	spawn   chan *sender // new send sockets, to answer repair requests on
+	local   *Receiver    // nil: no receiver in process
 
 	// Preallocated batch state. frames[i] holds a whole frame; reads[i] is
 	// its payload area, where the datagram is read, so the header is
@@ -626,6 +649,11 @@ func (l *relayListener) process(n int) {
 	}
 	l.c.forwarded.Add(uint64(len(l.out) - failedAny))
 	sp.sentUpTo(seq)
+	if l.local != nil {
+		// After the network: the other hosts' copies are not delayed by
+		// this one's delivery.
+		l.local.takeLocal(l.out)
+	}
 }
 
 // pastDeadline reports whether the lease deadline (SetDeadline) passed.

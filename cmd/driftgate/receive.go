@@ -132,8 +132,8 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 }
 
 func printReceiverSummary(w io.Writer, s gateway.ReceiverStats) {
-	fmt.Fprintf(w, "receive: received=%d delivered=%d duplicates=%d stale_epoch=%d late=%d gaps=%d repaired=%d unrecovered=%d missing=%d reordered=%d nacks=%d truncated=%d deliver_errors=%d unconfirmed_epoch=%d epoch_step=%d epoch=%d rejected{%s}\n",
-		s.Received, s.Delivered, s.Duplicates, s.StaleEpoch, s.Late, s.Gaps, s.Repaired, s.Unrecovered, s.Missing, s.Reordered, s.Nacks, s.Truncated, s.DeliverErrors, s.Unconfirmed, s.EpochStep, s.Epoch, formatCounts(s.Rejected))
+	fmt.Fprintf(w, "receive: received=%d local=%d delivered=%d duplicates=%d stale_epoch=%d late=%d gaps=%d repaired=%d unrecovered=%d missing=%d reordered=%d nacks=%d truncated=%d deliver_errors=%d unconfirmed_epoch=%d epoch_step=%d epoch=%d rejected{%s}\n",
+		s.Received, s.Local, s.Delivered, s.Duplicates, s.StaleEpoch, s.Late, s.Gaps, s.Repaired, s.Unrecovered, s.Missing, s.Reordered, s.Nacks, s.Truncated, s.DeliverErrors, s.Unconfirmed, s.EpochStep, s.Epoch, formatCounts(s.Rejected))
 	if s.Repaired > 0 {
 		// Bucket bounds: "p50 ≤ 2ms".
 		fmt.Fprintf(w, "receive: repair latency p50<=%s p99<=%s\n", s.RepairLatency.Quantile(0.5), s.RepairLatency.Quantile(0.99))

@@ -3,10 +3,12 @@ package main
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 
 	"driftgate/gateway"
 )
@@ -14,10 +16,10 @@ import (
 func newRelayCmd(g *globals) *cobra.Command {
 	var (
 		listen, unicast, allow, repairAllow []string
-		group, iface, keyFile               string
+		group, iface, keyFile, deliver      string
 		ttl, rcvbuf, batch                  int
 		epoch                               uint64
-		noGSO, noRepair                     bool
+		noGSO, noRepair, mcastLoop          bool
 	)
 	c := &cobra.Command{
 		Use:   "relay --listen ADDR:PORT [--listen ...] (--group GROUP:PORT | --unicast ADDR:PORT ...)",
@@ -25,11 +27,15 @@ func newRelayCmd(g *globals) *cobra.Command {
 		Long: `relay receives UDP datagrams on the listen addresses, wraps each in a
 driftgate frame (docs/frame.md) and sends it to the multicast group and to every
 unicast receiver. Listen addresses may be absent from the host (IP_FREEBIND).
+With --deliver the host's own receiver runs in the same process, as the
+agent's does on the primary: it takes every frame from the relay by a call
+(same checks as receive), joins the group for other relays' frames, and
+delivers to the application.
 On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			cfg := gateway.RelayConfig{TTL: ttl, Iface: iface, Epoch: epoch, RcvBuf: rcvbuf, Batch: batch, NoGSO: noGSO,
-				Repair: gateway.RepairConfig{Off: noRepair}}
+				Repair: gateway.RepairConfig{Off: noRepair}, MulticastLoop: mcastLoop}
 			var err error
 			if cfg.Listen, err = parseAddrPorts("listen", listen); err != nil {
 				return err
@@ -62,16 +68,36 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 			if err != nil {
 				return usageError{err}
 			}
+			var local *gateway.Receiver
+			if deliver != "" {
+				if local, err = localReceiver(cfg, deliver, noRepair, c.OutOrStdout(), log); err != nil {
+					return err
+				}
+				r.SetLocal(local)
+			}
 			ctx, stop := signalContext()
 			defer stop()
+			if local != nil {
+				if err := local.Bind(ctx); err != nil {
+					return err
+				}
+			}
 			if err := r.Bind(ctx); err != nil {
 				return err
 			}
 			sdNotifier{}.Notify("READY=1")
-			if err := r.Run(ctx); err != nil {
+			g, gctx := errgroup.WithContext(ctx)
+			g.Go(func() error { return r.Run(gctx) })
+			if local != nil {
+				g.Go(func() error { return local.Run(gctx) })
+			}
+			if err := g.Wait(); err != nil {
 				return err
 			}
 			printRelaySummary(c.ErrOrStderr(), r.Stats())
+			if local != nil {
+				printReceiverSummary(c.ErrOrStderr(), local.Stats())
+			}
 			if rp, ok := r.RepairStats(); ok {
 				fmt.Fprintf(c.ErrOrStderr(), "repair: requests=%d frames=%d multicast=%d bytes=%d suppressed=%d unavailable=%d refused{%s}\n",
 					rp.Requests, rp.Frames, rp.Multicast, rp.Bytes, rp.Suppressed, rp.Unavailable, formatCounts(rp.Refused))
@@ -93,7 +119,32 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 	f.StringArrayVar(&repairAllow, "repair-allow", nil, "answer repair requests from this CIDR too, besides the unicast receivers (repeatable)")
 	f.BoolVar(&noRepair, "no-repair", false, "keep no ring and answer no repair requests")
 	f.BoolVar(&noGSO, "no-gso", false, "do not use UDP segmentation offload for runs of equal-size frames")
+	f.StringVar(&deliver, "deliver", "", "run this host's receiver in process and deliver to udp://HOST:PORT, unix:///PATH or stdout (needs --group)")
+	f.BoolVar(&mcastLoop, "multicast-loop", false, "with --deliver, still loop the group's copies back to this host (for other receivers on it)")
 	return c
+}
+
+// localReceiver is the relay host's own receiver (--deliver): it joins the
+// relay's group and takes the relay's frames in process.
+func localReceiver(cfg gateway.RelayConfig, deliver string, noRepair bool, stdout io.Writer, log *slog.Logger) (*gateway.Receiver, error) {
+	if !cfg.Group.IsValid() {
+		return nil, usagef("--deliver: needs --group (the host's receiver joins it for other relays' frames)")
+	}
+	d, err := gateway.ParseDeliverURL(deliver)
+	if err != nil {
+		return nil, usagef("--deliver: %v", err)
+	}
+	dl, err := d.Open(gateway.OpenOptions{Stdout: stdout, Log: log})
+	if err != nil {
+		return nil, usagef("--deliver: %v", err)
+	}
+	rcv, err := gateway.NewReceiver(gateway.ReceiverConfig{Group: cfg.Group, Iface: cfg.Iface, Key: cfg.Key, NextKey: cfg.NextKey,
+		Repair: gateway.ReceiverRepair{Off: noRepair}, Deliver: dl}, log)
+	if err != nil {
+		dl.Close()
+		return nil, usageError{err}
+	}
+	return rcv, nil
 }
 
 func printRelaySummary(w io.Writer, stats []gateway.RelayStats) {

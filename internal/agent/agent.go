@@ -128,6 +128,13 @@ func New(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) {
 		return nil, err
 	}
 	rc := cfg.Relay.RelayConfig
+	if cfg.Receive.Enabled && cfg.Receive.Listen.IsValid() {
+		// This node's receiver takes the frames in process (SetLocal);
+		// a duplicate copy by the network costs a send and a read.
+		if u := slices.DeleteFunc(slices.Clone(rc.Unicast), func(ap netip.AddrPort) bool { return ap == cfg.Receive.Listen }); len(u) > 0 || rc.Group.IsValid() || rc.DynamicUnicast {
+			rc.Unicast = u
+		}
+	}
 	if cfg.Relay.KeyFile != "" {
 		if rc.Key, rc.NextKey, err = gateway.LoadKeys(cfg.Relay.KeyFile); err != nil {
 			return nil, fmt.Errorf("relay.key_file: %w", err)
@@ -161,6 +168,9 @@ func New(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) {
 			d.Close()
 			return nil, err
 		}
+		// As primary, the node's receiver takes the relay's frames in
+		// process: no loopback copy, no second read on the host.
+		a.relay.SetLocal(a.recv)
 	}
 	a.hold = a.holdTasks
 	return a, nil
@@ -349,7 +359,7 @@ func (a *Agent) Run(ctx context.Context) error {
 						a.recv.SetPeers(peers)
 					}
 					if a.cfg.Relay.DynamicUnicast {
-						return a.relay.SetUnicast(in.Receivers)
+						return a.relay.SetUnicast(a.remoteReceivers(in.Receivers))
 					}
 					return nil
 				})
@@ -731,6 +741,16 @@ func (a *Agent) State() State {
 	}
 	st.Hooks = map[string]uint64{"ran": a.hooks.ran.Load(), "failed": a.hooks.failed.Load(), "dropped": a.hooks.dropped.Load()}
 	return st
+}
+
+// remoteReceivers are the unicast receivers the relay sends to: all of the
+// service's but this node's own, which takes the frames in process
+// (Relay.SetLocal).
+func (a *Agent) remoteReceivers(all []netip.AddrPort) []netip.AddrPort {
+	if a.recv == nil || !a.cfg.Receive.Listen.IsValid() {
+		return all
+	}
+	return slices.DeleteFunc(slices.Clone(all), func(ap netip.AddrPort) bool { return ap == a.cfg.Receive.Listen })
 }
 
 // sourceAddrs are the addresses this node's relay may send frames from:

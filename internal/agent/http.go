@@ -60,6 +60,7 @@ type agentCollector struct {
 	eligible                                   *prometheus.Desc
 	vipPresent, relayReceived, relayPackets    *prometheus.Desc
 	relayBytes, relaySendErrors, recvReceived  *prometheus.Desc
+	recvLocal                                  *prometheus.Desc
 	recvFrames, recvReordered, hooks           *prometheus.Desc
 	recvUnrecovered, recvMissing, recvRepaired *prometheus.Desc
 	recvNacks, recvRepairLatency               *prometheus.Desc
@@ -94,6 +95,7 @@ func (a *Agent) collector() prometheus.Collector {
 		relayBytes:        d("relay_bytes_total", "Relay payload bytes received.", "listen"),
 		relaySendErrors:   d("relay_send_errors_total", "Frames a destination refused, counted per destination.", "listen"),
 		recvReceived:      d("receiver_received_total", "Datagrams the receiver read."),
+		recvLocal:         d("receiver_local_total", "Frames the receiver took from this node's relay in process (as primary), not from a socket."),
 		recvFrames:        d("receiver_frames_total", "What became of each datagram the receiver read.", "result"),
 		recvReordered:     d("receiver_reordered_total", "Frames delivered after a later one, before they were asked for."),
 		recvUnrecovered:   d("receiver_unrecovered_total", "Sequence numbers given up: not received, nor repaired by the deadline."),
@@ -168,6 +170,7 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if r := st.Receiver; r != nil {
 		ct(c.recvReceived, r.Received)
+		ct(c.recvLocal, r.Local)
 		for name, v := range receiverOutcomes(*r) {
 			ct(c.recvFrames, v, name)
 		}

@@ -73,6 +73,7 @@ type raw struct {
 		RcvBuf            int      `mapstructure:"rcvbuf"`
 		Batch             int      `mapstructure:"batch"`
 		GSO               bool     `mapstructure:"gso"`
+		MulticastLoop     bool     `mapstructure:"multicast_loop"`
 		Repair            struct {
 			Enabled bool     `mapstructure:"enabled"`
 			Frames  int      `mapstructure:"frames"`
@@ -188,6 +189,7 @@ func defaults(v *viper.Viper) {
 		"relay.rcvbuf":                16 << 20,
 		"relay.batch":                 64,
 		"relay.gso":                   true,
+		"relay.multicast_loop":        false,
 		"relay.repair.enabled":        true,
 		"relay.repair.frames":         gateway.DefaultRingFrames,
 		"relay.repair.bytes":          gateway.DefaultRingBytes,

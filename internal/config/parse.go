@@ -286,7 +286,7 @@ func parseVIPs(r *raw) ([]VIP, error) {
 func parseRelay(r *raw, vips []VIP) (Relay, error) {
 	rr := r.Relay
 	rel := Relay{RelayConfig: gateway.RelayConfig{Iface: rr.Interface, TTL: rr.TTL, DynamicUnicast: rr.UnicastFromConsul,
-		RcvBuf: rr.RcvBuf, Batch: rr.Batch, NoGSO: !rr.GSO}, KeyFile: rr.KeyFile}
+		RcvBuf: rr.RcvBuf, Batch: rr.Batch, NoGSO: !rr.GSO, MulticastLoop: rr.MulticastLoop}, KeyFile: rr.KeyFile}
 	if len(rr.Listen) == 0 {
 		return rel, fmt.Errorf("relay.listen: at least one address is required, e.g. the VIP with a port: %s:5000", vips[0].Prefix.Addr())
 	}
