@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 STATICCHECK_VERSION := v0.8.2
 BIN := bin/driftgate
 
-.PHONY: deps help consul nfpm test-package build test test-unit test-e2e test-chaos bench bench-micro bench-repair bench-compare lint demo package clean fuzz
+.PHONY: deps help consul nfpm test-package build test test-unit test-e2e test-chaos bench bench-micro bench-repair bench-compare bench-tee lint demo package clean fuzz
 
 help:
 	@echo "build        build $(BIN) (version $(VERSION))"
@@ -15,7 +15,8 @@ help:
 	@echo "test-e2e     only the multi-host tests in network namespaces (root)"
 	@echo "test-chaos   the chaos suite, CHAOS_TRIALS (default 5) trials of each fault (CHAOS_FAULTS: a comma-separated subset),"
 	@echo "             in election profile CHAOS_PROFILE (default), report in chaos-report.md (root)"
-	@echo "bench        micro-benchmarks with -benchmem, the lease renewal against a consistent read, loss repair against none (bench-repair), then relay vs socat vs naive Go relay"
+	@echo "bench        micro-benchmarks with -benchmem, the lease renewal against a consistent read, loss repair against none (bench-repair),"
+	@echo "             relay vs socat vs naive Go relay (bench-compare), the end-to-end tee vs samplicator (bench-tee)"
 	@echo "fuzz         fuzz the frame and repair-request decoders and the config loader for FUZZTIME each (default 30s)"
 	@echo "lint         gofmt, go vet, staticcheck, go mod tidy check"
 	@echo "demo         the agent cluster in network namespaces, live view, kill -9 and step-down measured (root)"
@@ -62,7 +63,7 @@ test-unit:
 test-e2e: deps
 	$(GO) test -race -count=1 -v ./e2e/...
 
-bench: bench-micro bench-repair bench-compare
+bench: bench-micro bench-repair bench-compare bench-tee
 
 bench-micro: consul
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./gateway/...
@@ -83,6 +84,14 @@ bench-compare: build
 	command -v socat >/dev/null || (apt-get install -y socat)
 	$(GO) test -c -o bin/relaybench.test ./internal/relaybench/
 	DRIFTGATE_BENCH=1 DRIFTGATE_BIN=$(CURDIR)/$(BIN) taskset -c 0 bin/relaybench.test -test.count=1 -test.timeout 30m -test.run TestRelayComparison -test.v
+
+# The end-to-end tee, what users run: relay + the primary's receiver + the
+# other host's receiver, each delivering to an application, against
+# samplicator sending to the same two applications (if `samplicate` is on
+# PATH, or SAMPLICATE names it; DRIFTGATE_BASELINE_BIN adds an older build).
+bench-tee: build
+	$(GO) test -c -o bin/relaybench.test ./internal/relaybench/
+	DRIFTGATE_BENCH=1 DRIFTGATE_BIN=$(CURDIR)/$(BIN) taskset -c 0 bin/relaybench.test -test.count=1 -test.timeout 30m -test.run TestTeeEndToEnd -test.v
 
 FUZZTIME ?= 30s
 fuzz:

@@ -206,6 +206,7 @@ type Receiver struct {
 // readSide is one socket's batch reader and its buffers.
 type readSide struct {
 	conn  *net.UDPConn
+	gro   bool // the kernel hands over coalesced datagrams (UDP_GRO)
 	in    batchReader
 	bufs  [][]byte
 	metas []meta
@@ -216,7 +217,10 @@ func newReadSide(conn *net.UDPConn, batch int) (*readSide, error) {
 	if err != nil {
 		return nil, err
 	}
-	rs := &readSide{conn: conn, in: in, bufs: make([][]byte, batch), metas: make([]meta, batch)}
+	// A relay's GSO send (up to 64 frames) arrives as one buffer instead
+	// of being split into datagrams first: one trip up the stack.
+	gro := in.EnableGRO(conn)
+	rs := &readSide{conn: conn, in: in, gro: gro, bufs: make([][]byte, batch), metas: make([]meta, batch)}
 	for i := range rs.bufs {
 		rs.bufs[i] = make([]byte, 65535)
 	}
@@ -333,7 +337,7 @@ func (r *Receiver) Bind(ctx context.Context) error {
 		r.keep.mu.Unlock()
 	}
 	r.log.Info("receiving", "addr", addr.String(), "iface", r.cfg.Iface, "rcvbuf_granted", granted,
-		"repair", !r.cfg.Repair.Off, "repair_socket", r.repairConn.LocalAddr().String())
+		"repair", !r.cfg.Repair.Off, "repair_socket", r.repairConn.LocalAddr().String(), "gro", main.gro)
 	return nil
 }
 
@@ -386,16 +390,22 @@ func (r *Receiver) read(ctx context.Context, rs *readSide) error {
 func (r *Receiver) process(rs *readSide, n int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.st.Received += uint64(n)
 	now := int64(time.Since(r.base))
 	r.opened = false
 	for i := range n {
 		m := &rs.metas[i]
 		if m.Trunc {
+			r.st.Received++
 			r.st.Truncated++
 			continue
 		}
-		r.datagram(rs.bufs[i][:m.N], m.From, now)
+		// One datagram, or several the kernel coalesced (GRO).
+		for b := rs.bufs[i][:m.N]; len(b) > 0; {
+			var d []byte
+			d, b = m.Next(b)
+			r.st.Received++
+			r.datagram(d, m.From, now)
+		}
 	}
 	r.endBatch()
 }

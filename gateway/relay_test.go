@@ -24,7 +24,9 @@ type fakeWriter struct {
 func (w *fakeWriter) WriteBatch(frames [][]byte, dst netip.AddrPort) (int, error) {
 	failed := 0
 	var err error
-	w.dsts = append(w.dsts, dst)
+	if w.keep {
+		w.dsts = append(w.dsts, dst)
+	}
 	for _, f := range frames {
 		w.n++
 		if w.refuse != nil && w.refuse(w.n) {
@@ -274,5 +276,126 @@ func TestRelayDeadline(t *testing.T) {
 	st := l.stats()
 	if st.Forwarded != 2 || st.Dropped["not_primary"] != 2 || w.n != 2 {
 		t.Fatalf("forwarded %d, not_primary %d, written %d; want 2, 2, 2", st.Forwarded, st.Dropped["not_primary"], w.n)
+	}
+}
+
+// localTee is a test listener with a receiver in process (SetLocal), as
+// on the primary, delivering to d.
+func localTee(t testing.TB, key []byte, d Deliverer) (*relayListener, *Receiver) {
+	l, _ := newTestListener(t, nil, key, &fakeWriter{})
+	rcv, err := NewReceiver(ReceiverConfig{Listen: netip.MustParseAddrPort("198.18.0.11:6000"), Key: key, Deliver: d}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcv.keep.a.prefault()
+	l.local = rcv
+	l.now = func() int64 { return time.Now().UnixNano() } // a keyed receiver drops frames stamped before it started
+	return l, rcv
+}
+
+// TestLocalTeeDoesNotAllocate: the primary's per-batch work with its own
+// receiver in process — frame, keep, send, then check and deliver — allocates
+// nothing.
+func TestLocalTeeDoesNotAllocate(t *testing.T) {
+	d := &nopDeliverer{}
+	l, rcv := localTee(t, bytes.Repeat([]byte{1}, 32), d)
+	a := netip.MustParseAddrPort("198.18.0.50:4000")
+	ds := make([]meta, 8)
+	for i := range ds {
+		ds[i] = meta{N: 64 + i*100, From: a}
+	}
+	if n := testing.AllocsPerRun(100, func() { l.process(feed(l, ds...)) }); n != 0 {
+		t.Fatalf("%.1f allocations per batch, want 0", n)
+	}
+	if st := rcv.Stats(); d.n != 101*len(ds) || st.Local != uint64(d.n) || st.Duplicates != 0 {
+		t.Fatalf("delivered %d, local %d, duplicates %d; want %d each and none", d.n, st.Local, st.Duplicates, 101*len(ds))
+	}
+}
+
+// BenchmarkLocalTee: the primary's own work per datagram, the relay alone
+// and the relay with its receiver in process, side by side (no system
+// calls: a fake writer and a deliverer that counts).
+func BenchmarkLocalTee(b *testing.B) {
+	for _, size := range []int{64, 512, 1400} {
+		for _, local := range []bool{false, true} {
+			name := "relay"
+			if local {
+				name = "relay+receiver"
+			}
+			b.Run(name+"/"+strconv.Itoa(size), func(b *testing.B) {
+				l, r := newTestListener(b, nil, nil, &fakeWriter{})
+				r.rep.ring.a.prefault()
+				if local {
+					l, _ = localTee(b, nil, &nopDeliverer{})
+					l.rep.ring.a.prefault()
+				}
+				a := netip.MustParseAddrPort("198.18.0.50:4000")
+				ds := make([]meta, 8)
+				for i := range ds {
+					ds[i] = meta{N: size, From: a}
+				}
+				n := feed(l, ds...)
+				b.ReportAllocs()
+				for b.Loop() {
+					l.process(n)
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/datagram")
+			})
+		}
+	}
+}
+
+// BenchmarkReceiverProcess: the receiver's work per datagram read, one
+// datagram per buffer and 8 the kernel coalesced into one (GRO).
+func BenchmarkReceiverProcess(b *testing.B) {
+	for _, size := range []int{64, 512, 1400} {
+		for _, gro := range []bool{false, true} {
+			name := "single"
+			if gro {
+				name = "gro"
+			}
+			b.Run(name+"/"+strconv.Itoa(size), func(b *testing.B) {
+				r, err := NewReceiver(ReceiverConfig{Listen: netip.MustParseAddrPort("198.18.0.11:6000"), Deliver: &nopDeliverer{}}, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				r.keep.a.prefault()
+				const batch = 8
+				rs := &readSide{bufs: make([][]byte, batch), metas: make([]meta, batch)}
+				for i := range rs.bufs {
+					rs.bufs[i] = make([]byte, 65535)
+				}
+				codec := NewCodec(nil)
+				from := netip.MustParseAddrPort("198.18.0.12:40000")
+				payload := bytes.Repeat([]byte{'p'}, size)
+				seq := uint64(0)
+				frame := make([]byte, 0, maxFrameLen)
+				fill := func() int {
+					if !gro {
+						for i := range batch {
+							seq++
+							frame = codec.AppendFrame(frame[:0], Header{Epoch: 3, Seq: seq}, payload)
+							rs.metas[i] = meta{N: copy(rs.bufs[i], frame), From: from}
+						}
+						return batch
+					}
+					buf := rs.bufs[0][:0]
+					for range batch {
+						seq++
+						buf = codec.AppendFrame(buf, Header{Epoch: 3, Seq: seq}, payload)
+					}
+					rs.metas[0] = meta{N: len(buf), From: from, Seg: len(buf) / batch}
+					return 1
+				}
+				b.ReportAllocs()
+				for b.Loop() {
+					b.StopTimer()
+					n := fill()
+					b.StartTimer()
+					r.process(rs, n)
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/datagram")
+			})
+		}
 	}
 }

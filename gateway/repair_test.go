@@ -237,7 +237,7 @@ func TestRepairSuppression(t *testing.T) {
 	p.setAllowed(nil, []netip.Addr{netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.18.0.3"), netip.MustParseAddr("198.18.0.4")})
 	codec := NewCodec(nil)
 	p.ring.putBatch(1, []uint64{1}, [][]byte{codec.AppendFrame(nil, Header{Epoch: 1, Seq: 1}, []byte("x"))})
-	w := &fakeWriter{}
+	w := &fakeWriter{keep: true}
 	a := answer{w: w, buf: make([]byte, 0, 1<<20)}
 	var n Nack
 	now := time.Now()

@@ -24,6 +24,21 @@ type Meta struct {
 	N     int            // bytes read into the buffer
 	From  netip.AddrPort // sender
 	Trunc bool           // the datagram did not fit the buffer (MSG_TRUNC)
+	// Seg, on a socket with GRO (EnableGRO), is the size of the datagrams
+	// the kernel coalesced into this buffer: N bytes of datagrams of Seg
+	// bytes each, the last one possibly shorter (Segments splits them).
+	// 0: one datagram.
+	Seg int
+}
+
+// Next splits the first datagram off buf, the rest of a buffer read with
+// m (see Meta.Seg): Next(buf[:m.N]) gives the first, Next(rest) the one
+// after, until rest is empty.
+func (m *Meta) Next(buf []byte) (dgram, rest []byte) {
+	if m.Seg <= 0 || m.Seg >= len(buf) {
+		return buf, nil
+	}
+	return buf[:m.Seg:m.Seg], buf[m.Seg:]
 }
 
 // Conn does batched I/O on a UDP socket with recvmmsg(2) and sendmmsg(2)
@@ -38,6 +53,8 @@ type Conn struct {
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet6
 	cmsgs []byte // one UDP_SEGMENT control message per header
+	gro   bool   // reads take a UDP_GRO control message (EnableGRO)
+	rcms  []byte // one UDP_GRO control message per header read
 
 	// Results of the closures below; kept in the struct so that the
 	// closures are built once and calls do not allocate.
@@ -50,7 +67,10 @@ type Conn struct {
 	gsoFallbacks uint64                // GSO sends refused and resent singly
 }
 
-var cmsgSpace = unix.CmsgSpace(2)
+var (
+	cmsgSpace = unix.CmsgSpace(2)
+	groSpace  = unix.CmsgSpace(4) // UDP_GRO's segment size is an int
+)
 
 // New prepares batched I/O of up to size datagrams per call on c. With gso,
 // WriteBatch sends runs of equal-size datagrams as one UDP_SEGMENT send; use
@@ -121,6 +141,10 @@ func (m *Conn) ReadBatch(bufs [][]byte, ms []Meta) (int, error) {
 			Iov:     &m.iovs[i],
 		}
 		h.SetIovlen(1)
+		if m.gro {
+			h.Control = &m.rcms[i*groSpace]
+			h.SetControllen(groSpace)
+		}
 	}
 	m.op = n
 	if err := m.rc.Read(m.readFn); err != nil {
@@ -130,13 +154,48 @@ func (m *Conn) ReadBatch(bufs [][]byte, ms []Meta) (int, error) {
 		return 0, m.opErr
 	}
 	for i := range m.opN {
+		h := &m.hdrs[i].Hdr
 		ms[i] = Meta{
 			N:     int(m.hdrs[i].Len),
 			From:  sockaddrToAddrPort(&m.names[i]),
-			Trunc: m.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0,
+			Trunc: h.Flags&unix.MSG_TRUNC != 0,
+		}
+		if m.gro && h.Controllen >= uint64(unix.CmsgLen(4)) {
+			ms[i].Seg = groSegment(m.rcms[i*groSpace : i*groSpace+int(h.Controllen)])
 		}
 	}
 	return m.opN, nil
+}
+
+// groSegment reads the segment size from a UDP_GRO control message, or 0.
+// The kernel sends the one message only; anything else is ignored.
+func groSegment(c []byte) int {
+	ch := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+	if ch.Level != unix.SOL_UDP || ch.Type != unix.UDP_GRO || ch.Len < uint64(unix.CmsgLen(4)) {
+		return 0
+	}
+	return int(binary.NativeEndian.Uint32(c[unix.CmsgLen(0):]))
+}
+
+// EnableGRO asks the kernel to hand this socket runs of datagrams of one
+// flow, coalesced by GRO (UDP_GRO, Linux 5.0+), as one buffer with their
+// size in a control message (Meta.Seg), instead of splitting them first:
+// a sender's GSO send arrives in one piece. It reports whether the kernel
+// took the option; without it reads are as before.
+func (m *Conn) EnableGRO(c *net.UDPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1) }); err != nil || serr != nil {
+		return false
+	}
+	m.gro = true
+	if m.rcms == nil {
+		m.rcms = make([]byte, len(m.hdrs)*groSpace)
+	}
+	return true
 }
 
 // WriteBatch writes each frame as one datagram to dst. It waits out
