@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"driftgate/internal/testkit"
+	"driftgate/internal/udpbatch"
 )
 
 // freePort returns a UDP port that was free a moment ago on addr.
@@ -495,5 +496,46 @@ func TestLocalReceiver(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRelayGRO: a sender's GSO sends reach the relay coalesced (UDP_GRO);
+// the relay frames each datagram on its own, in order, an empty one too,
+// and drops one too large to frame, counted, rather than cut it.
+func TestRelayGRO(t *testing.T) {
+	relay, _, col, in := startRelayReceiver(t, "127.0.0.1", nil, nil, nil)
+	if !relay.listeners[0].gro {
+		t.Skip("kernel refuses UDP_GRO")
+	}
+	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	w, err := udpbatch.New(conn, 64, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent [][]byte
+	for i := range 150 { // more than one batch of frames
+		sent = append(sent, bytes.Repeat([]byte{byte(i)}, 200))
+	}
+	if failed, err := w.WriteBatch(sent, netip.AddrPort{}); failed != 0 {
+		t.Fatal(err)
+	}
+	if failed, err := w.WriteBatch([][]byte{{}, make([]byte, MaxRelayPayload+1), []byte("last")}, netip.AddrPort{}); failed != 0 {
+		t.Fatal(err)
+	}
+	sent = append(sent, []byte{}, []byte("last"))
+	testkit.WaitFor(t, "every datagram relayed", 5*time.Second, func() bool { return col.count() == len(sent) })
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	for i, f := range col.frames {
+		if f.Seq != uint64(i+1) || !bytes.Equal(f.Payload, sent[i]) {
+			t.Fatalf("frame %d: seq %d, %d bytes; want seq %d, %d bytes", i, f.Seq, len(f.Payload), i+1, len(sent[i]))
+		}
+	}
+	if st := relay.Stats()[0]; st.Received != uint64(len(sent)+1) || st.Dropped["truncated"] != 1 {
+		t.Fatalf("relay stats %+v: want %d received, 1 truncated", st, len(sent)+1)
 	}
 }

@@ -84,6 +84,7 @@ type RelayConfig struct {
 	RcvBuf  int              // receive buffer; 0 = DefaultRcvBuf
 	Batch   int              // datagrams per syscall; 0 = DefaultBatch
 	NoGSO   bool             // never use UDP_SEGMENT
+	NoGRO   bool             // never take coalesced datagrams (UDP_GRO) on the listen sockets
 	Repair  RepairConfig     // the ring receivers' repair requests are answered from
 	// DynamicUnicast: destinations come later through SetUnicast, so a
 	// configuration without group and unicast destinations is valid.
@@ -293,6 +294,9 @@ func (r *Relay) newListener(ctx context.Context, addr netip.AddrPort, ifi *net.I
 		return nil, fmt.Errorf("relay: %s: %w", addr, err)
 	}
 	l.in = in
+	// Runs of one sender's datagrams (a GSO send, or what the NIC's GRO
+	// coalesced) come in one piece: one copy out of the kernel for many.
+	l.gro = !r.cfg.NoGRO && in.EnableGRO(conn)
 	// With the host's receiver in process, the group's copies need not
 	// loop back to this host (unless other receivers here want them).
 	loop := r.local == nil || r.cfg.MulticastLoop
@@ -505,10 +509,16 @@ type relayListener struct {
 	// written in front of it in place and nothing is copied.
 	frames [][]byte
 	reads  [][]byte
-	metas  []meta
-	keep   []int // indexes of datagrams to forward in this batch
-	out    [][]byte
-	seqs   []uint64 // out's sequence numbers, for the ring
+	// With GRO: reads go to groBufs, whose datagrams are then copied to
+	// the frames' payload areas (they arrive back to back, with no room
+	// for a header between them).
+	gro      bool
+	groBufs  [][]byte
+	groMetas []meta
+	metas    []meta
+	keep     []int // indexes of datagrams to forward in this batch
+	out      [][]byte
+	seqs     []uint64 // out's sequence numbers, for the ring
 
 	lastErrLog time.Time
 	errsSince  int
@@ -548,6 +558,12 @@ func (l *relayListener) alloc(batch int) {
 		l.reads[i] = l.frames[i][HeaderLen : HeaderLen+MaxRelayPayload]
 	}
 	l.metas = make([]meta, batch)
+	if l.gro {
+		l.groBufs, l.groMetas = make([][]byte, batch), make([]meta, batch)
+		for i := range l.groBufs {
+			l.groBufs[i] = make([]byte, 65535)
+		}
+	}
 	l.keep = make([]int, 0, batch)
 	l.out = make([][]byte, 0, batch)
 	l.seqs = make([]uint64, 0, batch)
@@ -575,7 +591,13 @@ func (l *relayListener) run(ctx context.Context) error {
 // forward reads, frames and sends until ctx ends.
 func (l *relayListener) forward(ctx context.Context) error {
 	for {
-		n, err := l.in.ReadBatch(l.reads, l.metas)
+		var n int
+		var err error
+		if l.gro {
+			n, err = l.in.ReadBatch(l.groBufs, l.groMetas)
+		} else {
+			n, err = l.in.ReadBatch(l.reads, l.metas)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -585,7 +607,44 @@ func (l *relayListener) forward(ctx context.Context) error {
 			}
 			return fmt.Errorf("relay: reading from %s: %w", l.addr, err)
 		}
+		if l.gro {
+			l.spread(n)
+			continue
+		}
 		l.process(n)
+	}
+}
+
+// spread copies the datagrams of GRO reads 0..n-1 into the frames' payload
+// areas and processes them a batch at a time.
+func (l *relayListener) spread(n int) {
+	k := 0
+	for i := range n {
+		m := &l.groMetas[i]
+		if m.Trunc {
+			l.metas[k] = meta{From: m.From, Trunc: true}
+			if k++; k == len(l.reads) {
+				l.process(k)
+				k = 0
+			}
+			continue
+		}
+		for b, first := l.groBufs[i][:m.N], true; len(b) > 0 || first; first = false {
+			var d []byte
+			d, b = m.Next(b)
+			if len(d) > len(l.reads[k]) {
+				l.metas[k] = meta{From: m.From, Trunc: true} // too large to frame: dropped, not cut
+			} else {
+				l.metas[k] = meta{N: copy(l.reads[k], d), From: m.From} // an empty datagram too
+			}
+			if k++; k == len(l.reads) {
+				l.process(k)
+				k = 0
+			}
+		}
+	}
+	if k > 0 {
+		l.process(k)
 	}
 }
 

@@ -399,3 +399,22 @@ func BenchmarkReceiverProcess(b *testing.B) {
 		}
 	}
 }
+
+// TestRelaySpreadDoesNotAllocate: taking coalesced reads apart (GRO) adds
+// no allocation: each datagram is copied into its frame's payload area.
+func TestRelaySpreadDoesNotAllocate(t *testing.T) {
+	w := &fakeWriter{}
+	l, _ := newTestListener(t, nil, nil, w)
+	l.gro = true
+	l.alloc(8)
+	a := netip.MustParseAddrPort("198.18.0.50:4000")
+	// Two reads: 12 datagrams of 100 bytes and a short one, then a single.
+	l.groMetas[0] = meta{N: 12*100 + 30, From: a, Seg: 100}
+	l.groMetas[1] = meta{N: 7, From: a}
+	if n := testing.AllocsPerRun(100, func() { l.spread(2) }); n != 0 {
+		t.Fatalf("%.1f allocations per read, want 0", n)
+	}
+	if st := l.stats(); st.Forwarded != 101*14 || w.n != 101*14 {
+		t.Fatalf("forwarded %d, written %d; want %d", st.Forwarded, w.n, 101*14)
+	}
+}

@@ -19,7 +19,7 @@ func newRelayCmd(g *globals) *cobra.Command {
 		group, iface, keyFile, deliver      string
 		ttl, rcvbuf, batch                  int
 		epoch                               uint64
-		noGSO, noRepair, mcastLoop          bool
+		noGSO, noGRO, noRepair, mcastLoop   bool
 	)
 	c := &cobra.Command{
 		Use:   "relay --listen ADDR:PORT [--listen ...] (--group GROUP:PORT | --unicast ADDR:PORT ...)",
@@ -34,7 +34,7 @@ delivers to the application.
 On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			cfg := gateway.RelayConfig{TTL: ttl, Iface: iface, Epoch: epoch, RcvBuf: rcvbuf, Batch: batch, NoGSO: noGSO,
+			cfg := gateway.RelayConfig{TTL: ttl, Iface: iface, Epoch: epoch, RcvBuf: rcvbuf, Batch: batch, NoGSO: noGSO, NoGRO: noGRO,
 				Repair: gateway.RepairConfig{Off: noRepair}, MulticastLoop: mcastLoop}
 			var err error
 			if cfg.Listen, err = parseAddrPorts("listen", listen); err != nil {
@@ -119,6 +119,7 @@ On SIGINT or SIGTERM it prints a summary of its counters to stderr and exits 0.`
 	f.StringArrayVar(&repairAllow, "repair-allow", nil, "answer repair requests from this CIDR too, besides the unicast receivers (repeatable)")
 	f.BoolVar(&noRepair, "no-repair", false, "keep no ring and answer no repair requests")
 	f.BoolVar(&noGSO, "no-gso", false, "do not use UDP segmentation offload for runs of equal-size frames")
+	f.BoolVar(&noGRO, "no-gro", false, "read every datagram on its own, never runs the kernel coalesced (UDP_GRO)")
 	f.StringVar(&deliver, "deliver", "", "run this host's receiver in process and deliver to udp://HOST:PORT, unix:///PATH or stdout (needs --group)")
 	f.BoolVar(&mcastLoop, "multicast-loop", false, "with --deliver, still loop the group's copies back to this host (for other receivers on it)")
 	return c

@@ -93,6 +93,11 @@ func TestRelayComparison(t *testing.T) {
 			return testkit.Argv("naive", in, out)
 		}},
 	}
+	// An older build (DRIFTGATE_BASELINE_BIN), for before/after in one run.
+	baseline := os.Getenv("DRIFTGATE_BASELINE_BIN")
+	if baseline != "" {
+		kinds["baseline"] = relayKind{"baseline build", func(_ string, mcast bool) []string { return driftgate()(baseline, mcast) }}
+	}
 	type cfg struct {
 		kind  string
 		sizes Sizes
@@ -101,8 +106,10 @@ func TestRelayComparison(t *testing.T) {
 	fixed64, fixed512, mixed := Sizes{64, 64}, Sizes{512, 512}, Sizes{64, 1400}
 	var cfgs []cfg
 	for _, s := range []Sizes{fixed64, fixed512, mixed} {
-		for _, k := range []string{"driftgate", "driftgate-no-repair", "socat", "naive"} {
-			cfgs = append(cfgs, cfg{k, s, false})
+		for _, k := range []string{"driftgate", "baseline", "driftgate-no-repair", "socat", "naive"} {
+			if _, ok := kinds[k]; ok {
+				cfgs = append(cfgs, cfg{k, s, false})
+			}
 		}
 	}
 	cfgs = append(cfgs,
