@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 STATICCHECK_VERSION := v0.8.2
 BIN := bin/driftgate
 
-.PHONY: deps help consul nfpm test-package build test test-unit test-e2e test-chaos bench bench-micro bench-repair bench-compare bench-tee lint demo package clean fuzz
+.PHONY: deps help consul nfpm test-package test-systemd build test test-unit test-e2e test-chaos bench bench-micro bench-repair bench-compare bench-tee lint demo package clean fuzz
 
 help:
 	@echo "build        build $(BIN) (version $(VERSION))"
@@ -25,6 +25,7 @@ help:
 	@echo "compare-keepalived  keepalived and driftgate failover and split-brain, side by side (root)"
 	@echo "package      dist/driftgate_<version>_amd64.deb and dist/driftgate-<version>.x86_64.rpm"
 	@echo "test-package build, lintian, rpm -qp, systemd-analyze verify, install and purge (root)"
+	@echo "test-systemd the .deb in a Debian 12 container booted by systemd-nspawn: start, reload, stop, kill -9, watchdog, remove (root)"
 	@echo "clean        remove build output"
 
 # Debian packages the tests and demo use; installed when missing and root.
@@ -159,6 +160,12 @@ package: $(NFPM_CACHE)/nfpm
 # Build, lint, inspect, install and purge the packages (root; CI runs it).
 test-package: package
 	./packaging/test-package.sh $(PKG_VERSION)
+
+# The packages under a real systemd: a cached Debian 12 root booted with
+# systemd-nspawn, the .deb installed and the agent run as an operator would
+# (root; apt-get install debootstrap systemd-container; CI runs it).
+test-systemd: package consul
+	./packaging/test-systemd.sh $(PKG_VERSION) $(CURDIR)/bin/consul
 
 clean:
 	rm -rf bin dist

@@ -27,8 +27,7 @@ want_files="/etc/driftgate/driftgate.yaml
 /usr/share/doc/driftgate/election.md
 /usr/share/doc/driftgate/frame.md
 /usr/share/doc/driftgate/operations.md
-/usr/share/licenses/driftgate/LICENSE
-/var/lib/driftgate"
+/usr/share/licenses/driftgate/LICENSE"
 got_files=$(rpm -qpl "$rpm" 2>/dev/null)
 [ "$got_files" = "$want_files" ] || fail "rpm files differ:
 $(diff <(echo "$want_files") <(echo "$got_files"))"
@@ -57,7 +56,11 @@ check_stat /usr/lib/systemd/system/driftgate.service "644 root:root"
 dpkg-query -W -f='${Conffiles}\n' driftgate | grep -q /etc/driftgate/driftgate.yaml || fail "the configuration is not a conffile"
 got=$(/usr/bin/driftgate version)
 case "$got" in "driftgate $version "*) ;; *) fail "driftgate version printed '$got', want version $version" ;; esac
-/usr/bin/driftgate config check /etc/driftgate/driftgate.yaml >/dev/null || fail "the shipped configuration does not validate"
+# The shipped configuration names no VIP (installing touches no interface):
+# it is refused, saying so, and valid once the commented VIP is taken in.
+out=$(/usr/bin/driftgate config check /etc/driftgate/driftgate.yaml 2>&1) && fail "the shipped configuration validates without a VIP"
+grep -q "vips: none is set" <<<"$out" || fail "the shipped configuration is refused for another reason: $out"
+/usr/bin/driftgate config example | grep -q '^vips: \[\]$' || fail "config example is not the shipped file"
 
 step "systemd-analyze verify"
 mkdir -p /etc/driftgate
@@ -67,6 +70,12 @@ out=$(systemd-analyze verify /usr/lib/systemd/system/driftgate.service /tmp/drif
 # Only complaints about units of this machine we do not ship are tolerated.
 if grep -v -e '^$' <<<"$out" | grep -i driftgate; then fail "systemd-analyze verify reported the above"; fi
 rm -f /tmp/driftgate-receive@verify.service /etc/driftgate/receive-verify.env
+
+step "dpkg --remove driftgate: the state directory and the configuration stay"
+dpkg --remove driftgate
+[ -d /var/lib/driftgate ] || fail "remove deleted /var/lib/driftgate (only purge may)"
+[ -e /etc/driftgate/driftgate.yaml ] || fail "remove deleted the configuration"
+[ ! -e /usr/bin/driftgate ] || fail "remove left /usr/bin/driftgate"
 
 step "dpkg --purge driftgate"
 dpkg --purge driftgate

@@ -59,8 +59,8 @@ func TestUnitCommands(t *testing.T) {
 	}
 	dir := t.TempDir()
 	good, bad := filepath.Join(dir, "good.yaml"), filepath.Join(dir, "bad.yaml")
-	os.WriteFile(good, []byte(config.Example), 0o644)
-	os.WriteFile(bad, []byte(config.Example+"\nbogus: 1\n"), 0o644)
+	os.WriteFile(good, []byte(config.ExampleWithVIP()), 0o644)
+	os.WriteFile(bad, []byte(config.ExampleWithVIP()+"\nbogus: 1\n"), 0o644)
 	lines := map[string][]string{}
 	for _, l := range strings.Split(string(unit), "\n") {
 		if k, v, ok := strings.Cut(l, "="); ok && strings.HasPrefix(k, "Exec") {
@@ -111,7 +111,7 @@ func TestAgentMetricsPortTaken(t *testing.T) {
 	}
 	defer taken.Close()
 	cfg := filepath.Join(t.TempDir(), "driftgate.yaml")
-	os.WriteFile(cfg, []byte(config.Example), 0o644)
+	os.WriteFile(cfg, []byte(config.ExampleWithVIP()), 0o644)
 	var out bytes.Buffer
 	start := time.Now()
 	code := run([]string{"agent", "--config", cfg, "--node", "metrics-port-test", "--metrics-address", taken.Addr().String()}, &out, &out)

@@ -25,6 +25,18 @@ const DefaultPath = "/etc/driftgate/driftgate.yaml"
 //go:embed example.yaml
 var Example string
 
+// ExampleWithVIP is Example as an operator edits it first: the commented
+// VIP (198.18.0.100/24 on eth0) and relay listen address taken in. Tests
+// that need a valid file use it.
+func ExampleWithVIP() string {
+	s := strings.Replace(Example, "vips: []\n", "vips:\n", 1)
+	s = strings.Replace(s, "\n#  - address: 198.18.0.100/24\n", "\n  - address: 198.18.0.100/24\n", 1)
+	for _, l := range []string{"interface: eth0", "label: eth0:dg", "probe: true", "announce:", "  count: 3", "  interval: 100ms", "  delay: 2s", "  refresh: 0s"} {
+		s = strings.Replace(s, "\n#    "+l+"\n", "\n    "+l+"\n", 1)
+	}
+	return strings.Replace(s, "  listen: []\n  #  - 198.18.0.100:5000\n", "  listen:\n    - 198.18.0.100:5000\n", 1)
+}
+
 // raw mirrors the YAML. Durations are strings so that bare numbers can be
 // refused with a clear message instead of being read as nanoseconds.
 type raw struct {
@@ -303,7 +315,8 @@ func addrPort(path, s string) (netip.AddrPort, error) {
 	return ap, nil
 }
 
-var errNoVIP = errors.New("vips: at least one VIP is required")
+var errNoVIP = errors.New("vips: none is set: add this node's floating address (vips[0].address and vips[0].interface) and relay.listen; " +
+	"the packaged file ships none, so that installing it touches no interface")
 
 // reflectKeys lists the dotted keys of raw's scalar and string-list leaves
 // (not lists of tables), for documentation and tests.

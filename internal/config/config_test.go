@@ -27,10 +27,24 @@ func write(t *testing.T, body string) string {
 	return p
 }
 
-// TestExample: the shipped reference configuration parses, with the values
-// it documents.
+// edited is ExampleWithVIP, checked to differ from Example.
+func edited(t *testing.T) string {
+	t.Helper()
+	s := ExampleWithVIP()
+	if s == Example || strings.Contains(s, "#  - address") || !strings.Contains(s, "    - 198.18.0.100:5000\n") {
+		t.Fatal("the example's VIP block changed: edit ExampleWithVIP")
+	}
+	return s
+}
+
+// TestExample: the shipped reference configuration is refused until a VIP
+// is set, with a message that says so (installing touches no interface);
+// with the commented VIP taken in, it parses, with the values it documents.
 func TestExample(t *testing.T) {
-	c, err := Load(write(t, Example), nil)
+	if _, err := Load(write(t, Example), nil); err == nil || !strings.Contains(err.Error(), "vips: none is set") {
+		t.Fatalf("the shipped configuration: %v, want the missing VIP named", err)
+	}
+	c, err := Load(write(t, edited(t)), nil)
 	if err != nil {
 		t.Fatalf("example config: %v", err)
 	}
@@ -52,7 +66,7 @@ func TestExample(t *testing.T) {
 		c.Relay.Listen, c.Relay.Group, c.Receive.DeliverURL.String(), len(c.Checks), len(c.Hooks), c.Metrics.Address, c.Election.StepDownHoldOff, c.Receive.Group}
 	want := view{"gw1", "driftgate/leader", 2100 * time.Millisecond, "198.18.0.100/24 on eth0", 3,
 		[]netip.AddrPort{netip.MustParseAddrPort("198.18.0.100:5000")}, netip.MustParseAddrPort("239.255.0.1:5001"),
-		"udp://127.0.0.1:6000", 1, 1, "127.0.0.1:9469", 10 * time.Second, netip.MustParseAddrPort("239.255.0.1:5001")}
+		"udp://127.0.0.1:6000", 0, 1, "127.0.0.1:9469", 10 * time.Second, netip.MustParseAddrPort("239.255.0.1:5001")}
 	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
 		t.Fatalf("example (-want +got):\n%s", diff)
 	}
@@ -112,7 +126,7 @@ func TestErrors(t *testing.T) {
 		{"announce count", "vips:\n  - address: 198.18.0.100/24\n    interface: eth0\n    announce:\n      count: 50\n", "vips[0].announce.count: 50 is out of range 1..20"},
 		{"bad vip", "vips:\n  - address: 198.18.0.100\n    interface: eth0\n", `vips[0].address: "198.18.0.100": want ADDRESS/PREFIXLEN`},
 		{"vip label", "vips:\n  - address: 198.18.0.100/24\n    interface: eth0\n    label: vip\n", `vips[0].label: "vip" must start with the interface name`},
-		{"no vips", "vips: []\n", "vips: at least one VIP is required"},
+		{"no vips", "vips: []\n", "vips: none is set"},
 		{"relay listen", "relay:\n  listen: [\"198.18.0.100\"]\n  group: 239.255.0.1:5001\n", `relay.listen[0]: "198.18.0.100": want IP:PORT`},
 		{"relay group", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 198.18.0.1:5001\n", "relay.group: 198.18.0.1:5001 is not a multicast address"},
 		{"relay ttl", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 239.255.0.1:5001\n  ttl: 300\n", "relay.ttl: 300 is out of range 1..255"},
@@ -231,7 +245,7 @@ func TestEveryKeyHasADefault(t *testing.T) {
 }
 
 func TestEffective(t *testing.T) {
-	c, err := Load(write(t, Example), nil)
+	c, err := Load(write(t, edited(t)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

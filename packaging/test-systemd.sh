@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# The packages under a real systemd (make test-systemd, root): a minimal
+# Debian 12 (debootstrap, cached) booted with systemd-nspawn --boot in a
+# network namespace of its own, the built .deb installed, a dev-mode Consul
+# as consul.service, and the agent checked as an operator would use it.
+# Every step that fails names what it saw; the container, its namespaces
+# and its files are removed however the script ends.
+#
+# Usage: packaging/test-systemd.sh VERSION CONSUL_BINARY
+set -euo pipefail
+version=$1
+consul_bin=$2
+deb=$PWD/dist/driftgate_${version}_amd64.deb
+cache=${DRIFTGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/driftgate}
+# The root's package list is part of its cache key: change it, get a new one.
+pkgs=systemd,systemd-sysv,dbus,iproute2,procps,nftables,util-linux
+root_cache=$cache/bookworm-root-$(echo "$pkgs" | sha256sum | cut -c1-12)
+id=dgtsys$$
+ns=$id
+work=$(mktemp -d /tmp/driftgate-systemd.XXXXXX)
+nspawn_pid=
+leader=
+
+fail() { echo "test-systemd: FAIL: $*" >&2; dump; exit 1; }
+step() { echo "== $*"; }
+
+[ "$(id -u)" = 0 ] || { echo "test-systemd: needs root (debootstrap, systemd-nspawn, namespaces)" >&2; exit 1; }
+[ -f "$deb" ] || { echo "test-systemd: $deb missing (make package)" >&2; exit 1; }
+[ -x "$consul_bin" ] || { echo "test-systemd: $consul_bin is not an executable Consul" >&2; exit 1; }
+for tool in debootstrap systemd-nspawn nsenter ip; do
+	command -v $tool >/dev/null || { echo "test-systemd: $tool missing (apt-get install debootstrap systemd-container)" >&2; exit 1; }
+done
+
+cleanup() {
+	set +e
+	if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+		kill -TERM "$nspawn_pid"
+		for _ in $(seq 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$nspawn_pid" 2>/dev/null
+		wait "$nspawn_pid" 2>/dev/null
+	fi
+	ip netns del "$ns" 2>/dev/null
+	ip netns del "$ns-peer" 2>/dev/null
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+# ct: run a command in the container (all its namespaces).
+ct() { nsenter -t "$leader" -a -- "$@"; }
+# ct_sh: a shell command in the container.
+ct_sh() { ct /bin/sh -c "$1"; }
+# wait_for SECONDS DESCRIPTION COMMAND...: until the command succeeds.
+wait_for() {
+	local secs=$1 what=$2
+	shift 2
+	local end=$((SECONDS + secs))
+	until "$@" >/dev/null 2>&1; do
+		[ $SECONDS -lt $end ] || fail "$what: not after ${secs}s"
+		sleep 0.2
+	done
+}
+dump() {
+	[ -n "$leader" ] || return 0
+	echo "--- journal of the container (last 80 lines)" >&2
+	ct journalctl --no-pager -n 80 -o short-monotonic >&2 2>/dev/null || true
+}
+prop() { ct systemctl show -P "$2" "$1"; }
+
+# The Debian mirror is the machine's own (never a host name in the tree).
+mirror() {
+	local m
+	m=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -1)
+	[ -n "$m" ] || m=$(grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2}' | grep -v security | head -1)
+	[ -n "$m" ] || fail "no Debian mirror in /etc/apt/sources.list{,.d}"
+	echo "$m"
+}
+
+step "root file system: $root_cache"
+if [ ! -d "$root_cache" ]; then
+	rm -rf "$root_cache.tmp"
+	mkdir -p "$cache"
+	debootstrap --variant=minbase --include="$pkgs" bookworm "$root_cache.tmp" "$(mirror)" >"$work/debootstrap.log" 2>&1 ||
+		{ tail -20 "$work/debootstrap.log" >&2; fail "debootstrap"; }
+	mv "$root_cache.tmp" "$root_cache"
+fi
+cp -a "$root_cache" "$work/root"
+cp "$deb" "$work/root/root/driftgate.deb"
+cp "$consul_bin" "$work/root/usr/local/bin/consul"
+cat >"$work/root/etc/systemd/system/consul.service" <<'EOF'
+[Unit]
+Description=Consul (dev mode, for the test)
+[Service]
+ExecStart=/usr/local/bin/consul agent -dev -node ct -bind 127.0.0.1 -client 127.0.0.1 -log-level warn
+[Install]
+WantedBy=multi-user.target
+EOF
+# No console login, no units that wait for a network we do not manage.
+ln -sf /dev/null "$work/root/etc/systemd/system/console-getty.service"
+echo ct >"$work/root/etc/hostname"
+
+step "network namespace $ns: eth0 198.18.7.2/24, its peer 198.18.7.1"
+ip netns add "$ns"
+ip netns add "$ns-peer"
+ip -n "$ns" link add eth0 type veth peer name eth0 netns "$ns-peer"
+ip -n "$ns" link set lo up
+ip -n "$ns" addr add 198.18.7.2/24 dev eth0
+ip -n "$ns" link set eth0 up
+ip -n "$ns" route add 224.0.0.0/4 dev eth0
+ip -n "$ns-peer" addr add 198.18.7.1/24 dev eth0
+ip -n "$ns-peer" link set eth0 up
+
+step "boot (systemd-nspawn --boot)"
+systemd-nspawn --boot --register=no --keep-unit --quiet -D "$work/root" -M "$id" \
+	--network-namespace-path="/run/netns/$ns" >"$work/console.log" 2>&1 &
+nspawn_pid=$!
+end=$((SECONDS + 60))
+while [ -z "$leader" ]; do
+	[ $SECONDS -lt $end ] || { cat "$work/console.log" >&2; fail "no container init after 60s"; }
+	kill -0 "$nspawn_pid" 2>/dev/null || { cat "$work/console.log" >&2; fail "systemd-nspawn exited"; }
+	leader=$(pgrep -P "$nspawn_pid" -x systemd || true)
+	sleep 0.2
+done
+wait_for 60 "the container's systemd to finish booting" ct_sh 'case $(systemctl is-system-running) in running|degraded) exit 0;; esac; exit 1'
+ct systemctl start consul.service
+
+step "install the package"
+ct dpkg -i /root/driftgate.deb >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" >&2; fail "dpkg -i"; }
+[ "$(prop driftgate.service UnitFileState)" = enabled ] || fail "driftgate.service is not enabled on installation"
+[ "$(ct stat -c %a /var/lib/driftgate)" = 750 ] || fail "/var/lib/driftgate is not 0750 after installation"
+
+step "first start with the shipped configuration: refused (no VIP), no restart loop, no address"
+ct systemctl start driftgate.service 2>/dev/null && fail "the agent started with the shipped configuration (no VIP)"
+wait_for 10 "driftgate.service to fail" ct_sh '[ "$(systemctl is-failed driftgate.service)" = failed ]'
+[ "$(prop driftgate.service ExecMainStatus)" = 2 ] || fail "exit status $(prop driftgate.service ExecMainStatus), want 2 (configuration error)"
+sleep 3
+[ "$(prop driftgate.service NRestarts)" = 0 ] || fail "a configuration error was restarted $(prop driftgate.service NRestarts) times"
+ct journalctl -u driftgate.service --no-pager | grep -q "vips: none is set" || fail "the journal does not say the VIP is missing"
+ct ip -4 addr show dev eth0 | grep -q 198.18.7.100 && fail "the VIP is on eth0 although none is configured"
+
+step "configure: a VIP, a hook, a receiver"
+ct_sh 'cat > /etc/driftgate/driftgate.yaml' <<'EOF'
+node: ct
+consul:
+  address: 127.0.0.1:8500
+vips:
+  - address: 198.18.7.100/24
+    interface: eth0
+    announce:
+      delay: 0s
+relay:
+  listen: ["198.18.7.100:5000"]
+  group: 239.255.0.1:5001
+  interface: eth0
+receive:
+  group: 239.255.0.1:5001
+  interface: eth0
+  deliver: udp://127.0.0.1:6000
+hooks:
+  - name: record
+    command: ["/bin/sh", "-c", "echo \"$DRIFTGATE_PREVIOUS_ROLE -> $DRIFTGATE_ROLE\" >> /var/lib/driftgate/hooks.log"]
+    timeout: 5s
+log:
+  level: info
+EOF
+ct systemctl reset-failed driftgate.service
+
+step "start: active, READY, primary, VIP on eth0"
+ct systemctl start driftgate.service || fail "systemctl start driftgate"
+[ "$(prop driftgate.service ActiveState)" = active ] || fail "driftgate.service is $(prop driftgate.service ActiveState)"
+status_primary() { ct driftgate status 2>/dev/null | grep -q "role primary"; }
+wait_for 20 "the agent to become primary" status_primary
+vip_present() { ct ip -4 addr show dev eth0 | grep -q "inet 198.18.7.100/24"; }
+wait_for 5 "the VIP on eth0" vip_present
+ct systemctl show -P StatusText driftgate.service | grep -q primary || fail "the unit's status text does not say primary: $(prop driftgate.service StatusText)"
+
+step "reload: a good file is accepted, a bad one refused, and the VIP stays"
+ct systemctl reload driftgate.service || fail "systemctl reload with a valid file failed"
+ct cp /etc/driftgate/driftgate.yaml /root/good.yaml
+ct_sh 'echo "bogus: 1" >> /etc/driftgate/driftgate.yaml'
+ct systemctl reload driftgate.service 2>/dev/null && fail "systemctl reload accepted an invalid file"
+ct cp /root/good.yaml /etc/driftgate/driftgate.yaml
+[ "$(prop driftgate.service ActiveState)" = active ] || fail "a failed reload stopped the agent"
+vip_present || fail "a failed reload cost the VIP"
+ct journalctl -p err -u driftgate.service --no-pager | grep -q "bogus" || fail "journalctl -p err does not show the refused reload"
+
+step "journal priorities: journalctl -p warning shows warnings, not info"
+ct journalctl -p warning -u driftgate.service --no-pager -o cat | grep -q "role change" && fail "info lines reach the journal as warnings"
+ct journalctl -p info -u driftgate.service --no-pager -o cat | grep -q "role change" || fail "no role change in the journal"
+
+step "stop: the VIP goes, ExecStopPost runs, the hook of the last transition runs"
+ct systemctl stop driftgate.service
+vip_present && fail "the VIP is still on eth0 after stop"
+prop driftgate.service ExecStopPost | grep -q "code=exited ; status=0" || fail "ExecStopPost (driftgate cleanup) did not run cleanly: $(prop driftgate.service ExecStopPost)"
+ct grep -q "primary -> fenced\|primary -> standby\|-> stopping" /var/lib/driftgate/hooks.log || fail "no hook ran for the stop: $(ct cat /var/lib/driftgate/hooks.log)"
+
+step "kill -9: restarted, cleaned up, primary again"
+ct systemctl start driftgate.service
+wait_for 20 "primary after start" status_primary
+restarts=$(prop driftgate.service NRestarts)
+ct systemctl kill -s KILL driftgate.service
+wait_for 20 "a restart after kill -9" ct_sh "[ \"\$(systemctl show -P NRestarts driftgate.service)\" -gt $restarts ]"
+wait_for 20 "primary after the restart" status_primary
+ct journalctl -u driftgate.service --no-pager -o cat | grep -q "removed 198.18.7.100/24" || fail "ExecStopPost did not remove the VIP the killed agent left"
+
+step "watchdog: a stopped process is killed and restarted"
+restarts=$(prop driftgate.service NRestarts)
+ct kill -STOP "$(prop driftgate.service MainPID)"
+wait_for 30 "the watchdog to restart a stopped agent" ct_sh "[ \"\$(systemctl show -P NRestarts driftgate.service)\" -gt $restarts ]"
+wait_for 20 "primary after the watchdog restart" status_primary
+ct journalctl -u driftgate.service --no-pager -o cat | grep -qi "watchdog" || fail "the journal does not mention the watchdog"
+
+step "driftgate-receive@ with --iface runs"
+ct_sh 'echo "DRIFTGATE_RECEIVE_ARGS=\"--group 239.255.0.1:5001 --iface eth0 --deliver udp://127.0.0.1:6001\"" > /etc/driftgate/receive-t.env'
+ct systemctl start driftgate-receive@t.service || fail "driftgate-receive@t did not start"
+sleep 3
+[ "$(prop driftgate-receive@t.service ActiveState)" = active ] && [ "$(prop driftgate-receive@t.service NRestarts)" = 0 ] ||
+	fail "driftgate-receive@t is $(prop driftgate-receive@t.service ActiveState) after $(prop driftgate-receive@t.service NRestarts) restarts"
+
+step "systemd-analyze security (must not get worse)"
+for unit in driftgate.service:2.1 driftgate-receive@t.service:1.5; do
+	name=${unit%:*} limit=${unit#*:}
+	score=$(ct systemd-analyze security "$name" 2>/dev/null | awk '/Overall exposure level/ {print $(NF-1)}')
+	echo "$name: $score (at most $limit)"
+	awk -v s="$score" -v l="$limit" 'BEGIN { exit !(s != "" && s <= l) }' || fail "$name exposure $score is worse than $limit"
+done
+
+step "remove: every driftgate process stops, the state directory stays"
+ct dpkg --remove driftgate >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" >&2; fail "dpkg --remove"; }
+sleep 1
+ct pgrep -f /usr/bin/driftgate >/dev/null && fail "driftgate processes still run after remove: $(ct pgrep -af /usr/bin/driftgate)"
+vip_present && fail "the VIP is still on eth0 after remove"
+ct test -d /var/lib/driftgate || fail "remove deleted /var/lib/driftgate"
+
+step "purge"
+ct dpkg --purge driftgate >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" >&2; fail "dpkg --purge"; }
+ct test -e /var/lib/driftgate && fail "/var/lib/driftgate is still there after purge"
+ct test -e /etc/driftgate/driftgate.yaml && fail "the configuration is still there after purge"
+echo "test-systemd: ok ($deb)"
