@@ -256,7 +256,14 @@ func (e *Election) Run(ctx context.Context, emit func(Event) error) error {
 			}
 			attempt++
 			wait := retry.Backoff(attempt)
-			e.log.Warn("cannot create session; retrying", "err", err, "attempt", attempt, "retry_in", wait)
+			// At a start the servers often still hold a check critical
+			// that the last run left so (its heartbeat stopped with it)
+			// until the new one's first pass syncs: not worth a warning.
+			lvl := slog.LevelWarn
+			if refusedCheck.MatchString(err.Error()) && attempt < 3 {
+				lvl = slog.LevelInfo
+			}
+			e.log.Log(ctx, lvl, "cannot create session; retrying", "err", err, "attempt", attempt, "retry_in", wait)
 			if m := refusedCheck.FindStringSubmatch(err.Error()); m != nil && e.cfg.CheckRefused != nil && attempt >= 3 {
 				e.cfg.CheckRefused(ctx, m[1]+m[2], m[2] != "")
 			}
@@ -834,7 +841,11 @@ func (e *Election) hold(ctx context.Context, sess string, acq acquisition, emit 
 		if bound {
 			kind = MustDrop
 		}
-		e.log.Warn("leaving leadership", "reason", reason, "epoch", acq.epoch, "had_vip", bound)
+		lvl := slog.LevelWarn // a term lost
+		if reason == "step-down" || reason == "stopping" {
+			lvl = slog.LevelInfo // asked for
+		}
+		e.log.Log(cctx, lvl, "leaving leadership", "reason", reason, "epoch", acq.epoch, "had_vip", bound)
 		err := emit(Event{Kind: kind, Epoch: acq.epoch, Reason: reason, Time: time.Now()})
 		e.setSnap(func(s *Snapshot) {
 			s.Phase, s.Deadline, s.Eligible, s.Ineligible = PhaseContending, time.Time{}, false, "its term ended"

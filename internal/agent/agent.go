@@ -273,8 +273,47 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		watchers = append(watchers, w)
 	}
-	if err := a.register(ctx); err != nil {
+	// The data path runs before Consul answers: a node whose Consul is
+	// away still receives (frames of an epoch Consul has not confirmed
+	// wait for it, receive.confirm_epochs), and systemd is told it is up
+	// as soon as it can receive — registering may take as long as Consul
+	// is away, with no start time-out.
+	tasksCtx, stopTasks := context.WithCancel(context.Background())
+	defer stopTasks()
+	g, gctx := errgroup.WithContext(tasksCtx)
+	a.tasks, a.tasksCtx = g, gctx
+	stopEarly := func(err error) error { // a stop or failure before the election runs
+		stopTasks()
+		if werr := g.Wait(); err == nil && werr != nil && !errors.Is(werr, context.Canceled) {
+			err = werr
+		}
 		return err
+	}
+	g.Go(func() error { return a.relay.Run(gctx) })
+	if a.recv != nil {
+		g.Go(func() error { return a.recv.Run(gctx) })
+	}
+	g.Go(func() error { return a.hooks.Run(gctx) })
+	if a.recv != nil && a.cfg.Receive.ConfirmEpochs {
+		// The receiver takes an epoch only once Consul shows it as a term
+		// of the leader key.
+		g.Go(func() error {
+			return consul.WatchEpochs(gctx, a.client, a.cfg.Consul.LeaderKey(), a.cfg.Election.Timing.RequestTimeout, a.log, a.recv.StaleEpochs(), a.recv.ConfirmEpoch)
+		})
+	}
+	a.healthy.Store(true) // alive (the watchdog), even while Consul is away
+	a.notify.Notify("READY=1")
+	a.notify.Notify("STATUS=standby: registering with Consul at " + a.cfg.Consul.Address)
+	rctx, cancelReg := context.WithCancel(ctx)
+	stopWatch := context.AfterFunc(gctx, cancelReg) // a task failed: stop waiting
+	err = a.register(rctx)
+	stopWatch()
+	cancelReg()
+	if err != nil {
+		if rctx.Err() != nil {
+			err = nil // stopped while waiting for Consul (nothing was held), or a task failed: g.Wait says
+		}
+		return stopEarly(err)
 	}
 	// The link check says what the carrier is now: it changes only on
 	// events, and there may be none for a long time.
@@ -290,28 +329,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		// syncs the passing status to the servers first.
 		Ready:        func() bool { return a.reg.HeartbeatHealthy(2 * timing.HeartbeatInterval) },
 		CheckRefused: a.checkRefused}, a.log); err != nil {
-		return err
+		return stopEarly(err)
 	}
 
 	// The election runs under its own context so that on shutdown it can
 	// drop and release before the rest stops.
 	elCtx, stopElection := context.WithCancel(context.Background())
 	defer stopElection()
-	tasksCtx, stopTasks := context.WithCancel(context.Background())
-	defer stopTasks()
-	g, gctx := errgroup.WithContext(tasksCtx)
-	a.tasks, a.tasksCtx = g, gctx
 	elDone := make(chan struct{})
 	g.Go(func() error {
 		defer close(elDone)
 		return a.el.Run(elCtx, a.onElection)
 	})
 	g.Go(func() error { return a.reg.RunHeartbeat(gctx, timing.HeartbeatInterval) })
-	g.Go(func() error { return a.relay.Run(gctx) })
-	if a.recv != nil {
-		g.Go(func() error { return a.recv.Run(gctx) })
-	}
-	g.Go(func() error { return a.hooks.Run(gctx) })
 	for _, w := range watchers {
 		g.Go(func() error { return w.Run(gctx, a.onLink) })
 	}
@@ -332,13 +362,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer close(regDone)
 		return a.regs.Run(regCtx)
 	})
-	if a.recv != nil && a.cfg.Receive.ConfirmEpochs {
-		// The receiver takes an epoch only once Consul shows it as a term
-		// of the leader key.
-		g.Go(func() error {
-			return consul.WatchEpochs(gctx, a.client, a.cfg.Consul.LeaderKey(), timing.RequestTimeout, a.log, a.recv.StaleEpochs(), a.recv.ConfirmEpoch)
-		})
-	}
 	if a.cfg.Relay.DynamicUnicast || !a.cfg.Relay.Repair.Off || a.recv != nil {
 		// The service's instances: the unicast receivers to fan out to,
 		// the nodes frames and repair requests may come from, and the
@@ -365,8 +388,6 @@ func (a *Agent) Run(ctx context.Context) error {
 				})
 		})
 	}
-	a.healthy.Store(true)
-	a.notify.Notify("READY=1")
 	a.notify.Notify("STATUS=standby")
 
 	// Shutdown, on ctx or on a task's failure.
@@ -403,7 +424,6 @@ func (a *Agent) Run(ctx context.Context) error {
 // Consul agent may start after driftgate. A registration Consul refuses
 // (consul.ErrRefused: an ACL or a bad request) is not retried.
 func (a *Agent) register(ctx context.Context) error {
-	const attempts = 30
 	port := 0
 	if len(a.cfg.Relay.Listen) > 0 {
 		port = int(a.cfg.Relay.Listen[0].Port())
@@ -438,11 +458,14 @@ func (a *Agent) register(ctx context.Context) error {
 		if errors.Is(err, consul.ErrRefused) {
 			return fmt.Errorf("registering with Consul at %s: %w", a.cfg.Consul.Address, err)
 		}
-		if n == attempts || ctx.Err() != nil {
-			return fmt.Errorf("registering with Consul at %s (gave up after %d attempts): %w", a.cfg.Consul.Address, n, err)
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
+		// Consul away: wait for it as long as it takes (the receiver
+		// runs meanwhile), saying so in the unit's status.
 		wait := retry.Backoff(n)
-		a.log.Warn("registering with Consul failed; retrying", "err", err, "attempts_left", attempts-n, "retry_in", wait)
+		a.log.Warn("registering with Consul failed; retrying", "err", err, "attempt", n, "retry_in", wait)
+		a.notify.Notify(fmt.Sprintf("STATUS=standby: waiting for Consul at %s (attempt %d): %v", a.cfg.Consul.Address, n, err))
 		if !retry.Sleep(ctx, wait) {
 			return ctx.Err()
 		}

@@ -52,16 +52,48 @@ func (h *hookRunner) enqueue(e transitionEvent) {
 	}
 }
 
-// Run runs queued hooks until ctx is cancelled, then returns nil.
+// stopHookBudget bounds how long the hooks of the transitions queued at a
+// stop may run in all (each within its own timeout); the unit's
+// TimeoutStopSec leaves room for it.
+const stopHookBudget = 15 * time.Second
+
+// Run runs queued hooks until ctx is cancelled; then it runs those still
+// queued — the stop's own transitions, which a hook that reacts to losing
+// the VIP exists for — each to completion within its timeout and all
+// within stopHookBudget, and returns nil. A hook running when ctx ends is
+// not killed for it either.
 func (h *hookRunner) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			h.drain(time.Now().Add(stopHookBudget))
 			return nil
 		case e := <-h.queue:
 			for _, hk := range h.hooks {
+				h.run(context.Background(), hk, e)
+			}
+		}
+	}
+}
+
+// drain runs the queued transitions' hooks until the queue is empty or the
+// deadline passes; what is left is dropped and counted.
+func (h *hookRunner) drain(deadline time.Time) {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	for {
+		select {
+		case e := <-h.queue:
+			for _, hk := range h.hooks {
+				if ctx.Err() != nil {
+					h.dropped.Add(1)
+					h.log.Warn("stopping: no time left for a hook", "hook", hk.Name, "role", e.To.String())
+					continue
+				}
 				h.run(ctx, hk, e)
 			}
+		default:
+			return
 		}
 	}
 }

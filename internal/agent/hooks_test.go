@@ -59,3 +59,44 @@ func TestHooks(t *testing.T) {
 		t.Fatalf("hooks took %v: the timeout did not cut the hanging hook", el)
 	}
 }
+
+// TestHooksAtStop: the transitions queued when the agent stops — the ones a
+// hook that reacts to losing the VIP is for — still run, each to
+// completion (a hook running at that moment is not killed either); past
+// the stop's budget what is left is dropped and counted.
+func TestHooksAtStop(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	slow := filepath.Join(dir, "slow")
+	if err := os.WriteFile(slow, []byte("#!/bin/sh\nsleep 0.3\necho \"$DRIFTGATE_PREVIOUS_ROLE>$DRIFTGATE_ROLE\" >> "+out+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h := newHookRunner([]config.Hook{{Name: "slow", Command: []string{slow}, Timeout: 5 * time.Second}}, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	h.enqueue(transitionEvent{From: RoleCandidate, To: RolePrimary})
+	h.enqueue(transitionEvent{From: RolePrimary, To: RoleStandby})
+	h.enqueue(transitionEvent{From: RoleStandby, To: RoleStopping})
+	cancel() // the stop, while the first hook runs
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(out)
+	if want := "candidate>primary\nprimary>standby\nstandby>stopping\n"; string(got) != want {
+		t.Fatalf("hooks at stop wrote:\n%s\nwant:\n%s", got, want)
+	}
+	if h.failed.Load() != 0 {
+		t.Fatalf("%d hooks failed at the stop", h.failed.Load())
+	}
+
+	// Past the budget: the running hook is cut at the deadline, the rest
+	// dropped and counted.
+	os.Remove(out)
+	h.enqueue(transitionEvent{From: RolePrimary, To: RoleStandby})
+	h.enqueue(transitionEvent{From: RoleStandby, To: RoleStopping})
+	h.drain(time.Now().Add(100 * time.Millisecond))
+	if h.dropped.Load() != 1 || h.failed.Load() != 1 {
+		t.Fatalf("past the budget: dropped %d failed %d, want 1 and 1", h.dropped.Load(), h.failed.Load())
+	}
+}
