@@ -110,8 +110,10 @@ ip -n "$ns-peer" addr add 198.18.7.1/24 dev eth0
 ip -n "$ns-peer" link set eth0 up
 
 step "boot (systemd-nspawn --boot)"
+# CAP_NET_ADMIN: a host's root has it; nspawn keeps it only for a private
+# network it makes itself, not one it joins.
 systemd-nspawn --boot --register=no --keep-unit --quiet -D "$work/root" -M "$id" \
-	--network-namespace-path="/run/netns/$ns" >"$work/console.log" 2>&1 &
+	--network-namespace-path="/run/netns/$ns" --capability=CAP_NET_ADMIN >"$work/console.log" 2>&1 &
 nspawn_pid=$!
 end=$((SECONDS + 60))
 while [ -z "$leader" ]; do

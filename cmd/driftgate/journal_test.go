@@ -58,3 +58,15 @@ func TestNoJournalNoPrefix(t *testing.T) {
 		t.Fatalf("got %q", b.String())
 	}
 }
+
+// The final error of a command (a refused reload's config check, say) is
+// an error in the journal too.
+func TestFinalErrorPriority(t *testing.T) {
+	for _, tt := range []struct{ stream, want string }{{"8:12345", "<3>driftgate: "}, {"", "driftgate: "}} {
+		t.Setenv("JOURNAL_STREAM", tt.stream)
+		var out bytes.Buffer
+		if code := run([]string{"config", "check", "--config", "/nonexistent/driftgate.yaml"}, &out, &out); code == 0 || !strings.HasPrefix(out.String(), tt.want) {
+			t.Fatalf("JOURNAL_STREAM=%q: exit %d, output %q; want it to start with %q", tt.stream, code, out.String(), tt.want)
+		}
+	}
+}

@@ -47,7 +47,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(stderr, "driftgate: %v\n", err)
+	// Under systemd the final error reaches the journal as an error
+	// (priority 3), like the logger's own error lines.
+	prefix := ""
+	if os.Getenv("JOURNAL_STREAM") != "" {
+		prefix = "<3>"
+	}
+	fmt.Fprintf(stderr, "%sdriftgate: %v\n", prefix, err)
 	var ue usageError
 	if errors.As(err, &ue) {
 		return 2
