@@ -21,7 +21,15 @@ work=$(mktemp -d /tmp/driftgate-systemd.XXXXXX)
 nspawn_pid=
 leader=
 
-fail() { echo "test-systemd: FAIL: $*" >&2; dump; exit 1; }
+fail() {
+	echo "test-systemd: FAIL: $*" >&2
+	dump
+	if [ -n "${DRIFTGATE_SYSTEMD_HOLD:-}" ]; then # look around: nsenter -t LEADER -a
+		echo "test-systemd: holding the container (leader $leader) for ${DRIFTGATE_SYSTEMD_HOLD}s" >&2
+		sleep "$DRIFTGATE_SYSTEMD_HOLD"
+	fi
+	exit 1
+}
 step() { echo "== $*"; }
 
 [ "$(id -u)" = 0 ] || { echo "test-systemd: needs root (debootstrap, systemd-nspawn, namespaces)" >&2; exit 1; }
@@ -65,6 +73,9 @@ dump() {
 	ct journalctl --no-pager -n 80 -o short-monotonic >&2 2>/dev/null || true
 }
 prop() { ct systemctl show -P "$2" "$1"; }
+# grep_q: grep -q that reads its whole input (with pipefail, grep -q's early
+# exit fails the command that writes to it).
+grep_q() { grep "$@" >/dev/null; }
 
 # The Debian mirror is the machine's own (never a host name in the tree).
 mirror() {
@@ -136,8 +147,8 @@ wait_for 10 "driftgate.service to fail" ct_sh '[ "$(systemctl is-failed driftgat
 [ "$(prop driftgate.service ExecMainStatus)" = 2 ] || fail "exit status $(prop driftgate.service ExecMainStatus), want 2 (configuration error)"
 sleep 3
 [ "$(prop driftgate.service NRestarts)" = 0 ] || fail "a configuration error was restarted $(prop driftgate.service NRestarts) times"
-ct journalctl -u driftgate.service --no-pager | grep -q "vips: none is set" || fail "the journal does not say the VIP is missing"
-ct ip -4 addr show dev eth0 | grep -q 198.18.7.100 && fail "the VIP is on eth0 although none is configured"
+ct journalctl -u driftgate.service --no-pager | grep_q "vips: none is set" || fail "the journal does not say the VIP is missing"
+ct ip -4 addr show dev eth0 | grep_q 198.18.7.100 && fail "the VIP is on eth0 although none is configured"
 
 step "configure: a VIP, a hook, a receiver"
 ct_sh 'cat > /etc/driftgate/driftgate.yaml' <<'EOF'
@@ -169,11 +180,11 @@ ct systemctl reset-failed driftgate.service
 step "start: active, READY, primary, VIP on eth0"
 ct systemctl start driftgate.service || fail "systemctl start driftgate"
 [ "$(prop driftgate.service ActiveState)" = active ] || fail "driftgate.service is $(prop driftgate.service ActiveState)"
-status_primary() { ct driftgate status 2>/dev/null | grep -q "role primary"; }
+status_primary() { ct driftgate status 2>/dev/null | grep_q "role primary"; }
 wait_for 20 "the agent to become primary" status_primary
-vip_present() { ct ip -4 addr show dev eth0 | grep -q "inet 198.18.7.100/24"; }
+vip_present() { ct ip -4 addr show dev eth0 | grep_q "inet 198.18.7.100/24"; }
 wait_for 5 "the VIP on eth0" vip_present
-ct systemctl show -P StatusText driftgate.service | grep -q primary || fail "the unit's status text does not say primary: $(prop driftgate.service StatusText)"
+ct systemctl show -P StatusText driftgate.service | grep_q primary || fail "the unit's status text does not say primary: $(prop driftgate.service StatusText)"
 
 step "reload: a good file is accepted, a bad one refused, and the VIP stays"
 ct systemctl reload driftgate.service || fail "systemctl reload with a valid file failed"
@@ -183,16 +194,16 @@ ct systemctl reload driftgate.service 2>/dev/null && fail "systemctl reload acce
 ct cp /root/good.yaml /etc/driftgate/driftgate.yaml
 [ "$(prop driftgate.service ActiveState)" = active ] || fail "a failed reload stopped the agent"
 vip_present || fail "a failed reload cost the VIP"
-ct journalctl -p err -u driftgate.service --no-pager | grep -q "bogus" || fail "journalctl -p err does not show the refused reload"
+ct journalctl -p err -u driftgate.service --no-pager | grep_q "bogus" || fail "journalctl -p err does not show the refused reload"
 
 step "journal priorities: journalctl -p warning shows warnings, not info"
-ct journalctl -p warning -u driftgate.service --no-pager -o cat | grep -q "role change" && fail "info lines reach the journal as warnings"
-ct journalctl -p info -u driftgate.service --no-pager -o cat | grep -q "role change" || fail "no role change in the journal"
+ct journalctl -p warning -u driftgate.service --no-pager -o cat | grep_q "role change" && fail "info lines reach the journal as warnings"
+ct journalctl -p info -u driftgate.service --no-pager -o cat | grep_q "role change" || fail "no role change in the journal"
 
 step "stop: the VIP goes, ExecStopPost runs, the hook of the last transition runs"
 ct systemctl stop driftgate.service
 vip_present && fail "the VIP is still on eth0 after stop"
-prop driftgate.service ExecStopPost | grep -q "code=exited ; status=0" || fail "ExecStopPost (driftgate cleanup) did not run cleanly: $(prop driftgate.service ExecStopPost)"
+prop driftgate.service ExecStopPost | grep_q "code=exited ; status=0" || fail "ExecStopPost (driftgate cleanup) did not run cleanly: $(prop driftgate.service ExecStopPost)"
 ct grep -q "primary -> fenced\|primary -> standby\|-> stopping" /var/lib/driftgate/hooks.log || fail "no hook ran for the stop: $(ct cat /var/lib/driftgate/hooks.log)"
 
 step "kill -9: restarted, cleaned up, primary again"
@@ -202,7 +213,7 @@ restarts=$(prop driftgate.service NRestarts)
 ct systemctl kill -s KILL driftgate.service
 wait_for 20 "a restart after kill -9" ct_sh "[ \"\$(systemctl show -P NRestarts driftgate.service)\" -gt $restarts ]"
 wait_for 20 "primary after the restart" status_primary
-ct journalctl -u driftgate.service --no-pager -o cat | grep -q "removed 198.18.7.100/24" || fail "ExecStopPost did not remove the VIP the killed agent left"
+ct journalctl -u driftgate.service --no-pager -o cat | grep_q "removed 198.18.7.100/24" || fail "ExecStopPost did not remove the VIP the killed agent left"
 
 step "watchdog: a stopped process is killed and restarted"
 restarts=$(prop driftgate.service NRestarts)

@@ -40,7 +40,7 @@ func configFlag(c *cobra.Command, path *string) {
 func loadConfig(c *cobra.Command, path string) (*config.Config, error) {
 	cfg, err := config.Load(path, c.Flags())
 	if err != nil {
-		return nil, usageError{err}
+		return nil, configError{err}
 	}
 	return cfg, nil
 }
@@ -69,7 +69,7 @@ the agent keeps running with the configuration it started with.`,
 			}
 			a, err := agent.New(cfg, log.With("node", cfg.Node), sdNotifier{})
 			if err != nil {
-				return err
+				return configError{err} // what the file names: keys, destinations, Consul's address
 			}
 			unlock, err := a.Lock()
 			if err != nil {
@@ -176,7 +176,7 @@ func newConfigCmd() *cobra.Command {
 			}
 			cfg, err := config.Load(path, nil)
 			if err != nil {
-				return usageError{err}
+				return configError{err}
 			}
 			enc := json.NewEncoder(c.OutOrStdout())
 			enc.SetIndent("", "  ")

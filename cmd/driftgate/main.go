@@ -31,6 +31,17 @@ func (e usageError) Unwrap() error { return e.err }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
+// configError marks a configuration the agent cannot run with: exit status
+// 78 (EX_CONFIG), which the unit does not restart (RestartPreventExitStatus):
+// starting again cannot fix a file. Not 2, which Go's runtime also exits
+// with on a panic or on the watchdog's SIGABRT — those must restart.
+type configError struct{ err error }
+
+func (e configError) Error() string { return e.err.Error() }
+func (e configError) Unwrap() error { return e.err }
+
+const exitConfig = 78
+
 type globals struct {
 	logLevel  string
 	logFormat string
@@ -54,6 +65,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		prefix = "<3>"
 	}
 	fmt.Fprintf(stderr, "%sdriftgate: %v\n", prefix, err)
+	var ce configError
+	if errors.As(err, &ce) {
+		return exitConfig
+	}
 	var ue usageError
 	if errors.As(err, &ue) {
 		return 2

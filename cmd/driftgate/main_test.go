@@ -90,7 +90,7 @@ func TestUnitCommands(t *testing.T) {
 		wantOut  string
 	}{
 		{"ExecReload, valid file", with(lines["ExecReload"], good), 0, "valid"},
-		{"ExecReload, broken file", with(lines["ExecReload"], bad), 2, "unknown key(s): bogus"},
+		{"ExecReload, broken file", with(lines["ExecReload"], bad), exitConfig, "unknown key(s): bogus"},
 		{"ExecStart flags", append(with(lines["ExecStart"], good), "--help"), 0, "Usage:"},
 		{"ExecStopPost flags", append(with(lines["ExecStopPost"], good), "--help"), 0, "Usage:"},
 	} {
