@@ -97,7 +97,8 @@ fi
 cp -a "$root_cache" "$work/root"
 cp "$deb" "$work/root/root/driftgate.deb"
 cp "$consul_bin" "$work/root/usr/local/bin/consul"
-cat >"$work/root/etc/systemd/system/consul.service" <<'EOF'
+# In /usr/lib, below /run: a runtime mask (Consul away, below) wins over it.
+cat >"$work/root/usr/lib/systemd/system/consul.service" <<'EOF'
 [Unit]
 Description=Consul (dev mode, for the test)
 [Service]
@@ -144,7 +145,7 @@ ct dpkg -i /root/driftgate.deb >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" 
 step "first start with the shipped configuration: refused (no VIP), no restart loop, no address"
 ct systemctl start driftgate.service 2>/dev/null && fail "the agent started with the shipped configuration (no VIP)"
 wait_for 10 "driftgate.service to fail" ct_sh '[ "$(systemctl is-failed driftgate.service)" = failed ]'
-[ "$(prop driftgate.service ExecMainStatus)" = 2 ] || fail "exit status $(prop driftgate.service ExecMainStatus), want 2 (configuration error)"
+[ "$(prop driftgate.service ExecMainStatus)" = 78 ] || fail "exit status $(prop driftgate.service ExecMainStatus), want 78 (a configuration error)"
 sleep 3
 [ "$(prop driftgate.service NRestarts)" = 0 ] || fail "a configuration error was restarted $(prop driftgate.service NRestarts) times"
 ct journalctl -u driftgate.service --no-pager | grep_q "vips: none is set" || fail "the journal does not say the VIP is missing"
@@ -220,7 +221,22 @@ restarts=$(prop driftgate.service NRestarts)
 ct kill -STOP "$(prop driftgate.service MainPID)"
 wait_for 30 "the watchdog to restart a stopped agent" ct_sh "[ \"\$(systemctl show -P NRestarts driftgate.service)\" -gt $restarts ]"
 wait_for 20 "primary after the watchdog restart" status_primary
-ct journalctl -u driftgate.service --no-pager -o cat | grep -qi "watchdog" || fail "the journal does not mention the watchdog"
+ct journalctl -u driftgate.service --no-pager -o cat | grep_q -i "watchdog" || fail "the journal does not mention the watchdog"
+
+step "Consul away at start: READY at once, the status says why, primary once Consul is back"
+# Masked: the unit's Wants= would start it again with the agent.
+ct systemctl stop consul.service
+ct systemctl mask --runtime --quiet consul.service
+t0=$SECONDS
+timeout 20 nsenter -t "$leader" -a -- systemctl restart driftgate.service || fail "systemctl restart with Consul away did not return within 20 s"
+[ $((SECONDS - t0)) -le 15 ] || fail "systemctl restart with Consul away took $((SECONDS - t0)) s"
+[ "$(prop driftgate.service ActiveState)" = active ] || fail "driftgate.service is $(prop driftgate.service ActiveState) with Consul away"
+waiting() { prop driftgate.service StatusText | grep_q "waiting for Consul"; }
+wait_for 10 "the status text to say it waits for Consul" waiting
+vip_present && fail "the VIP is on eth0 with Consul away"
+ct systemctl unmask --runtime --quiet consul.service
+ct systemctl start consul.service
+wait_for 40 "primary once Consul is back" status_primary
 
 step "driftgate-receive@ with --iface runs"
 ct_sh 'echo "DRIFTGATE_RECEIVE_ARGS=\"--group 239.255.0.1:5001 --iface eth0 --deliver udp://127.0.0.1:6001\"" > /etc/driftgate/receive-t.env'
@@ -232,7 +248,7 @@ sleep 3
 step "systemd-analyze security (must not get worse)"
 for unit in driftgate.service:2.1 driftgate-receive@t.service:1.5; do
 	name=${unit%:*} limit=${unit#*:}
-	score=$(ct systemd-analyze security "$name" 2>/dev/null | awk '/Overall exposure level/ {print $(NF-1)}')
+	score=$(ct systemd-analyze security "$name" 2>/dev/null | awk '/Overall exposure level/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+$/) print $i }')
 	echo "$name: $score (at most $limit)"
 	awk -v s="$score" -v l="$limit" 'BEGIN { exit !(s != "" && s <= l) }' || fail "$name exposure $score is worse than $limit"
 done
