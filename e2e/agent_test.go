@@ -221,13 +221,15 @@ vips:
   profile: %s
 metrics:
   address: 127.0.0.1:9469
+control:
+  socket: %s
 hooks:
   - name: record
     command: ["%s"]
     timeout: 2s
 log:
   level: info
-%s`, name, agentVIP, relayReceive(h, spec.unicast, spec.keyFile), deliver, spec.receive, cmp.Or(spec.profile, "default"), hook, spec.config)
+%s`, name, agentVIP, relayReceive(h, spec.unicast, spec.keyFile), deliver, spec.receive, cmp.Or(spec.profile, "default"), filepath.Join(dir, name+".sock"), hook, spec.config)
 	p := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -407,6 +409,20 @@ func TestAgentUnicastFromConsul(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics of %s lack %s", old, want)
 		}
+	}
+	// The metrics listener is read-only: a step-down there is refused,
+	// pointing to the control socket, and the primary stays.
+	resp, err = c.nodes[old].http.Post("http://127.0.0.1:9469/step-down", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "control socket") {
+		t.Fatalf("POST /step-down on the metrics listener: %s %q, want 403 naming the control socket", resp.Status, body)
+	}
+	if c.primary() != old {
+		t.Fatalf("the refused step-down moved the primary to %s", c.primary())
 	}
 	if out, err := c.nodes[old].host.Command(context.Background(), driftgate, "step-down", "--config", c.nodes[old].cfg).CombinedOutput(); err != nil {
 		t.Fatalf("step-down: %v: %s", err, out)

@@ -187,6 +187,20 @@ vip_present() { ct ip -4 addr show dev eth0 | grep_q "inet 198.18.7.100/24"; }
 wait_for 5 "the VIP on eth0" vip_present
 ct systemctl show -P StatusText driftgate.service | grep_q primary || fail "the unit's status text does not say primary: $(prop driftgate.service StatusText)"
 
+step "control socket: an operator in group driftgate needs no root; others are refused"
+ct useradd --no-create-home --groups driftgate op
+ct useradd --no-create-home outsider
+ct runuser -u op -- driftgate status >"$work/status.out" 2>&1 || fail "driftgate status as a member of group driftgate: $(cat "$work/status.out")"
+grep_q "role primary" "$work/status.out" || fail "status as an operator does not show this node primary: $(cat "$work/status.out")"
+ct runuser -u outsider -- driftgate status >"$work/status.out" 2>&1 && fail "driftgate status worked for a user outside group driftgate"
+grep_q -i "permission denied" "$work/status.out" || fail "status as an outsider failed for another reason: $(cat "$work/status.out")"
+ct runuser -u outsider -- driftgate step-down >"$work/status.out" 2>&1 && fail "step-down worked for a user outside group driftgate"
+vip_present || fail "the outsider's step-down cost the VIP"
+ct runuser -u op -- driftgate step-down >"$work/status.out" 2>&1 || fail "step-down as an operator: $(cat "$work/status.out")"
+vip_gone() { ! vip_present; }
+wait_for 5 "the VIP to go after the step-down" vip_gone
+wait_for 30 "primary again after the hold-off (no other node)" status_primary
+
 step "reload: a good file is accepted, a bad one refused, and the VIP stays"
 ct systemctl reload driftgate.service || fail "systemctl reload with a valid file failed"
 ct cp /etc/driftgate/driftgate.yaml /root/good.yaml

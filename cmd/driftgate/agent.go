@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -85,6 +87,13 @@ the agent keeps running with the configuration it started with.`,
 				}
 				defer ln.Close()
 			}
+			var ctl net.Listener
+			if cfg.Control.Socket != "" {
+				if ctl, err = listenControl(cfg.Control.Socket); err != nil {
+					return err
+				}
+				defer ctl.Close() // removes the file
+			}
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 				collectors.NewBuildInfoCollector())
@@ -119,8 +128,8 @@ the agent keeps running with the configuration it started with.`,
 					}
 				}
 			})
-			if ln != nil {
-				srv := &http.Server{Addr: cfg.Metrics.Address, Handler: a.Handler(reg), ReadHeaderTimeout: 5 * time.Second}
+			serve := func(ln net.Listener, h http.Handler) {
+				srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 				grp.Go(func() error {
 					if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 						return err
@@ -133,6 +142,12 @@ the agent keeps running with the configuration it started with.`,
 					defer cancel()
 					return srv.Shutdown(sctx)
 				})
+			}
+			if ln != nil {
+				serve(ln, a.Handler(reg)) // read-only
+			}
+			if ctl != nil {
+				serve(ctl, a.ControlHandler())
 			}
 			// The watchdog is fed only while the agent's loop is healthy.
 			if wd, err := daemon.SdWatchdogEnabled(false); err == nil && wd > 0 {
@@ -199,75 +214,137 @@ func newConfigCmd() *cobra.Command {
 }
 
 func newStepDownCmd() *cobra.Command {
-	var path string
+	var path, socket string
 	c := &cobra.Command{
-		Use:   "step-down [--config FILE]",
+		Use:   "step-down [--socket PATH | --config FILE]",
 		Short: "Ask the local primary to hand over to a standby",
-		Args:  cobra.NoArgs,
+		Long: `step-down asks the local agent, over its control socket (a member of the
+driftgate group needs no root), to end its term: the VIP goes at once and a
+standby takes over; this node stays standby for election.step_down_hold_off.`,
+		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(c, path)
+			sock, err := controlSocket(c, socket, path)
 			if err != nil {
 				return err
 			}
-			if cfg.Metrics.Address == "" {
-				return usagef("step-down talks to the agent on metrics.address, which is off")
-			}
-			hc := &http.Client{Timeout: 15 * time.Second}
-			resp, err := hc.Post("http://"+cfg.Metrics.Address+"/step-down", "text/plain", nil)
+			resp, err := controlClient(sock, 15*time.Second).Post("http://agent/step-down", "text/plain", nil)
 			if err != nil {
-				return fmt.Errorf("asking the agent at %s: %w", cfg.Metrics.Address, err)
+				return fmt.Errorf("asking the agent on %s: %w", sock, err)
 			}
 			defer resp.Body.Close()
 			body, _ := io.ReadAll(resp.Body)
 			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("agent at %s: %s", cfg.Metrics.Address, strings.TrimSpace(string(body)))
+				return fmt.Errorf("agent on %s: %s", sock, strings.TrimSpace(string(body)))
 			}
 			fmt.Fprint(c.OutOrStdout(), string(body))
 			return nil
 		},
 	}
 	configFlag(c, &path)
+	c.Flags().StringVar(&socket, "socket", config.DefaultControlSocket, "the agent's control socket")
 	return c
 }
 
 // errNoPrimary makes `status` exit 1 when no node holds the lock.
 var errNoPrimary = errors.New("no primary")
 
+// listenControl opens the control socket at path: mode 0660 in a
+// directory of at most 0750 (the unit's RuntimeDirectory), so that only
+// the agent's user and group reach it. A socket file nobody answers on is
+// one a killed agent left: removed. One that answers belongs to a running
+// agent: refused.
+func listenControl(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("control.socket %s: %w", path, err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("control.socket %s: another agent answers there", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("control.socket %s: removing a stale socket: %w", path, err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control.socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control.socket %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// controlClient talks HTTP to the agent over its control socket.
+func controlClient(path string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", path)
+		}}}
+}
+
+// controlSocket is the socket the CLI talks to: --socket if given, else
+// the one the configuration names if --config was given, else the
+// packaged default — so an operator in the driftgate group needs to read
+// neither the configuration nor a token.
+func controlSocket(c *cobra.Command, socket, path string) (string, error) {
+	if c.Flags().Changed("socket") || !c.Flags().Changed("config") {
+		return socket, nil
+	}
+	cfg, err := loadConfig(c, path)
+	if err != nil {
+		return "", err
+	}
+	if cfg.Control.Socket == "" {
+		return "", usagef("control.socket is off in %s: the agent takes no commands", path)
+	}
+	return cfg.Control.Socket, nil
+}
+
 func newStatusCmd() *cobra.Command {
 	var (
-		path   string
-		asJSON bool
+		path, socket string
+		asJSON       bool
 	)
 	c := &cobra.Command{
-		Use:   "status [--json] [--config FILE]",
+		Use:   "status [--json] [--socket PATH | --config FILE]",
 		Short: "Show the primary, epoch, every node's role and health, and this node's state",
-		Long: `status reads the election state from Consul and this node's state from its
-agent. Exit status: 0 when a primary exists, 1 when none does (or on error).`,
+		Long: `status asks the local agent over its control socket for the election as
+Consul shows it and for this node's state (a member of the driftgate group
+needs no root, nor the configuration). If the agent does not answer, it reads
+the election from Consul itself, with the configuration's address and token.
+Exit status: 0 when a primary exists, 1 when none does (or on error).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(c, path)
+			sock, err := controlSocket(c, socket, path)
 			if err != nil {
 				return err
 			}
-			client, err := consul.NewClient(cfg.Consul.ClientConfig)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			st, err := consul.ReadStatus(ctx, client, cfg.Consul.LeaderKey(), cfg.Service.Name)
-			if err != nil {
-				return err
-			}
-			var local *agent.State
-			if cfg.Metrics.Address != "" {
-				hc := &http.Client{Timeout: 2 * time.Second}
-				if resp, err := hc.Get("http://" + cfg.Metrics.Address + "/status"); err == nil {
-					var s agent.State
-					if json.NewDecoder(resp.Body).Decode(&s) == nil {
-						local = &s
-					}
-					resp.Body.Close()
+			var (
+				st    consul.Status
+				local *agent.State
+			)
+			hc := controlClient(sock, 6*time.Second)
+			if aerr := getJSON(hc, "http://agent/cluster", &st); aerr == nil {
+				var s agent.State
+				if getJSON(hc, "http://agent/status", &s) == nil {
+					local = &s
+				}
+			} else {
+				// The agent is down, or not reachable: Consul itself.
+				cfg, err := loadConfig(c, path)
+				if err != nil {
+					return fmt.Errorf("the agent does not answer on %s (%v), and reading Consul needs the configuration: %w", sock, aerr, err)
+				}
+				fmt.Fprintf(c.ErrOrStderr(), "driftgate: the agent does not answer on %s (%v); reading Consul at %s\n", sock, aerr, cfg.Consul.Address)
+				client, err := consul.NewClient(cfg.Consul.ClientConfig)
+				if err != nil {
+					return err
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if st, err = consul.ReadStatus(ctx, client, cfg.Consul.LeaderKey(), cfg.Service.Name); err != nil {
+					return err
 				}
 			}
 			out := c.OutOrStdout()
@@ -288,8 +365,23 @@ agent. Exit status: 0 when a primary exists, 1 when none does (or on error).`,
 		},
 	}
 	configFlag(c, &path)
+	c.Flags().StringVar(&socket, "socket", config.DefaultControlSocket, "the agent's control socket")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return c
+}
+
+// getJSON GETs url with hc and decodes a 200 answer into v.
+func getJSON(hc *http.Client, url string, v any) error {
+	resp, err := hc.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 func printStatus(w io.Writer, st consul.Status, local *agent.State) {

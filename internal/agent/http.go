@@ -15,25 +15,42 @@ import (
 	"driftgate/gateway"
 )
 
-// Handler serves /metrics (Prometheus), /healthz, /status (JSON) and
-// POST /step-down. It listens on loopback by default (metrics.address):
-// step-down is an operator's action.
+// Handler serves the read-only listener (metrics.address): /metrics
+// (Prometheus), /healthz and /status (JSON). It takes no action: an
+// address Prometheus can scrape must not let anyone who reaches it move
+// the VIP, so POST /step-down is refused here, pointing to the control
+// socket (ControlHandler).
 func (a *Agent) Handler(reg *prometheus.Registry) http.Handler {
 	reg.MustRegister(a.collector())
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if !a.Healthy() {
-			http.Error(w, "not running", http.StatusServiceUnavailable)
+	a.readOnly(mux)
+	mux.HandleFunc("POST /step-down", func(w http.ResponseWriter, _ *http.Request) {
+		where := "the control socket (control.socket), which is off"
+		if s := a.cfg.Control.Socket; s != "" {
+			where = "the control socket " + s
+		}
+		http.Error(w, "refused: this listener is read-only; step-down is on "+where+" (driftgate step-down)", http.StatusForbidden)
+	})
+	return mux
+}
+
+// ControlHandler serves the control socket (control.socket, mode 0660,
+// group driftgate): /healthz, /status, /cluster (the election as Consul
+// shows it, so the CLI needs neither the configuration nor a token) and
+// POST /step-down.
+func (a *Agent) ControlHandler() http.Handler {
+	mux := http.NewServeMux()
+	a.readOnly(mux)
+	mux.HandleFunc("GET /cluster", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		st, err := consul.ReadStatus(ctx, a.client, a.cfg.Consul.LeaderKey(), a.cfg.Service.Name)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
 		}
-		w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(a.State())
+		writeJSON(w, st)
 	})
 	mux.HandleFunc("POST /step-down", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
@@ -49,6 +66,25 @@ func (a *Agent) Handler(reg *prometheus.Registry) http.Handler {
 		}
 	})
 	return mux
+}
+
+// readOnly adds /healthz and /status to mux.
+func (a *Agent) readOnly(mux *http.ServeMux) {
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.Healthy() {
+			http.Error(w, "not running", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, a.State()) })
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
 }
 
 // agentCollector reads the agent's state at scrape time, so nothing on the

@@ -20,6 +20,10 @@ import (
 // DefaultPath is where the packaged configuration lives.
 const DefaultPath = "/etc/driftgate/driftgate.yaml"
 
+// DefaultControlSocket is the agent's control socket (the unit's
+// RuntimeDirectory); driftgate status and step-down use it.
+const DefaultControlSocket = "/run/driftgate/control.sock"
+
 // Example is the commented reference configuration.
 //
 //go:embed example.yaml
@@ -125,6 +129,9 @@ type raw struct {
 	Metrics struct {
 		Address string `mapstructure:"address"`
 	} `mapstructure:"metrics"`
+	Control struct {
+		Socket string `mapstructure:"socket"`
+	} `mapstructure:"control"`
 	Log struct {
 		Level  string `mapstructure:"level"`
 		Format string `mapstructure:"format"`
@@ -228,6 +235,7 @@ func defaults(v *viper.Viper) {
 		"receive.sources":             []string{},
 		"receive.source_rate":         gateway.DefaultSourceRate,
 		"metrics.address":             "127.0.0.1:9469",
+		"control.socket":              DefaultControlSocket,
 		"log.level":                   "info",
 		"log.format":                  "text",
 	} {

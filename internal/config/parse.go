@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -25,6 +26,7 @@ type Config struct {
 	Checks   []consul.CheckSpec
 	Hooks    []Hook
 	Metrics  Metrics
+	Control  Control
 	Log      Log
 }
 
@@ -100,6 +102,10 @@ type Hook struct {
 // Metrics is the HTTP listener for /metrics, /healthz and /status.
 type Metrics struct{ Address string }
 
+// Control is the agent's control socket: step-down and reload, and status
+// for the CLI, for the members of the driftgate group (never the network).
+type Control struct{ Socket string }
+
 // Log is the logger's settings.
 type Log struct{ Level, Format string }
 
@@ -140,6 +146,9 @@ func parse(r *raw) (*Config, error) {
 		return nil, err
 	}
 	if c.Metrics, err = parseMetrics(r); err != nil {
+		return nil, err
+	}
+	if c.Control, err = parseControl(r); err != nil {
 		return nil, err
 	}
 	if c.Log, err = parseLog(r); err != nil {
@@ -447,6 +456,18 @@ func parseMetrics(r *raw) (Metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+func parseControl(r *raw) (Control, error) {
+	c := Control{Socket: r.Control.Socket}
+	switch {
+	case c.Socket == "":
+	case !filepath.IsAbs(c.Socket):
+		return c, fmt.Errorf("control.socket: %q: want an absolute path, e.g. %s (empty: off)", c.Socket, DefaultControlSocket)
+	case len(c.Socket) > 107:
+		return c, fmt.Errorf("control.socket: %q: %d bytes, a unix socket's path has at most 107", c.Socket, len(c.Socket))
+	}
+	return c, nil
 }
 
 func parseLog(r *raw) (Log, error) {
