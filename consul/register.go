@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -119,6 +120,7 @@ type Registration struct {
 
 	heartbeatID, linkID string
 	checkIDs            []string
+	mu                  sync.Mutex // guards checkRegs and cfg.Checks (UpdateChecks)
 	checkRegs           []*api.AgentCheckRegistration
 	primary             bool
 	role                string
@@ -178,10 +180,7 @@ func Register(ctx context.Context, c *api.Client, cfg ServiceConfig, log *slog.L
 		})
 	}
 	for _, ch := range cfg.Checks {
-		reg := &api.AgentCheckRegistration{ID: cfg.ID + ":check:" + ch.Name, Name: ch.Name, ServiceID: cfg.ID,
-			AgentServiceCheck: api.AgentServiceCheck{HTTP: ch.HTTP, TCP: ch.TCP, Args: ch.Args,
-				Interval: ch.Interval.String(), Timeout: ch.Timeout.String(), Status: api.HealthCritical}}
-		checks = append(checks, reg)
+		checks = append(checks, userCheck(cfg.ID, ch, api.HealthCritical))
 	}
 	for _, reg := range checks {
 		if err := r.registerCheck(ctx, reg); err != nil {
@@ -194,6 +193,62 @@ func Register(ctx context.Context, c *api.Client, cfg ServiceConfig, log *slog.L
 	// first heartbeat interval.
 	r.heartbeatOKSince.Store(1)
 	return r, nil
+}
+
+// userCheck is the registration of one of the user's checks, starting in
+// status.
+func userCheck(serviceID string, ch CheckSpec, status string) *api.AgentCheckRegistration {
+	return &api.AgentCheckRegistration{ID: serviceID + ":check:" + ch.Name, Name: ch.Name, ServiceID: serviceID,
+		AgentServiceCheck: api.AgentServiceCheck{HTTP: ch.HTTP, TCP: ch.TCP, Args: ch.Args,
+			Interval: ch.Interval.String(), Timeout: ch.Timeout.String(), Status: status}}
+}
+
+// ErrChecksChanged: UpdateChecks was given checks of other names. The
+// election's session is bound to the check IDs it was created with:
+// adding or removing one needs a restart.
+var ErrChecksChanged = errors.New("checks added or removed: the election's session is bound to the checks it was created with; restart to apply")
+
+// UpdateChecks registers the user's checks again with new definitions
+// (URL, command, interval, timeout), each starting in the status it has now
+// — registering a check resets its status, and a primary's session would
+// end with a check gone critical for no reason. The names must be the
+// ones registered (ErrChecksChanged).
+func (r *Registration) UpdateChecks(ctx context.Context, checks []CheckSpec) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var names, now []string
+	for _, ch := range checks {
+		names = append(names, r.cfg.ID+":check:"+ch.Name)
+	}
+	for _, c := range r.cfg.Checks {
+		now = append(now, r.cfg.ID+":check:"+c.Name)
+	}
+	slices.Sort(names)
+	slices.Sort(now)
+	if !slices.Equal(names, now) {
+		return ErrChecksChanged
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	have, err := r.c.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(rctx))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("listing the local agent's checks: %w", err)
+	}
+	for _, ch := range checks {
+		status := api.HealthCritical
+		if h, ok := have[r.cfg.ID+":check:"+ch.Name]; ok {
+			status = h.Status
+		}
+		reg := userCheck(r.cfg.ID, ch, status)
+		if err := r.registerCheck(ctx, reg); err != nil {
+			return err
+		}
+		if i := slices.IndexFunc(r.checkRegs, func(x *api.AgentCheckRegistration) bool { return x.ID == reg.ID }); i >= 0 {
+			r.checkRegs[i] = reg
+		}
+	}
+	r.cfg.Checks = slices.Clone(checks)
+	return nil
 }
 
 func (r *Registration) registerCheck(ctx context.Context, reg *api.AgentCheckRegistration) error {
@@ -218,6 +273,8 @@ func (r *Registration) Restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listing the local agent's checks: %w", err)
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	for _, reg := range r.checkRegs {
 		if _, ok := have[reg.ID]; !ok {
 			r.log.Warn("the local Consul agent lost a check; registering it again", "check", reg.ID)
@@ -259,6 +316,8 @@ func (r *Registration) Resync(ctx context.Context, ids ...string) error {
 		return fmt.Errorf("resyncing checks: listing the local agent's checks: %w", err)
 	}
 	q := (&api.QueryOptions{}).WithContext(rctx)
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	for _, id := range ids {
 		i := slices.IndexFunc(r.checkRegs, func(reg *api.AgentCheckRegistration) bool { return reg.ID == id })
 		if i < 0 {

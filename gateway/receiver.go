@@ -602,6 +602,14 @@ func (r *Receiver) ConfirmEpoch(epoch uint64) {
 // epochs should then look for at once (consul.WatchEpochs' recheck).
 func (r *Receiver) StaleEpochs() <-chan struct{} { return r.stale }
 
+// SetConfigSources replaces ReceiverConfig.Sources, the prefixes frames
+// are accepted from besides the nodes of SetSources (a reload).
+func (r *Receiver) SetConfigSources(p Allowlist) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cfg.Sources = slices.Clone(p)
+}
+
 // SetSources replaces the nodes frames are accepted from besides
 // ReceiverConfig.Sources (the agent gives it the service's registered
 // nodes). Until it is first called, with no Sources configured, frames

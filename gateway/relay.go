@@ -171,10 +171,11 @@ type Relay struct {
 	base      time.Time
 	mu        sync.Mutex // guards listeners and dynamic
 	listeners []*relayListener
-	dynamic   []netip.AddrPort // from SetUnicast, applied to listeners bound later
-	peers     []netip.Addr     // from SetRepairPeers
-	rep       *repairer        // nil: repair off
-	local     *Receiver        // from SetLocal: this host's receiver, in process
+	dynamic   []netip.AddrPort          // from SetUnicast, applied to listeners bound later
+	peers     []netip.Addr              // from SetRepairPeers
+	rep       *repairer                 // nil: repair off
+	local     *Receiver                 // from SetLocal: this host's receiver, in process
+	allow     atomic.Pointer[Allowlist] // the ingress allowlist (SetAllow)
 }
 
 // NewRelay checks cfg and returns a relay; it opens nothing. Call Bind to
@@ -201,6 +202,7 @@ func NewRelay(cfg RelayConfig, log *slog.Logger) (*Relay, error) {
 		r.rep.setAllowed(cfg.Unicast, nil)
 	}
 	r.SetEpoch(cfg.Epoch)
+	r.SetAllow(cfg.Allow)
 	return r, nil
 }
 
@@ -273,7 +275,7 @@ func (r *Relay) newListener(ctx context.Context, addr netip.AddrPort, ifi *net.I
 		port:    addr.Port(),
 		conn:    conn,
 		codec:   NewCodec(r.cfg.Key, r.cfg.NextKey),
-		allow:   r.cfg.Allow,
+		allow:   &r.allow,
 		space:   &r.space,
 		stopped: &r.stopped,
 		until:   &r.deadline,
@@ -335,6 +337,28 @@ func (r *Relay) SetUnicast(dyn []netip.AddrPort) error {
 		}
 	}
 	return nil
+}
+
+// SetStaticUnicast replaces the configured unicast destinations (a
+// reload); the group and the dynamic ones stay. Validated like
+// RelayConfig.Unicast. It takes effect from the next batch.
+func (r *Relay) SetStaticUnicast(dests []netip.AddrPort) error {
+	c := RelayConfig{Listen: r.cfg.Listen, Unicast: dests, DynamicUnicast: true}
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.cfg.Unicast = slices.Clone(dests)
+	dyn := r.dynamic
+	r.mu.Unlock()
+	return r.SetUnicast(dyn)
+}
+
+// SetAllow replaces the ingress allowlist (a reload; empty: everyone). It
+// takes effect from the next batch.
+func (r *Relay) SetAllow(allow Allowlist) {
+	a := slices.Clone(allow)
+	r.allow.Store(&a)
 }
 
 // SetLocal makes rcv, a receiver in this process, take every frame the
@@ -492,7 +516,7 @@ type relayListener struct {
 	// dests is replaced whole by setDests and read once per batch.
 	dests   atomic.Pointer[[]dest]
 	codec   *Codec
-	allow   Allowlist
+	allow   *atomic.Pointer[Allowlist] // Relay.allow
 	space   *atomic.Pointer[seqSpace]
 	stopped *atomic.Bool
 	until   *atomic.Int64 // Relay.deadline
@@ -657,13 +681,14 @@ func (l *relayListener) process(n int) {
 	}
 	l.keep = l.keep[:0]
 	var bytes uint64
+	allow := *l.allow.Load()
 	for i := range n {
 		m := &l.metas[i]
 		bytes += uint64(m.N)
 		switch {
 		case m.Trunc:
 			l.c.dropped[DropTruncated].Add(1)
-		case !l.allow.Allows(m.From.Addr()):
+		case !allow.Allows(m.From.Addr()):
 			l.c.dropped[DropNotAllowed].Add(1)
 		default:
 			l.keep = append(l.keep, i)

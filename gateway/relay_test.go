@@ -47,7 +47,8 @@ func newTestListener(t testing.TB, allow Allowlist, key []byte, ws ...*fakeWrite
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &relayListener{port: 5000, codec: NewCodec(key), allow: allow, space: &r.space, stopped: &r.stopped, log: r.log, now: func() int64 { return 1234 }, rep: r.rep}
+	r.SetAllow(allow)
+	l := &relayListener{port: 5000, codec: NewCodec(key), allow: &r.allow, space: &r.space, stopped: &r.stopped, log: r.log, now: func() int64 { return 1234 }, rep: r.rep}
 	var ds []dest
 	for i, w := range ws {
 		ds = append(ds, dest{addr: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.11"), uint16(6000+i)), w: w})

@@ -201,9 +201,18 @@ vip_gone() { ! vip_present; }
 wait_for 5 "the VIP to go after the step-down" vip_gone
 wait_for 30 "primary again after the hold-off (no other node)" status_primary
 
-step "reload: a good file is accepted, a bad one refused, and the VIP stays"
-ct systemctl reload driftgate.service || fail "systemctl reload with a valid file failed"
+step "reload: applies what it can, says what needs a restart; a bad file is refused; the VIP stays"
+ct systemctl reload driftgate.service || fail "systemctl reload with an unchanged file failed"
 ct cp /etc/driftgate/driftgate.yaml /root/good.yaml
+ct_sh 'sed -i "s/level: info/level: debug/; s/timeout: 5s/timeout: 4s/" /etc/driftgate/driftgate.yaml && printf "election:\n  profile: fast\n" >> /etc/driftgate/driftgate.yaml'
+ct systemctl reload driftgate.service || fail "systemctl reload with a changed, valid file failed"
+reported() { ct journalctl -u driftgate.service --no-pager -o cat | grep "msg=\"reload: applied" | tail -1; }
+reported | grep_q "applied: Hooks.*Log.Level" || fail "the reload did not report the hooks and the log level applied: $(reported)"
+reported | grep_q "needs a restart.*Election" || fail "the reload did not report the election as needing a restart: $(reported)"
+ct journalctl -u driftgate.service --no-pager -o cat -n 50 | grep_q "level=DEBUG" || fail "the log level did not change to debug"
+vip_present || fail "the reload cost the VIP"
+ct cp /root/good.yaml /etc/driftgate/driftgate.yaml
+ct systemctl reload driftgate.service || fail "systemctl reload back to the first file failed"
 ct_sh 'echo "bogus: 1" >> /etc/driftgate/driftgate.yaml'
 ct systemctl reload driftgate.service 2>/dev/null && fail "systemctl reload accepted an invalid file"
 ct cp /root/good.yaml /etc/driftgate/driftgate.yaml

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -106,11 +108,62 @@ the agent keeps running with the configuration it started with.`,
 			defer stop()
 			grp, gctx := errgroup.WithContext(ctx)
 			grp.Go(func() error { return a.Run(gctx) })
-			// SIGHUP (systemctl reload) checks the file again and says
-			// whether a restart would take it. The running agent keeps
-			// the configuration it started with either way: a bad file
-			// must never cost a primary its VIP, and a good one is
-			// applied by a restart, which steps down cleanly first.
+			// A reload (SIGHUP, or POST /reload on the control socket,
+			// which `driftgate reload` and the unit's ExecReload use)
+			// reads the file again and applies what can change without a
+			// step-down; an invalid file changes nothing (a bad file must
+			// never cost a primary its VIP), and what needs a restart is
+			// reported.
+			live := cfg
+			var swapMetrics func(string) error // set below, once the servers can start
+			var reloadMu sync.Mutex            // SIGHUP and the control socket
+			reload := func(ctx context.Context) (agent.ReloadReport, error) {
+				reloadMu.Lock()
+				defer reloadMu.Unlock()
+				nc, err := config.Load(path, c.Flags())
+				if err != nil {
+					log.Error("reload: the configuration file is invalid; nothing changed", "err", err)
+					return agent.ReloadReport{}, configError{err}
+				}
+				rep, err := a.Apply(ctx, nc)
+				if err != nil {
+					log.Error("reload failed; nothing changed", "err", err)
+					return agent.ReloadReport{}, err
+				}
+				if nc.Log.Level != live.Log.Level {
+					var lvl slog.Level
+					_ = lvl.UnmarshalText([]byte(nc.Log.Level)) // validated by Load
+					g.level.Set(lvl)
+					rep.Applied = append(rep.Applied, "Log.Level")
+				}
+				if nc.Log.Format != live.Log.Format {
+					rep.Restart = append(rep.Restart, "Log.Format")
+				}
+				// What runs now: the new file but for what it could not apply.
+				running := *nc
+				running.Log.Format, running.Control = live.Log.Format, live.Control
+				if nc.Metrics.Address != live.Metrics.Address {
+					if swapMetrics == nil {
+						rep.Restart = append(rep.Restart, "Metrics.Address (the agent is still starting)")
+						running.Metrics = live.Metrics
+					} else if err := swapMetrics(nc.Metrics.Address); err != nil {
+						rep.Restart = append(rep.Restart, "Metrics.Address ("+err.Error()+")")
+						running.Metrics = live.Metrics
+					} else {
+						rep.Applied = append(rep.Applied, "Metrics.Address")
+					}
+				}
+				if nc.Control.Socket != live.Control.Socket {
+					rep.Restart = append(rep.Restart, "Control.Socket")
+				}
+				live = &running
+				if len(rep.Restart) > 0 {
+					log.Warn("reload: applied what can change without a restart", "report", rep.String())
+				} else {
+					log.Info("reload", "report", rep.String())
+				}
+				return rep, nil
+			}
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
@@ -120,15 +173,15 @@ the agent keeps running with the configuration it started with.`,
 					case <-gctx.Done():
 						return nil
 					case <-hup:
-						if _, err := config.Load(path, c.Flags()); err != nil {
-							log.Error("reload: the configuration file is invalid; still running with the one loaded at start", "err", err)
-						} else {
-							log.Warn("reload: the configuration file is valid; it takes effect on restart (systemctl restart driftgate)", "config", path)
-						}
+						rctx, cancel := context.WithTimeout(gctx, 15*time.Second)
+						reload(rctx)
+						cancel()
 					}
 				}
 			})
-			serve := func(ln net.Listener, h http.Handler) {
+			// serve runs an HTTP server on ln until the agent stops or
+			// stop is called (a reload moved the metrics listener).
+			serve := func(ln net.Listener, h http.Handler) (stop func()) {
 				srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 				grp.Go(func() error {
 					if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -136,18 +189,51 @@ the agent keeps running with the configuration it started with.`,
 					}
 					return nil
 				})
-				grp.Go(func() error {
-					<-gctx.Done()
+				shutdown := func() {
 					sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 					defer cancel()
-					return srv.Shutdown(sctx)
+					srv.Shutdown(sctx)
+				}
+				done := make(chan struct{})
+				grp.Go(func() error {
+					select {
+					case <-gctx.Done():
+						shutdown()
+					case <-done:
+					}
+					return nil
 				})
+				return func() { close(done); shutdown() }
 			}
+			metricsHandler := a.Handler(reg) // read-only
+			var stopMetrics func()
 			if ln != nil {
-				serve(ln, a.Handler(reg)) // read-only
+				stopMetrics = serve(ln, metricsHandler)
 			}
+			// swapMetrics moves the metrics listener (a reload): the new
+			// address is opened first, so a taken one changes nothing.
+			swap := func(addr string) error {
+				var nl net.Listener
+				if addr != "" {
+					var err error
+					if nl, err = net.Listen("tcp", addr); err != nil {
+						return err
+					}
+				}
+				if stopMetrics != nil {
+					stopMetrics()
+					stopMetrics = nil
+				}
+				if nl != nil {
+					stopMetrics = serve(nl, metricsHandler)
+				}
+				return nil
+			}
+			reloadMu.Lock() // a SIGHUP may have come already
+			swapMetrics = swap
+			reloadMu.Unlock()
 			if ctl != nil {
-				serve(ctl, a.ControlHandler())
+				serve(ctl, a.ControlHandler(reload))
 			}
 			// The watchdog is fed only while the agent's loop is healthy.
 			if wd, err := daemon.SdWatchdogEnabled(false); err == nil && wd > 0 {
@@ -474,5 +560,56 @@ func newCleanupCmd() *cobra.Command {
 		},
 	}
 	configFlag(c, &path)
+	return c
+}
+
+func newReloadCmd() *cobra.Command {
+	var path, socket string
+	c := &cobra.Command{
+		Use:   "reload [--config FILE | --socket PATH]",
+		Short: "Have the running agent read its configuration file again and apply it",
+		Long: `reload checks the configuration file, then asks the agent over its control
+socket to read it again and apply what can change without a step-down: log
+level, hooks, the checks' definitions, relay.allow, relay.unicast,
+receive.sources, the VIPs' announce settings (from the next term) and
+metrics.address. It prints what was applied and what needs a restart. An
+invalid file changes nothing and exits 78, naming the key (the unit's
+ExecReload, so systemctl reload fails with the reason in the journal).`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if !c.Flags().Changed("socket") {
+				// Checked here first, so the error names the key even when
+				// the agent is not running.
+				if _, err := loadConfig(c, path); err != nil {
+					return err
+				}
+			}
+			sock, err := controlSocket(c, socket, path)
+			if err != nil {
+				return err
+			}
+			resp, err := controlClient(sock, 20*time.Second).Post("http://agent/reload", "text/plain", nil)
+			if err != nil {
+				return fmt.Errorf("asking the agent on %s: %w", sock, err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			switch resp.StatusCode {
+			case http.StatusOK:
+			case http.StatusUnprocessableEntity:
+				return configError{fmt.Errorf("agent on %s: %s", sock, strings.TrimSpace(string(body)))}
+			default:
+				return fmt.Errorf("agent on %s: %s", sock, strings.TrimSpace(string(body)))
+			}
+			var rep agent.ReloadReport
+			if err := json.Unmarshal(body, &rep); err != nil {
+				return fmt.Errorf("agent on %s: %w", sock, err)
+			}
+			fmt.Fprintln(c.OutOrStdout(), rep.String())
+			return nil
+		},
+	}
+	configFlag(c, &path)
+	c.Flags().StringVar(&socket, "socket", config.DefaultControlSocket, "the agent's control socket")
 	return c
 }

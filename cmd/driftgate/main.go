@@ -45,6 +45,7 @@ const exitConfig = 78
 type globals struct {
 	logLevel  string
 	logFormat string
+	level     slog.LevelVar // the logger's level; a reload may change it
 }
 
 func main() {
@@ -91,7 +92,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	})
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
-	root.AddCommand(newVersionCmd(), newRelayCmd(g), newReceiveCmd(g), newAgentCmd(g), newConfigCmd(), newStatusCmd(), newStepDownCmd(), newCleanupCmd(), newKeyCmd())
+	root.AddCommand(newVersionCmd(), newRelayCmd(g), newReceiveCmd(g), newAgentCmd(g), newConfigCmd(), newStatusCmd(), newStepDownCmd(), newCleanupCmd(), newKeyCmd(), newReloadCmd())
 	return root
 }
 
@@ -115,7 +116,8 @@ func (g *globals) logger(w io.Writer) (*slog.Logger, error) {
 	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
 		return nil, usagef("--log-level %q: want debug, info, warn or error", g.logLevel)
 	}
-	opts := &slog.HandlerOptions{Level: lvl}
+	g.level.Set(lvl)
+	opts := &slog.HandlerOptions{Level: &g.level}
 	journal := os.Getenv("JOURNAL_STREAM") != ""
 	if journal {
 		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {

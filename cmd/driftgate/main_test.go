@@ -89,7 +89,8 @@ func TestUnitCommands(t *testing.T) {
 		wantCode int
 		wantOut  string
 	}{
-		{"ExecReload, valid file", with(lines["ExecReload"], good), 0, "valid"},
+		// A valid file goes to the agent, on the socket the file names.
+		{"ExecReload, valid file, no agent", with(lines["ExecReload"], good), 1, "asking the agent on /run/driftgate/control.sock"},
 		{"ExecReload, broken file", with(lines["ExecReload"], bad), exitConfig, "unknown key(s): bogus"},
 		{"ExecStart flags", append(with(lines["ExecStart"], good), "--help"), 0, "Usage:"},
 		{"ExecStopPost flags", append(with(lines["ExecStopPost"], good), "--help"), 0, "Usage:"},

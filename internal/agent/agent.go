@@ -89,6 +89,10 @@ type Agent struct {
 	term       *term  // the holding term, nil when not holding
 	annBefore  uint64 // announcements of earlier terms
 	acquiredAt time.Time
+	reloadMu sync.Mutex // one reload at a time
+	// live is the configuration as reloads left it (nil: none yet, the one
+	// the agent started with): what the next reload compares with.
+	live *config.Config
 
 	conflicts  atomic.Uint64
 	lastResync atomic.Int64 // ns: when checkRefused last registered a check again
@@ -159,10 +163,7 @@ func New(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) {
 		rc := cfg.Receive.ReceiverConfig
 		rc.Key, rc.NextKey, rc.Deliver = key, next, d
 		// A relay may send from a VIP too: the VIPs are sources.
-		rc.Sources = slices.Clone(rc.Sources)
-		for _, v := range cfg.VIPs {
-			rc.Sources = append(rc.Sources, netip.PrefixFrom(v.Prefix.Addr(), v.Prefix.Addr().BitLen()))
-		}
+		rc.Sources = a.sources(rc.Sources)
 		a.recv, err = gateway.NewReceiver(rc, a.log)
 		if err != nil {
 			d.Close()
@@ -594,6 +595,11 @@ func (a *Agent) drop() error {
 // holdTasks starts VIP i's announcer, conflict guard and probe in g.
 func (a *Agent) holdTasks(ctx context.Context, g *errgroup.Group, i int, allowed func() bool) func() uint64 {
 	v := a.cfg.VIPs[i]
+	a.mu.Lock()
+	if a.live != nil {
+		v = a.live.VIPs[i] // a reload's announce settings, from this term on
+	}
+	a.mu.Unlock()
 	ann, err := netvip.NewAnnouncer(v.VIP, v.Announce, allowed)
 	if err != nil {
 		a.log.Error("cannot announce the VIP", "vip", v.String(), "err", err)

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -27,7 +28,7 @@ type transitionEvent struct {
 // a slow or failing hook never delays the role loop. If transitions come
 // faster than hooks finish, the oldest queued ones are dropped and counted.
 type hookRunner struct {
-	hooks   []config.Hook
+	hooks   atomic.Pointer[[]config.Hook] // replaced whole by a reload
 	log     *slog.Logger
 	queue   chan transitionEvent
 	failed  atomic.Uint64
@@ -36,12 +37,20 @@ type hookRunner struct {
 }
 
 func newHookRunner(hooks []config.Hook, log *slog.Logger) *hookRunner {
-	return &hookRunner{hooks: hooks, log: log.With("component", "hooks"), queue: make(chan transitionEvent, 64)}
+	h := &hookRunner{log: log.With("component", "hooks"), queue: make(chan transitionEvent, 64)}
+	h.set(hooks)
+	return h
+}
+
+// set replaces the hooks (a reload); transitions queued already run them.
+func (h *hookRunner) set(hooks []config.Hook) {
+	hs := slices.Clone(hooks)
+	h.hooks.Store(&hs)
 }
 
 // enqueue never blocks.
 func (h *hookRunner) enqueue(e transitionEvent) {
-	if len(h.hooks) == 0 {
+	if len(*h.hooks.Load()) == 0 {
 		return
 	}
 	select {
@@ -69,7 +78,7 @@ func (h *hookRunner) Run(ctx context.Context) error {
 			h.drain(time.Now().Add(stopHookBudget))
 			return nil
 		case e := <-h.queue:
-			for _, hk := range h.hooks {
+			for _, hk := range *h.hooks.Load() {
 				h.run(context.Background(), hk, e)
 			}
 		}
@@ -84,7 +93,7 @@ func (h *hookRunner) drain(deadline time.Time) {
 	for {
 		select {
 		case e := <-h.queue:
-			for _, hk := range h.hooks {
+			for _, hk := range *h.hooks.Load() {
 				if ctx.Err() != nil {
 					h.dropped.Add(1)
 					h.log.Warn("stopping: no time left for a hook", "hook", hk.Name, "role", e.To.String())

@@ -37,11 +37,23 @@ func (a *Agent) Handler(reg *prometheus.Registry) http.Handler {
 
 // ControlHandler serves the control socket (control.socket, mode 0660,
 // group driftgate): /healthz, /status, /cluster (the election as Consul
-// shows it, so the CLI needs neither the configuration nor a token) and
-// POST /step-down.
-func (a *Agent) ControlHandler() http.Handler {
+// shows it, so the CLI needs neither the configuration nor a token), POST
+// /step-down and POST /reload, which calls reload (the process reads the
+// file again and applies it: Apply) and answers with its report, or 422
+// and the reason when nothing was applied.
+func (a *Agent) ControlHandler(reload func(context.Context) (ReloadReport, error)) http.Handler {
 	mux := http.NewServeMux()
 	a.readOnly(mux)
+	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
+		defer cancel()
+		rep, err := reload(ctx)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+			return
+		}
+		writeJSON(w, rep)
+	})
 	mux.HandleFunc("GET /cluster", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()

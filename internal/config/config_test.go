@@ -281,3 +281,34 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+// TestChanged: a reload is told what differs, section by section, and for
+// relay, receive, log and metrics field by field.
+func TestChanged(t *testing.T) {
+	base := merge(minimal, "log:\n  level: info\n")
+	a, err := Load(write(t, base), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, edit string
+		want       []string
+	}{
+		{"nothing", "", nil},
+		{"log level", "log:\n  level: debug\n", []string{"Log.Level"}},
+		{"hooks", "hooks:\n  - name: h\n    command: [/bin/true]\n", []string{"Hooks"}},
+		{"relay allow and receive sources", "relay:\n  listen: [\"198.18.0.100:5000\"]\n  group: 239.255.0.1:5001\n  allow: [198.18.0.0/24]\nreceive:\n  group: 239.255.0.1:5001\n  deliver: stdout\n  sources: [198.18.1.0/24]\n",
+			[]string{"Receive.Sources", "Relay.Allow"}},
+		{"election", "election:\n  profile: fast\n", []string{"Election"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := Load(write(t, merge(base, tt.edit)), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, Changed(a, b)); diff != "" {
+				t.Fatalf("Changed (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

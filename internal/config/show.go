@@ -3,6 +3,7 @@ package config
 import (
 	"net/netip"
 	"reflect"
+	"slices"
 	"time"
 )
 
@@ -70,4 +71,44 @@ func render(v reflect.Value) any {
 		return m
 	}
 	return v.Interface()
+}
+
+// Changed lists what differs between two configurations, as the names of
+// the sections of the effective configuration (Effective): "Hooks",
+// "Checks", "Election" …, and for Relay, Receive, Log and Metrics their
+// fields ("Relay.Allow", "Log.Level"), which a reload may apply apart.
+func Changed(old, new *Config) []string {
+	a, _ := old.Effective().(map[string]any)
+	b, _ := new.Effective().(map[string]any)
+	var out []string
+	for _, k := range sortedKeys(a, b) {
+		if reflect.DeepEqual(a[k], b[k]) {
+			continue
+		}
+		sa, oka := a[k].(map[string]any)
+		sb, okb := b[k].(map[string]any)
+		if !oka || !okb || (k != "Relay" && k != "Receive" && k != "Log" && k != "Metrics") {
+			out = append(out, k)
+			continue
+		}
+		for _, f := range sortedKeys(sa, sb) {
+			if !reflect.DeepEqual(sa[f], sb[f]) {
+				out = append(out, k+"."+f)
+			}
+		}
+	}
+	return out
+}
+
+func sortedKeys(ms ...map[string]any) []string {
+	var ks []string
+	for _, m := range ms {
+		for k := range m {
+			if !slices.Contains(ks, k) {
+				ks = append(ks, k)
+			}
+		}
+	}
+	slices.Sort(ks)
+	return ks
 }
