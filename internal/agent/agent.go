@@ -89,7 +89,7 @@ type Agent struct {
 	term       *term  // the holding term, nil when not holding
 	annBefore  uint64 // announcements of earlier terms
 	acquiredAt time.Time
-	reloadMu sync.Mutex // one reload at a time
+	reloadMu   sync.Mutex // one reload at a time
 	// live is the configuration as reloads left it (nil: none yet, the one
 	// the agent started with): what the next reload compares with.
 	live *config.Config
