@@ -29,7 +29,7 @@ help:
 	@echo "clean        remove build output"
 
 # Debian packages the tests and demo use; installed when missing and root.
-DEB_DEPS := iproute2:ip iputils-ping:ping util-linux:taskset
+DEB_DEPS := iproute2:ip iputils-ping:ping util-linux:taskset prometheus:promtool
 deps:
 	@missing=; for d in $(DEB_DEPS); do command -v $${d#*:} >/dev/null || missing="$$missing $${d%%:*}"; done; \
 	if [ -n "$$missing" ]; then \

@@ -26,6 +26,8 @@ want_files="/etc/driftgate/driftgate.yaml
 /usr/share/doc/driftgate/README.md
 /usr/share/doc/driftgate/election.md
 /usr/share/doc/driftgate/frame.md
+/usr/share/doc/driftgate/monitoring/driftgate-alerts.yml
+/usr/share/doc/driftgate/monitoring/driftgate-dashboard.json
 /usr/share/doc/driftgate/operations.md
 /usr/share/licenses/driftgate/LICENSE"
 got_files=$(rpm -qpl "$rpm" 2>/dev/null)

@@ -108,7 +108,7 @@ type agentCollector struct {
 	eligible                                   *prometheus.Desc
 	vipPresent, relayReceived, relayPackets    *prometheus.Desc
 	relayBytes, relaySendErrors, recvReceived  *prometheus.Desc
-	recvLocal                                  *prometheus.Desc
+	recvLocal, recvEpoch, lease                *prometheus.Desc
 	recvFrames, recvReordered, hooks           *prometheus.Desc
 	recvUnrecovered, recvMissing, recvRepaired *prometheus.Desc
 	recvNacks, recvRepairLatency               *prometheus.Desc
@@ -143,6 +143,8 @@ func (a *Agent) collector() prometheus.Collector {
 		relayBytes:        d("relay_bytes_total", "Relay payload bytes received.", "listen"),
 		relaySendErrors:   d("relay_send_errors_total", "Frames a destination refused, counted per destination.", "listen"),
 		recvReceived:      d("receiver_received_total", "Datagrams the receiver read."),
+		recvEpoch:         d("receiver_epoch", "The newest epoch the receiver accepted frames of: a receiver behind the others is on a deposed primary."),
+		lease:             d("lease_seconds", "The holder's lease (election.t_fence): lock_confirm_age_seconds reaching it ends the term."),
 		recvLocal:         d("receiver_local_total", "Frames the receiver took from this node's relay in process (as primary), not from a socket."),
 		recvFrames:        d("receiver_frames_total", "What became of each datagram the receiver read.", "result"),
 		recvReordered:     d("receiver_reordered_total", "Frames delivered after a later one, before they were asked for."),
@@ -185,6 +187,7 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 		g(c.role, v, r.String())
 	}
 	g(c.epoch, float64(st.Epoch))
+	g(c.lease, c.a.cfg.Election.Timing.TFence.Seconds())
 	g(c.eligible, map[bool]float64{true: 1}[st.Eligible])
 	if !st.LastConfirm.IsZero() {
 		g(c.sinceConfirm, time.Since(st.LastConfirm).Seconds())
@@ -219,6 +222,7 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 	if r := st.Receiver; r != nil {
 		ct(c.recvReceived, r.Received)
 		ct(c.recvLocal, r.Local)
+		g(c.recvEpoch, float64(r.Epoch))
 		for name, v := range receiverOutcomes(*r) {
 			ct(c.recvFrames, v, name)
 		}
