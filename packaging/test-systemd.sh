@@ -151,7 +151,8 @@ sleep 3
 ct journalctl -u driftgate.service --no-pager | grep_q "vips: none is set" || fail "the journal does not say the VIP is missing"
 ct ip -4 addr show dev eth0 | grep_q 198.18.7.100 && fail "the VIP is on eth0 although none is configured"
 
-step "configure: a VIP, a hook, a receiver"
+step "configure: a VIP, two hooks (one the shipped example), a receiver"
+ct cp /etc/driftgate/driftgate.yaml /root/shipped.yaml
 ct_sh 'cat > /etc/driftgate/driftgate.yaml' <<'EOF'
 node: ct
 consul:
@@ -173,9 +174,10 @@ hooks:
   - name: record
     command: ["/bin/sh", "-c", "echo \"$DRIFTGATE_PREVIOUS_ROLE -> $DRIFTGATE_ROLE\" >> /var/lib/driftgate/hooks.log"]
     timeout: 5s
-log:
-  level: info
 EOF
+# The shipped example hook, as the packaged file has it.
+ct_sh 'grep -A3 "^  - name: notify" /root/shipped.yaml >> /etc/driftgate/driftgate.yaml && printf "log:\n  level: info\n" >> /etc/driftgate/driftgate.yaml'
+ct driftgate config check /etc/driftgate/driftgate.yaml >/dev/null 2>&1 || fail "the test's configuration is invalid: $(ct driftgate config check /etc/driftgate/driftgate.yaml 2>&1 | tail -3)"
 ct systemctl reset-failed driftgate.service
 
 step "start: active, READY, primary, VIP on eth0"
@@ -230,6 +232,9 @@ vip_present && fail "the VIP is still on eth0 after stop"
 prop driftgate.service ExecStopPost | grep_q "code=exited ; status=0" || fail "ExecStopPost (driftgate cleanup) did not run cleanly: $(prop driftgate.service ExecStopPost)"
 ct grep -q "primary -> fenced\|primary -> standby\|-> stopping" /var/lib/driftgate/hooks.log || fail "no hook ran for the stop: $(ct cat /var/lib/driftgate/hooks.log)"
 
+ct journalctl -p warning -u driftgate.service --no-pager -o cat | grep_q "leaving leadership" && fail "a clean stop logged a warning: $(ct journalctl -p warning -u driftgate.service --no-pager -o cat | grep "leaving leadership")"
+ct journalctl -t driftgate-hook --no-pager -o cat | grep_q "ct: primary -> " || fail "the shipped example hook logged nothing: $(ct journalctl -t driftgate-hook --no-pager -o cat)"
+
 step "kill -9: restarted, cleaned up, primary again"
 ct systemctl start driftgate.service
 wait_for 20 "primary after start" status_primary
@@ -238,6 +243,7 @@ ct systemctl kill -s KILL driftgate.service
 wait_for 20 "a restart after kill -9" ct_sh "[ \"\$(systemctl show -P NRestarts driftgate.service)\" -gt $restarts ]"
 wait_for 20 "primary after the restart" status_primary
 ct journalctl -u driftgate.service --no-pager -o cat | grep_q "removed 198.18.7.100/24" || fail "ExecStopPost did not remove the VIP the killed agent left"
+[ "$(ct stat -c %a /var/lib/driftgate)" = 750 ] || fail "/var/lib/driftgate is $(ct stat -c %a /var/lib/driftgate) after starts, want 750"
 
 step "watchdog: a stopped process is killed and restarted"
 restarts=$(prop driftgate.service NRestarts)
@@ -257,6 +263,7 @@ timeout 20 nsenter -t "$leader" -a -- systemctl restart driftgate.service || fai
 waiting() { prop driftgate.service StatusText | grep_q "waiting for Consul"; }
 wait_for 10 "the status text to say it waits for Consul" waiting
 vip_present && fail "the VIP is on eth0 with Consul away"
+ct journalctl -p warning -u driftgate.service --no-pager -o cat | grep_q "registering with Consul failed" || fail "journalctl -p warning does not show the warning that Consul is away"
 ct systemctl unmask --runtime --quiet consul.service
 ct systemctl start consul.service
 wait_for 40 "primary once Consul is back" status_primary
