@@ -539,3 +539,50 @@ func TestRelayGRO(t *testing.T) {
 		t.Fatalf("relay stats %+v: want %d received, 1 truncated", st, len(sent)+1)
 	}
 }
+
+// TestRelayReloadDestinations: a reload's allowlist and unicast
+// destinations take effect from the next batch: a sender refused, then a
+// second receiver added, both without a restart.
+func TestRelayReloadDestinations(t *testing.T) {
+	relay, _, col, in := startRelayReceiver(t, "127.0.0.1", nil, nil, nil)
+	src, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	send := func(msg string) {
+		before := relay.Stats()[0].Received
+		src.Write([]byte(msg))
+		testkit.WaitFor(t, "the relay to read", 5*time.Second, func() bool { return relay.Stats()[0].Received > before })
+	}
+	send("allowed")
+	testkit.WaitFor(t, "the first frame", 5*time.Second, func() bool { return col.count() == 1 })
+	relay.SetAllow(Allowlist{netip.MustParsePrefix("198.18.0.0/15")}) // loopback no longer
+	send("refused")
+	if st := relay.Stats()[0]; st.Dropped["not_allowed"] != 1 {
+		t.Fatalf("after SetAllow: %+v, want one not_allowed", st)
+	}
+	relay.SetAllow(nil)
+	second := &collector{}
+	out2 := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t, "127.0.0.1"))
+	rcv2, err := NewReceiver(ReceiverConfig{Listen: out2, Deliver: second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := rcv2.Bind(ctx); err != nil {
+		t.Fatal(err)
+	}
+	go rcv2.Run(ctx)
+	if err := relay.SetStaticUnicast([]netip.AddrPort{relay.cfg.Unicast[0], out2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := relay.SetStaticUnicast([]netip.AddrPort{netip.MustParseAddrPort("198.18.0.1:0")}); err == nil {
+		t.Fatal("SetStaticUnicast took a destination with port 0")
+	}
+	send("both")
+	// The new receiver gets it, and the feed's first frame too: its first
+	// was the second of the feed, so it asks for the head (repaired).
+	testkit.WaitFor(t, "both receivers", 5*time.Second, func() bool { return col.count() == 2 && second.count() == 2 })
+}
