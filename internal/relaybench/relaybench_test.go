@@ -50,9 +50,7 @@ type relayKind struct {
 // result of one configuration.
 type result struct {
 	relay, workload string
-	rate            float64 // highest loss-free datagrams/s found
-	cpuUS           float64 // relay CPU µs per datagram at that rate
-	genLimited      bool    // the generator could not go faster
+	found           // rate: loss-free datagrams/s; cpuUS: the relay's CPU µs per datagram at it
 }
 
 func TestRelayComparison(t *testing.T) {
@@ -236,29 +234,42 @@ func measure(t *testing.T, k relayKind, bin string, sizes Sizes, mcast bool) res
 		}
 		return got == uint64(sent)*dests, achieved, float64(cpu1-cpu0) / 1e3 / float64(sent)
 	}
-	res := result{}
-	lo, hi := minRate, maxRate
+	return result{found: search(t, k.name, maxRate, trial)}
+}
+
+// found is what a rate search found: the highest loss-free rate, the CPU per
+// datagram at it, and whether the generator was the limit.
+type found struct {
+	rate       float64
+	cpuUS      float64
+	genLimited bool
+}
+
+// search finds the highest rate between minRate and hi at which trial
+// loses nothing, halving the interval searchStep times.
+func search(t *testing.T, name string, hi float64, trial func(rate float64) (ok bool, achieved, cpuUS float64)) found {
+	var res found
+	lo := minRate
 	if ok, _, cpu := trial(lo); ok {
 		res.rate, res.cpuUS = lo, cpu
 	} else {
-		t.Logf("%s: loses datagrams even at %.0f/s", k.name, lo)
+		t.Logf("%s: loses datagrams even at %.0f/s", name, lo)
 		return res
 	}
 	for range searchStep {
 		mid := (lo + hi) / 2
 		ok, achieved, cpu := trial(mid)
-		genLimited := achieved < 0.97*mid
 		switch {
-		case ok && genLimited:
+		case ok && achieved < 0.97*mid:
 			// Nothing lost, but the generator could not send faster:
-			// the relay's loss-free rate is at least what was achieved,
-			// and nothing above it can be tried.
+			// the loss-free rate is at least what was achieved, and
+			// nothing above it can be tried.
 			if achieved > res.rate {
-				res.rate, res.cpuUS, res.genLimited = achieved, cpu, true
+				res = found{achieved, cpu, true}
 			}
 			hi = mid
 		case ok:
-			lo, res.rate, res.cpuUS, res.genLimited = mid, achieved, cpu, false
+			lo, res = mid, found{achieved, cpu, false}
 		default:
 			hi = mid
 		}

@@ -78,9 +78,7 @@ func teeKinds(bin, baseline, samplicate string) map[string]teeKind {
 
 type teeResult struct {
 	kind, workload string
-	rate           float64 // highest rate at which both applications got everything
-	cpuUS          float64 // the primary host's processes' CPU µs per datagram at that rate
-	genLimited     bool
+	found          // rate: both applications got everything; cpuUS: the primary's processes' CPU µs per datagram
 }
 
 // TestTeeEndToEnd measures the whole tee (make bench-tee).
@@ -217,30 +215,7 @@ func measureTee(t *testing.T, k teeKind, bin string, sizes Sizes) teeResult {
 		}
 		return g1 == uint64(sent) && g2 == uint64(sent), float64(sent) / el.Seconds(), float64(c1-c0) / 1e3 / float64(sent)
 	}
-	res := teeResult{}
-	lo, hi := minRate, teeMaxRte
-	if ok, _, c := trial(lo); ok {
-		res.rate, res.cpuUS = lo, c
-	} else {
-		t.Logf("%s: loses datagrams even at %.0f/s", k.name, lo)
-		return res
-	}
-	for range searchStep {
-		mid := (lo + hi) / 2
-		ok, achieved, c := trial(mid)
-		switch {
-		case ok && achieved < 0.97*mid:
-			if achieved > res.rate {
-				res.rate, res.cpuUS, res.genLimited = achieved, c, true
-			}
-			hi = mid
-		case ok:
-			lo, res.rate, res.cpuUS, res.genLimited = mid, achieved, c, false
-		default:
-			hi = mid
-		}
-	}
-	return res
+	return teeResult{found: search(t, k.name, teeMaxRte, trial)}
 }
 
 func printTeeTable(rs []teeResult) {
