@@ -36,6 +36,23 @@ func unixApp(t *testing.T) (*net.UnixConn, string, Deliverer) {
 	return app, path, d
 }
 
+// udpApp is an application's UDP socket on loopback and a udp://
+// deliverer to it; both are closed when the test ends.
+func udpApp(t *testing.T) (*net.UDPConn, Deliverer) {
+	t.Helper()
+	app, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	d, err := ParseDeliver("udp://"+app.LocalAddr().String(), OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return app, d
+}
+
 func TestDeliverUnix(t *testing.T) {
 	app, path, d := unixApp(t)
 	f, raw := testFrame()
@@ -127,16 +144,7 @@ func TestDeliverSurvivesStall(t *testing.T) {
 }
 
 func TestDeliverUDPPayloadOnly(t *testing.T) {
-	app, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	d, err := ParseDeliver("udp://"+app.LocalAddr().String(), OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	app, d := udpApp(t)
 	f, raw := testFrame()
 	if err := d.Deliver(&f, raw); err != nil {
 		t.Fatal(err)
@@ -198,16 +206,7 @@ func TestParseDeliverURL(t *testing.T) {
 // with its own size; a batch longer than one system call and a mixed tail
 // too. The whole frame of each goes to a unix socket just the same.
 func TestDeliverBatches(t *testing.T) {
-	app, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	d, err := ParseDeliver("udp://"+app.LocalAddr().String(), OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	app, d := udpApp(t)
 	uapp, _, ud := unixApp(t)
 	codec := NewCodec(nil)
 	var sizes []int
