@@ -57,6 +57,13 @@ func (c *collector) count() int {
 // receiver on loop:rport, and returns them with the relay's ingress address.
 func startRelayReceiver(t *testing.T, loop string, rkey, key []byte, allow Allowlist) (*Relay, *Receiver, *collector, netip.AddrPort) {
 	t.Helper()
+	return startTee(t, loop, rkey, key, allow, nil)
+}
+
+// startTee is startRelayReceiver with local, if not nil, as the relay's
+// receiver in process (SetLocal), run too.
+func startTee(t *testing.T, loop string, rkey, key []byte, allow Allowlist, local *Receiver) (*Relay, *Receiver, *collector, netip.AddrPort) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	in := netip.AddrPortFrom(netip.MustParseAddr(loop), freePort(t, loop))
 	out := netip.AddrPortFrom(netip.MustParseAddr(loop), freePort(t, loop))
@@ -72,12 +79,21 @@ func startRelayReceiver(t *testing.T, loop string, rkey, key []byte, allow Allow
 	if err := recv.Bind(ctx); err != nil {
 		t.Fatal(err)
 	}
-	errs := make(chan error, 2)
-	go func() { errs <- relay.Run(ctx) }()
-	go func() { errs <- recv.Run(ctx) }()
+	runs := []interface{ Run(context.Context) error }{relay, recv}
+	if local != nil {
+		relay.SetLocal(local)
+		if err := local.Bind(ctx); err != nil {
+			t.Fatal(err)
+		}
+		runs = append(runs, local)
+	}
+	errs := make(chan error, len(runs))
+	for _, r := range runs {
+		go func() { errs <- r.Run(ctx) }()
+	}
 	t.Cleanup(func() {
 		cancel()
-		for range 2 {
+		for range runs {
 			if err := <-errs; err != nil {
 				t.Errorf("Run returned %v after cancel, want nil", err)
 			}
@@ -428,38 +444,13 @@ func TestLocalReceiver(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			lo := netip.MustParseAddr("127.0.0.1")
-			in, out := netip.AddrPortFrom(lo, freePort(t, "127.0.0.1")), netip.AddrPortFrom(lo, freePort(t, "127.0.0.1"))
-			relay, err := NewRelay(RelayConfig{Listen: []netip.AddrPort{in}, Unicast: []netip.AddrPort{out}, Key: key, Epoch: 7}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			remote := &collector{}
-			rrcv, err := NewReceiver(ReceiverConfig{Listen: out, Key: key, Deliver: remote}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
 			col := &collector{}
-			rcv, err := NewReceiver(ReceiverConfig{Listen: netip.AddrPortFrom(lo, freePort(t, "127.0.0.1")),
+			rcv, err := NewReceiver(ReceiverConfig{Listen: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t, "127.0.0.1")),
 				Key: tt.localKey, ConfirmEpochs: tt.confirm, Deliver: col}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			relay.SetLocal(rcv)
-			var wg sync.WaitGroup
-			defer wg.Wait()
-			defer cancel()
-			for _, run := range []interface {
-				Bind(context.Context) error
-				Run(context.Context) error
-			}{rrcv, rcv, relay} {
-				if err := run.Bind(ctx); err != nil {
-					t.Fatal(err)
-				}
-				wg.Go(func() { run.Run(ctx) })
-			}
+			relay, _, remote, in := startTee(t, "127.0.0.1", key, key, nil, rcv)
 			src, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(in))
 			if err != nil {
 				t.Fatal(err)

@@ -157,6 +157,9 @@ func TestLoopbackRepair(t *testing.T) {
 			link.mu.Lock()
 			dropped := link.dropped
 			link.mu.Unlock()
+			// A request counts as sent once its send returned, which may
+			// be after its answer was delivered.
+			testkit.Poll(2*time.Second, func() bool { return recv.Stats().Nacks > 0 })
 			st := recv.Stats()
 			got := struct{ Repaired, Unrecovered, Missing, Duplicates uint64 }{st.Repaired, st.Unrecovered, st.Missing, st.Duplicates}
 			want := got
