@@ -313,14 +313,9 @@ standby takes over; this node stays standby for election.step_down_hold_off.`,
 			if err != nil {
 				return err
 			}
-			resp, err := controlClient(sock, 15*time.Second).Post("http://agent/step-down", "text/plain", nil)
+			body, err := postControl(sock, "step-down", 15*time.Second)
 			if err != nil {
-				return fmt.Errorf("asking the agent on %s: %w", sock, err)
-			}
-			defer resp.Body.Close()
-			body, _ := io.ReadAll(resp.Body)
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("agent on %s: %s", sock, strings.TrimSpace(string(body)))
+				return err
 			}
 			fmt.Fprint(c.OutOrStdout(), string(body))
 			return nil
@@ -385,6 +380,25 @@ func controlSocket(c *cobra.Command, socket, path string) (string, error) {
 		return "", usagef("control.socket is off in %s: the agent takes no commands", path)
 	}
 	return cfg.Control.Socket, nil
+}
+
+// postControl POSTs to the agent's action on its control socket; a non-200
+// answer is an error carrying the agent's reason (configError for 422: a
+// file the agent would not take).
+func postControl(sock, action string, timeout time.Duration) ([]byte, error) {
+	resp, err := controlClient(sock, timeout).Post("http://agent/"+action, "text/plain", nil)
+	if err != nil {
+		return nil, fmt.Errorf("asking the agent on %s: %w", sock, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return body, nil
+	case http.StatusUnprocessableEntity:
+		return nil, configError{fmt.Errorf("agent on %s: %s", sock, strings.TrimSpace(string(body)))}
+	}
+	return nil, fmt.Errorf("agent on %s: %s", sock, strings.TrimSpace(string(body)))
 }
 
 func newStatusCmd() *cobra.Command {
@@ -577,9 +591,10 @@ invalid file changes nothing and exits 78, naming the key (the unit's
 ExecReload, so systemctl reload fails with the reason in the journal).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if !c.Flags().Changed("socket") {
-				// Checked here first, so the error names the key even when
-				// the agent is not running.
+			// The file is checked here first (controlSocket reads it for
+			// --config), so the error names the key even when the agent is
+			// not running.
+			if !c.Flags().Changed("socket") && !c.Flags().Changed("config") {
 				if _, err := loadConfig(c, path); err != nil {
 					return err
 				}
@@ -588,18 +603,9 @@ ExecReload, so systemctl reload fails with the reason in the journal).`,
 			if err != nil {
 				return err
 			}
-			resp, err := controlClient(sock, 20*time.Second).Post("http://agent/reload", "text/plain", nil)
+			body, err := postControl(sock, "reload", 20*time.Second)
 			if err != nil {
-				return fmt.Errorf("asking the agent on %s: %w", sock, err)
-			}
-			defer resp.Body.Close()
-			body, _ := io.ReadAll(resp.Body)
-			switch resp.StatusCode {
-			case http.StatusOK:
-			case http.StatusUnprocessableEntity:
-				return configError{fmt.Errorf("agent on %s: %s", sock, strings.TrimSpace(string(body)))}
-			default:
-				return fmt.Errorf("agent on %s: %s", sock, strings.TrimSpace(string(body)))
+				return err
 			}
 			var rep agent.ReloadReport
 			if err := json.Unmarshal(body, &rep); err != nil {
