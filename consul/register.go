@@ -228,11 +228,9 @@ func (r *Registration) UpdateChecks(ctx context.Context, checks []CheckSpec) err
 	if !slices.Equal(names, now) {
 		return ErrChecksChanged
 	}
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	have, err := r.c.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(rctx))
-	cancel()
+	have, err := r.agentChecks(ctx)
 	if err != nil {
-		return fmt.Errorf("listing the local agent's checks: %w", err)
+		return err
 	}
 	for _, ch := range checks {
 		status := api.HealthCritical
@@ -251,6 +249,17 @@ func (r *Registration) UpdateChecks(ctx context.Context, checks []CheckSpec) err
 	return nil
 }
 
+// agentChecks lists the local agent's checks, by ID.
+func (r *Registration) agentChecks(ctx context.Context) (map[string]*api.AgentCheck, error) {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	have, err := r.c.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(rctx))
+	if err != nil {
+		return nil, fmt.Errorf("listing the local agent's checks: %w", err)
+	}
+	return have, nil
+}
+
 func (r *Registration) registerCheck(ctx context.Context, reg *api.AgentCheckRegistration) error {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -267,11 +276,9 @@ func (r *Registration) Restore(ctx context.Context) error {
 	if err := r.registerService(ctx); err != nil {
 		return err
 	}
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	have, err := r.c.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(rctx))
-	cancel()
+	have, err := r.agentChecks(ctx)
 	if err != nil {
-		return fmt.Errorf("listing the local agent's checks: %w", err)
+		return err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -309,12 +316,12 @@ func (r *Registration) SetHeartbeatNote(fn func() string) { r.note.Store(&fn) }
 // the TTL checks hear Reconnected, to set them again should they have
 // changed meanwhile.
 func (r *Registration) Resync(ctx context.Context, ids ...string) error {
+	have, err := r.agentChecks(ctx)
+	if err != nil {
+		return fmt.Errorf("resyncing checks: %w", err)
+	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	have, err := r.c.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(rctx))
-	if err != nil {
-		return fmt.Errorf("resyncing checks: listing the local agent's checks: %w", err)
-	}
 	q := (&api.QueryOptions{}).WithContext(rctx)
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -2,12 +2,17 @@ package consul
 
 import (
 	"context"
+	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/hashicorp/consul/api"
 
 	"driftgate/consul/consultest"
 
@@ -160,5 +165,63 @@ func TestRestore(t *testing.T) {
 	want := map[string]string{reg.HeartbeatID(): "passing", "driftgate-restore:link": "critical"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("checks after Restore (-want +got):\n%s", diff)
+	}
+}
+
+// TestUpdateChecks: a reload's new check definitions are registered in the
+// status the checks have, so a session bound to them (a primary's) lives
+// on; a check added or removed is refused (ErrChecksChanged), changing
+// nothing.
+func TestUpdateChecks(t *testing.T) {
+	c := sharedServer(t)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	defer app.Close()
+	spec := CheckSpec{Name: "app", HTTP: app.URL, Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond}
+	reg, err := Register(t.Context(), c, ServiceConfig{Name: "driftgate", ID: "driftgate-update", Node: "update", Port: 5000,
+		HeartbeatTTL: time.Hour, Checks: []CheckSpec{spec}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Deregister(context.Background()) })
+	const id = "driftgate-update:check:app"
+	status := func() string {
+		checks, err := c.Agent().Checks()
+		if err != nil || checks[id] == nil {
+			t.Fatalf("the agent's checks: %v, %v", checks, err)
+		}
+		return checks[id].Status
+	}
+	testkit.WaitFor(t, "the check to pass", 10*time.Second, func() bool { return status() == api.HealthPassing })
+	// The servers take the session once the agent synced the passing check.
+	var sess string
+	testkit.WaitFor(t, "a session bound to the check", 10*time.Second, func() bool {
+		sess, _, err = c.Session().Create(&api.SessionEntry{Name: "update", Checks: []string{"serfHealth", id}, LockDelay: time.Millisecond}, nil)
+		return err == nil
+	})
+	defer c.Session().Destroy(sess, nil)
+
+	// The new definition: another URL. Registered critical, the check
+	// would end the session before its first run; kept passing, the
+	// session lives and the new URL is asked.
+	var hits atomic.Int64
+	app2 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { hits.Add(1) }))
+	defer app2.Close()
+	spec.HTTP = app2.URL
+	if err := reg.UpdateChecks(t.Context(), []CheckSpec{spec}); err != nil {
+		t.Fatal(err)
+	}
+	if s := status(); s != api.HealthPassing {
+		t.Fatalf("right after the update: %s, want passing", s)
+	}
+	testkit.WaitFor(t, "the new URL to be checked", 10*time.Second, func() bool { return hits.Load() >= 2 })
+	if e, _, err := c.Session().Info(sess, &api.QueryOptions{RequireConsistent: true}); err != nil || e == nil {
+		t.Fatalf("the session bound to the check is gone after the update (%v)", err)
+	}
+	other := CheckSpec{Name: "other", TCP: "127.0.0.1:1", Interval: time.Second, Timeout: time.Second}
+	if err := reg.UpdateChecks(t.Context(), []CheckSpec{spec, other}); !errors.Is(err, ErrChecksChanged) {
+		t.Fatalf("a check added: %v, want ErrChecksChanged", err)
+	}
+	if checks, _ := c.Agent().Checks(); checks["driftgate-update:check:other"] != nil {
+		t.Fatal("a refused update registered the added check")
 	}
 }
