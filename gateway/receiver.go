@@ -424,7 +424,10 @@ func (r *Receiver) endBatch() {
 
 // takeLocal takes frames from the relay in this process (Relay.SetLocal):
 // each is checked as a datagram read from the network would be, but for
-// its source, which is this process.
+// its source, which is this process. The tag is verified again although
+// this process made it: with receive.key_file not relay.key_file, the
+// standbys reject the feed, and so must the primary's own receiver, or the
+// nodes would deliver different feeds.
 func (r *Receiver) takeLocal(frames [][]byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

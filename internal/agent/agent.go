@@ -132,12 +132,8 @@ func New(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) {
 		return nil, err
 	}
 	rc := cfg.Relay.RelayConfig
-	if cfg.Receive.Enabled && cfg.Receive.Listen.IsValid() {
-		// This node's receiver takes the frames in process (SetLocal);
-		// a duplicate copy by the network costs a send and a read.
-		if u := slices.DeleteFunc(slices.Clone(rc.Unicast), func(ap netip.AddrPort) bool { return ap == cfg.Receive.Listen }); len(u) > 0 || rc.Group.IsValid() || rc.DynamicUnicast {
-			rc.Unicast = u
-		}
+	if u := a.remoteReceivers(rc.Unicast); len(u) > 0 || rc.Group.IsValid() || rc.DynamicUnicast {
+		rc.Unicast = u // else this node alone: keep it, the relay needs a destination
 	}
 	if cfg.Relay.KeyFile != "" {
 		if rc.Key, rc.NextKey, err = gateway.LoadKeys(cfg.Relay.KeyFile); err != nil {
@@ -772,11 +768,11 @@ func (a *Agent) State() State {
 	return st
 }
 
-// remoteReceivers are the unicast receivers the relay sends to: all of the
-// service's but this node's own, which takes the frames in process
-// (Relay.SetLocal).
+// remoteReceivers are the unicast receivers the relay sends to: all of
+// these but this node's own, which takes the frames in process
+// (Relay.SetLocal): a copy by the network would cost a send and a read.
 func (a *Agent) remoteReceivers(all []netip.AddrPort) []netip.AddrPort {
-	if a.recv == nil || !a.cfg.Receive.Listen.IsValid() {
+	if !a.cfg.Receive.Enabled || !a.cfg.Receive.Listen.IsValid() {
 		return all
 	}
 	return slices.DeleteFunc(slices.Clone(all), func(ap netip.AddrPort) bool { return ap == a.cfg.Receive.Listen })

@@ -86,11 +86,7 @@ func (a *Agent) Apply(ctx context.Context, nc *config.Config) (ReloadReport, err
 			apply = append(apply, func() { a.relay.SetAllow(nc.Relay.Allow) })
 			next.Relay.Allow = nc.Relay.Allow
 		case k == "Relay.Unicast":
-			u := nc.Relay.Unicast
-			if a.cfg.Receive.Enabled && a.cfg.Receive.Listen.IsValid() {
-				u = slices.DeleteFunc(slices.Clone(u), func(ap netip.AddrPort) bool { return ap == a.cfg.Receive.Listen })
-			}
-			if err := a.relay.SetStaticUnicast(u); err != nil {
+			if err := a.relay.SetStaticUnicast(a.remoteReceivers(nc.Relay.Unicast)); err != nil {
 				return ReloadReport{}, fmt.Errorf("relay.unicast: %w", err)
 			}
 			next.Relay.Unicast = nc.Relay.Unicast
