@@ -62,7 +62,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// Under systemd the final error reaches the journal as an error
 	// (priority 3), like the logger's own error lines.
 	prefix := ""
-	if os.Getenv("JOURNAL_STREAM") != "" {
+	if toJournal() {
 		prefix = "<3>"
 	}
 	fmt.Fprintf(stderr, "%sdriftgate: %v\n", prefix, err)
@@ -108,6 +108,10 @@ func newVersionCmd() *cobra.Command {
 	}
 }
 
+// toJournal: the output goes to the journal (systemd sets JOURNAL_STREAM
+// for a unit's stdout and stderr).
+func toJournal() bool { return os.Getenv("JOURNAL_STREAM") != "" }
+
 // logger builds the process logger. Under systemd (JOURNAL_STREAM set) the
 // journal adds timestamps, so the handler leaves them out, and each line
 // carries its syslog priority (journalHandler).
@@ -118,7 +122,7 @@ func (g *globals) logger(w io.Writer) (*slog.Logger, error) {
 	}
 	g.level.Set(lvl)
 	opts := &slog.HandlerOptions{Level: &g.level}
-	journal := os.Getenv("JOURNAL_STREAM") != ""
+	journal := toJournal()
 	if journal {
 		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
 			if len(groups) == 0 && a.Key == slog.TimeKey {
