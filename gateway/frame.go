@@ -18,6 +18,9 @@ const (
 	Version = 1
 	// FlagAuth marks a frame that ends with an authentication tag.
 	FlagAuth = 0x01
+	// FlagRecord marks a record: a frame the relay made itself for the
+	// agents (Relay.Publish), never delivered to the application.
+	FlagRecord = 0x02
 	// MaxPayload is the largest payload the 16-bit length field can carry.
 	MaxPayload = 0xffff
 	// MinKeyLen is the shortest HMAC key accepted (256 bits).
@@ -36,7 +39,7 @@ const (
 	ReasonShort      Reason = iota + 1 // shorter than the fixed header
 	ReasonMagic                        // first two bytes are not "DG"
 	ReasonVersion                      // version is not 1
-	ReasonFlags                        // a flag bit other than bit 0 is set
+	ReasonFlags                        // a flag bit other than bits 0 and 1 is set
 	ReasonHeaderLen                    // header length field < 52
 	ReasonLength                       // payload length does not match the datagram
 	ReasonTagMissing                   // a key is configured but the frame has no tag
@@ -77,7 +80,8 @@ func Reasons() []Reason {
 
 // Header is the decoded fixed part of a frame.
 type Header struct {
-	// Flags as found on the wire (FlagAuth).
+	// Flags as found on the wire (FlagAuth, FlagRecord); encoding sets
+	// FlagAuth by the key and keeps FlagRecord.
 	Flags uint8
 	// IngressPort is the relay's local UDP port the datagram arrived on.
 	IngressPort uint16
@@ -203,7 +207,7 @@ func (c *Codec) Decode(b []byte) (Frame, error) {
 		return f, ReasonVersion
 	}
 	flags := b[3]
-	if flags&^FlagAuth != 0 {
+	if flags&^(FlagAuth|FlagRecord) != 0 {
 		return f, ReasonFlags
 	}
 	hlen := int(binary.BigEndian.Uint16(b[4:]))

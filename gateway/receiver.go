@@ -97,6 +97,7 @@ type ReceiverStats struct {
 	Received    uint64            // datagrams read
 	Local       uint64            // frames taken from the relay in this process (Relay.SetLocal)
 	Delivered   uint64            // frames handed to the application
+	Records     uint64            // records taken (SetRecords), never delivered
 	Held        uint64            // in sequence order: frames waiting behind a hole now
 	Skipped     uint64            // in sequence order: holes given up after the hold time
 	Rejected    map[string]uint64 // by decode reason (see Reason)
@@ -199,6 +200,7 @@ type Receiver struct {
 
 	deliverFn func(*Frame, []byte)
 	firstErr  error // the first delivery error of the current batch
+	records   func(epoch uint64, rec []byte) // SetRecords; nil: dropped
 	reqs      []request
 	nackStats struct{ sent, frames, errors atomic.Uint64 }
 }
@@ -672,9 +674,27 @@ func (r *Receiver) RepairPort() uint16 {
 	return r.repairConn.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 }
 
-// deliver hands one frame to the application; callers hold mu and call
-// flush after the batch.
+// SetRecords sets the handler of records (frames flagged FlagRecord, which
+// the relay makes itself: Relay.Publish), called in feed order with the
+// receiver locked: it must copy what it keeps, return quickly and not call
+// the receiver. Without one they are dropped; they never reach the
+// application. Call it before Run.
+func (r *Receiver) SetRecords(f func(epoch uint64, rec []byte)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.records = f
+}
+
+// deliver hands one frame to the application, or a record to the record
+// handler; callers hold mu and call flush after the batch.
 func (r *Receiver) deliver(f *Frame, raw []byte) {
+	if f.Flags&FlagRecord != 0 {
+		r.st.Records++
+		if r.records != nil {
+			r.records(f.Epoch, f.Payload)
+		}
+		return
+	}
 	if err := r.cfg.Deliver.Deliver(f, raw); err != nil {
 		r.st.DeliverErrors++
 		if r.firstErr == nil {

@@ -176,6 +176,12 @@ type Relay struct {
 	rep       *repairer                 // nil: repair off
 	local     *Receiver                 // from SetLocal: this host's receiver, in process
 	allow     atomic.Pointer[Allowlist] // the ingress allowlist (SetAllow)
+
+	pubMu    sync.Mutex // guards pubCodec and pubBuf (Publish)
+	pubCodec *Codec
+	pubBuf   []byte
+	pubRaw   [][]byte
+	records  atomic.Uint64
 }
 
 // NewRelay checks cfg and returns a relay; it opens nothing. Call Bind to
@@ -228,6 +234,71 @@ func (r *Relay) SetDeadline(t time.Time) {
 	}
 	r.deadline.Store(max(1, int64(t.Sub(r.base))))
 }
+
+// ErrNotForwarding: Publish on a relay that does not forward (not the
+// primary, or past its lease deadline).
+var ErrNotForwarding = errors.New("the relay is not forwarding (not the primary)")
+
+// Publish sends record, a message of the agent's own, as a frame of the
+// feed flagged FlagRecord (docs/frame.md, "Records"): in sequence, kept for
+// repair, to every destination and the receiver in process, which hand it
+// to their record handler (Receiver.SetRecords) and never to the
+// application. It is safe while Run is running; ErrNotForwarding if the
+// relay does not forward.
+func (r *Relay) Publish(record []byte) error {
+	if r.stopped.Load() || r.pastDeadline() {
+		return ErrNotForwarding
+	}
+	if len(record) > MaxRelayPayload {
+		return fmt.Errorf("publishing a record: %d bytes, more than %d", len(record), MaxRelayPayload)
+	}
+	r.mu.Lock()
+	var l *relayListener
+	if len(r.listeners) > 0 {
+		l = r.listeners[0]
+	}
+	r.mu.Unlock()
+	if l == nil {
+		return errors.New("publishing a record: the relay is not bound")
+	}
+	r.pubMu.Lock()
+	defer r.pubMu.Unlock()
+	if r.pubCodec == nil {
+		r.pubCodec = NewCodec(r.cfg.Key, r.cfg.NextKey)
+		r.pubRaw = make([][]byte, 1)
+	}
+	sp := r.space.Load()
+	seq := sp.last.Add(1)
+	r.pubBuf = r.pubCodec.AppendFrame(r.pubBuf[:0], Header{Flags: FlagRecord, Epoch: sp.epoch, Seq: seq, Timestamp: time.Now().UnixNano()}, record)
+	r.pubRaw[0] = r.pubBuf
+	if r.rep != nil {
+		r.rep.ring.put(sp.epoch, seq, r.pubBuf)
+	}
+	var errs []error
+	for _, d := range *l.dests.Load() {
+		if _, err := d.conn.WriteToUDPAddrPort(r.pubBuf, d.addr); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	sp.sentUpTo(seq)
+	r.records.Add(1)
+	if r.local != nil {
+		r.local.takeLocal(r.pubRaw)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("publishing a record: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// pastDeadline reports whether the lease deadline (SetDeadline) passed.
+func (r *Relay) pastDeadline() bool {
+	d := r.deadline.Load()
+	return d != 0 && int64(time.Since(r.base)) > d
+}
+
+// Records counts the records published (Publish).
+func (r *Relay) Records() uint64 { return r.records.Load() }
 
 // Forwarding reports whether the relay forwards.
 func (r *Relay) Forwarding() bool { return !r.stopped.Load() }
