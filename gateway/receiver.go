@@ -199,7 +199,7 @@ type Receiver struct {
 	srcBuckets  buckets             // per prefix-allowed source
 
 	deliverFn func(*Frame, []byte)
-	firstErr  error // the first delivery error of the current batch
+	firstErr  error                          // the first delivery error of the current batch
 	records   func(epoch uint64, rec []byte) // SetRecords; nil: dropped
 	reqs      []request
 	nackStats struct{ sent, frames, errors atomic.Uint64 }
