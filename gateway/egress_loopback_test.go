@@ -172,11 +172,15 @@ func TestEgressFailoverThroughFeed(t *testing.T) {
 	msg := func(id uint64) []byte { return append(AppendEgressHeader(nil, EgressHeader{ID: id, HasID: true}), byte('0'+id)) }
 
 	a.SetForwarding(true)
+	// The standby takes the feed: it has seen a record.
+	sendTo(t, ain, msg(9))
+	sink.wait(t, 1)
+	testkit.WaitFor(t, "the standby's receiver to take a record", 5*time.Second, func() bool { return recv.Stats().Records > 0 })
 	// The standby's application runs ahead: 1..5; the primary's sends 1..3.
 	sendTo(t, bin, msg(1), msg(2), msg(3), msg(4), msg(5))
 	testkit.WaitFor(t, "the standby to hold 5", 5*time.Second, func() bool { return b.Stats()[0].Held == 5 })
 	sendTo(t, ain, msg(1), msg(2), msg(3))
-	sink.wait(t, 3)
+	sink.wait(t, 4)
 	testkit.WaitFor(t, "the standby to drop what the primary sent", 5*time.Second, func() bool {
 		return b.Stats()[0].Held == 2 && result(b, 0, EgressNotPrimary) == 3
 	})
@@ -186,20 +190,20 @@ func TestEgressFailoverThroughFeed(t *testing.T) {
 	a.SetForwarding(false)
 	relay.SetForwarding(false)
 	b.SetForwarding(true)
-	sink.wait(t, 5)
+	sink.wait(t, 6)
 	sendTo(t, ain, msg(4), msg(5))
 	sendTo(t, bin, msg(5), msg(6))
-	got := sink.wait(t, 6)
+	got := sink.wait(t, 7)
 	testkit.WaitFor(t, "the counts", 5*time.Second, func() bool {
-		return result(b, 0, EgressDuplicate) == 1 && a.Stats()[0].Received == 5
+		return result(b, 0, EgressDuplicate) == 1 && a.Stats()[0].Received == 6
 	})
-	if diff := cmp.Diff([]string{"1", "2", "3", "4", "5", "6"}, got); diff != "" {
+	if diff := cmp.Diff([]string{"9", "1", "2", "3", "4", "5", "6"}, got); diff != "" {
 		t.Errorf("the sink got (-want +got):\n%s", diff)
 	}
 	_, from := sink.seen()
 	for i, f := range from {
 		want := netip.MustParseAddr("127.0.0.2")
-		if i >= 3 {
+		if i >= 4 {
 			want = netip.MustParseAddr("127.0.0.3")
 		}
 		if f.Addr() != want {

@@ -196,6 +196,7 @@ func TestEgressStateSimulated(t *testing.T) {
 		sent   []uint64 // ids that left, in order
 		want   map[string]uint64
 		held   int64
+		fresh  bool // the node has seen no record yet
 	}{{
 		name:   "primary sends, standby drops without ids",
 		events: []egressEvent{{on: true, send: []uint64{0, 0}}, {on: false, send: []uint64{0}}},
@@ -245,6 +246,13 @@ func TestEgressStateSimulated(t *testing.T) {
 		events: []egressEvent{{on: true, send: []uint64{1}, to: "198.18.3.1:9000"}, {on: false, send: []uint64{2}, to: "198.18.3.1:9000"}},
 		want:   map[string]uint64{"not_allowed": 2},
 	}, {
+		name:   "a standby that has seen no record holds nothing: what it would hold, the primary may have sent",
+		window: window,
+		fresh:  true,
+		events: []egressEvent{{on: false, send: []uint64{1, 2}}, {learn: []uint64{2}}, {on: false, send: []uint64{3}}, {on: true}},
+		sent:   []uint64{3},
+		want:   map[string]uint64{"not_primary": 2, "sent": 1},
+	}, {
 		name:   "rate limit per destination",
 		rate:   2,
 		events: []egressEvent{{on: true, send: []uint64{0, 0, 0}}, {at: time.Second, on: true, send: []uint64{0, 0, 0}}},
@@ -255,6 +263,7 @@ func TestEgressStateSimulated(t *testing.T) {
 			cfg := EgressConfig{Allow: Allowlist{netip.MustParsePrefix("198.18.2.0/24")}, Window: tc.window, Rate: tc.rate, Burst: tc.rate,
 				HoldFrames: 100, HoldBytes: 1 << 20}
 			st := newEgressState(cfg)
+			st.synced = !tc.fresh
 			l := &egressListener{cfg: EgressListener{Header: true, Destination: netip.MustParseAddrPort("198.18.2.10:9000")}}
 			var sent []uint64
 			var o egressOut
@@ -302,6 +311,7 @@ func TestEgressStateSimulated(t *testing.T) {
 
 func TestEgressHoldBounds(t *testing.T) {
 	st := newEgressState(EgressConfig{Allow: Allowlist{netip.MustParsePrefix("198.18.2.0/24")}, Window: time.Minute, HoldFrames: 3, HoldBytes: 1 << 20})
+	st.synced = true
 	l := &egressListener{cfg: EgressListener{Header: true, Destination: netip.MustParseAddrPort("198.18.2.10:9000")}}
 	var o egressOut
 	for id := uint64(1); id <= 5; id++ {

@@ -26,7 +26,14 @@ type egressState struct {
 	heldByID  map[uint64]*heldDgram
 	heldBytes int
 	// flush: sending has just started; what is held goes first.
-	flush   bool
+	flush bool
+	// synced: this node has seen the feed's records (or sent itself), so
+	// it learns what the primary sends; until then a standby holds
+	// nothing. A node that has just started, whose receiver has not yet
+	// taken the feed (its first frames wait for Consul's confirmation),
+	// would otherwise hold what the primary sent and say so in records it
+	// never got, and send it again on taking over.
+	synced  bool
 	buckets buckets
 	// refused is the last destination refused by the allowlist, for the
 	// caller to log (with the state unlocked).
@@ -101,7 +108,7 @@ func (s *egressState) decide(c *egressCounters, payload []byte, dst netip.AddrPo
 		}
 	}
 	if !on {
-		if dedup && s.heldByID[id] == nil {
+		if dedup && s.synced && s.heldByID[id] == nil {
 			s.hold(c, payload, dst, id, now)
 			return
 		}
@@ -114,6 +121,7 @@ func (s *egressState) decide(c *egressCounters, payload []byte, dst netip.AddrPo
 	}
 	if dedup {
 		s.markSeen(id, now)
+		s.synced = true
 	}
 	o.add(payload, dst, c, id, dedup)
 }
@@ -189,6 +197,7 @@ func (s *egressState) learn(ids []uint64, now int64) {
 	for _, id := range ids {
 		s.markSeen(id, now)
 		s.release(s.heldByID[id], EgressNotPrimary)
+		s.synced = true
 	}
 }
 

@@ -297,6 +297,20 @@ func (r *Relay) pastDeadline() bool {
 	return d != 0 && int64(time.Since(r.base)) > d
 }
 
+// ListenConn returns the listening socket bound to exactly addr, or nil:
+// the egress sends from it when its source is a relay listen address.
+// Call it after Bind.
+func (r *Relay) ListenConn(addr netip.AddrPort) *net.UDPConn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, l := range r.listeners {
+		if l.addr == addr {
+			return l.conn
+		}
+	}
+	return nil
+}
+
 // Records counts the records published (Publish).
 func (r *Relay) Records() uint64 { return r.records.Load() }
 

@@ -65,7 +65,8 @@ type Agent struct {
 	client *api.Client
 
 	relay    *gateway.Relay
-	fwd      Forwarder // the relay, as the role loop sees it
+	egress   *gateway.Egress // nil: no egress ports
+	fwd      Forwarder       // the relay and the egress, as the role loop sees them
 	recv     *gateway.Receiver
 	vips     []VIP
 	vipNames []string
@@ -169,8 +170,42 @@ func New(cfg *config.Config, log *slog.Logger, n Notifier) (*Agent, error) {
 		// process: no loopback copy, no second read on the host.
 		a.relay.SetLocal(a.recv)
 	}
+	if cfg.Egress.Enabled {
+		if a.egress, err = gateway.NewEgress(cfg.Egress.EgressConfig, a.log); err != nil {
+			return nil, err
+		}
+		if cfg.Egress.Window > 0 {
+			// The ids the primary sent reach every node in the feed.
+			a.egress.SetPublish(a.relay.Publish)
+			a.recv.SetRecords(a.egress.TakeRecord)
+		}
+		a.fwd = sendPath{a.relay, a.egress}
+	}
 	a.hold = a.holdTasks
 	return a, nil
+}
+
+// sendPath is the relay and the egress, driven as one Forwarder. The
+// egress starts after the relay and stops before it: its last batch's ids
+// go out through the relay before the relay stops, so the next primary
+// knows them.
+type sendPath struct {
+	relay  Forwarder
+	egress Forwarder
+}
+
+func (p sendPath) SetEpoch(epoch uint64) { p.relay.SetEpoch(epoch); p.egress.SetEpoch(epoch) }
+
+func (p sendPath) SetDeadline(t time.Time) { p.relay.SetDeadline(t); p.egress.SetDeadline(t) }
+
+func (p sendPath) SetForwarding(on bool) {
+	if on {
+		p.relay.SetForwarding(true)
+		p.egress.SetForwarding(true)
+		return
+	}
+	p.egress.SetForwarding(false) // returns once nothing more leaves
+	p.relay.SetForwarding(false)
 }
 
 // Lock takes the node's instance lock (see LockInstance); Run takes it if
@@ -262,6 +297,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	if a.egress != nil {
+		// Sent from the relay's socket on the VIP if it has one on the
+		// source's port: replies to the service then reach the relay.
+		if c := a.relay.ListenConn(a.cfg.Egress.Source); c != nil {
+			a.egress.SetSourceConn(c)
+		}
+		if err := a.egress.Bind(ctx); err != nil {
+			return err
+		}
+	}
 	var watchers []*netvip.Watcher
 	for _, v := range a.cfg.VIPs {
 		w, err := netvip.Watch(v.VIP)
@@ -291,6 +336,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		g.Go(func() error { return a.recv.Run(gctx) })
 	}
 	g.Go(func() error { return a.hooks.Run(gctx) })
+	if a.egress != nil {
+		g.Go(func() error { return a.egress.Run(gctx) })
+	}
 	if a.recv != nil && a.cfg.Receive.ConfirmEpochs {
 		// The receiver takes an epoch only once Consul shows it as a term
 		// of the leader key.
@@ -731,6 +779,7 @@ type State struct {
 	Relay       []gateway.RelayStats   `json:"relay"`
 	Receiver    *gateway.ReceiverStats `json:"receiver,omitempty"`
 	Repair      *gateway.RepairStats   `json:"repair,omitempty"` // the relay's answers to repair requests
+	Egress      []gateway.EgressStats  `json:"egress,omitempty"`
 	Transitions map[string]uint64      `json:"transitions"`
 	Reasons     map[string]uint64      `json:"reasons"`
 	Illegal     uint64                 `json:"illegal_transitions"`
@@ -763,6 +812,9 @@ func (a *Agent) State() State {
 	if a.recv != nil {
 		rs := a.recv.Stats()
 		st.Receiver = &rs
+	}
+	if a.egress != nil {
+		st.Egress = a.egress.Stats()
 	}
 	st.Hooks = map[string]uint64{"ran": a.hooks.ran.Load(), "failed": a.hooks.failed.Load(), "dropped": a.hooks.dropped.Load()}
 	return st

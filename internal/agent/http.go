@@ -102,21 +102,23 @@ func writeJSON(w http.ResponseWriter, v any) {
 // agentCollector reads the agent's state at scrape time, so nothing on the
 // data path is instrumented twice.
 type agentCollector struct {
-	a                                          *Agent
-	role, epoch, sinceConfirm, transitions     *prometheus.Desc
-	reasons, illegal, conflicts, announcements *prometheus.Desc
-	eligible                                   *prometheus.Desc
-	vipPresent, relayReceived, relayPackets    *prometheus.Desc
-	relayBytes, relaySendErrors, recvReceived  *prometheus.Desc
-	recvLocal, recvEpoch, lease                *prometheus.Desc
-	recvFrames, recvReordered, hooks           *prometheus.Desc
-	recvUnrecovered, recvMissing, recvRepaired *prometheus.Desc
-	recvNacks, recvRepairLatency               *prometheus.Desc
-	recvRegressions                            *prometheus.Desc
-	queueDepth, queueWritten, queueDropped     *prometheus.Desc
-	repairRequests, repairFrames, repairRefuse *prometheus.Desc
-	repairUnavailable                          *prometheus.Desc
-	takeover                                   prometheus.Histogram
+	a                                           *Agent
+	role, epoch, sinceConfirm, transitions      *prometheus.Desc
+	reasons, illegal, conflicts, announcements  *prometheus.Desc
+	eligible                                    *prometheus.Desc
+	vipPresent, relayReceived, relayPackets     *prometheus.Desc
+	relayBytes, relaySendErrors, recvReceived   *prometheus.Desc
+	recvLocal, recvEpoch, lease                 *prometheus.Desc
+	recvFrames, recvReordered, hooks            *prometheus.Desc
+	recvUnrecovered, recvMissing, recvRepaired  *prometheus.Desc
+	recvNacks, recvRepairLatency                *prometheus.Desc
+	recvRegressions                             *prometheus.Desc
+	queueDepth, queueWritten, queueDropped      *prometheus.Desc
+	repairRequests, repairFrames, repairRefuse  *prometheus.Desc
+	repairUnavailable                           *prometheus.Desc
+	egressReceived, egressDatagrams, egressHeld *prometheus.Desc
+	relayRecords                                *prometheus.Desc
+	takeover                                    prometheus.Histogram
 }
 
 func (a *Agent) collector() prometheus.Collector {
@@ -162,6 +164,10 @@ func (a *Agent) collector() prometheus.Collector {
 		repairRefuse:      d("relay_repair_refused_total", "Repair requests (rate_limited: frames) not answered, by reason.", "reason"),
 		repairUnavailable: d("relay_repair_unavailable_total", "Frames asked for that the ring no longer held."),
 		hooks:             d("hooks_total", "Hook runs by result.", "result"),
+		egressReceived:    d("egress_received_total", "Datagrams the applications handed to an egress port.", "listen"),
+		egressDatagrams:   d("egress_datagrams_total", "What became of each datagram an egress port read (with egress_held, they add up to egress_received_total).", "listen", "result"),
+		egressHeld:        d("egress_held", "Datagrams a standby holds until the primary says it sent them (egress.duplicate_window).", "listen"),
+		relayRecords:      d("relay_records_total", "Records (the egress's ids sent) the relay put in the feed."),
 		takeover:          a.takeover,
 	}
 	return c
@@ -254,6 +260,16 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 	for k, v := range st.Hooks {
 		ct(c.hooks, v, k)
 	}
+	for _, es := range st.Egress {
+		ct(c.egressReceived, es.Received, es.Listen)
+		for r, v := range es.Results {
+			ct(c.egressDatagrams, v, es.Listen, r)
+		}
+		g(c.egressHeld, float64(es.Held), es.Listen)
+	}
+	if c.a.relay != nil {
+		ct(c.relayRecords, c.a.relay.Records())
+	}
 	c.takeover.Collect(ch)
 }
 
@@ -278,7 +294,7 @@ func receiverOutcomes(r gateway.ReceiverStats) map[string]uint64 {
 		"late": r.Late, "truncated": r.Truncated, "deliver_error": r.DeliverErrors,
 		"unconfirmed_epoch": r.Unconfirmed, "foreign_source": r.ForeignSource, "epoch_step": r.EpochStep,
 		"source_rate_limited": r.SourceRateLimited, "replayed": r.Replayed,
-		"announcement": r.Announcements, "bad_announcement": r.BadAnnouncements}
+		"announcement": r.Announcements, "bad_announcement": r.BadAnnouncements, "record": r.Records}
 	if r.PeerRepair != nil {
 		m["repair_request"] = r.PeerRepair.Requests
 	}

@@ -124,6 +124,16 @@ type raw struct {
 		Sources       []string `mapstructure:"sources"`
 		SourceRate    int      `mapstructure:"source_rate"`
 	} `mapstructure:"receive"`
+	Egress struct {
+		Source          string            `mapstructure:"source"`
+		Allow           []string          `mapstructure:"allow"`
+		Rate            int               `mapstructure:"rate"`
+		Burst           int               `mapstructure:"burst"`
+		DuplicateWindow string            `mapstructure:"duplicate_window"`
+		HoldFrames      int               `mapstructure:"hold_frames"`
+		HoldBytes       int               `mapstructure:"hold_bytes"`
+		Listen          []rawEgressListen `mapstructure:"listen"`
+	} `mapstructure:"egress"`
 	Checks  []rawCheck `mapstructure:"checks"`
 	Hooks   []rawHook  `mapstructure:"hooks"`
 	Metrics struct {
@@ -149,6 +159,12 @@ type rawVIP struct {
 		Delay    string `mapstructure:"delay"`
 		Refresh  string `mapstructure:"refresh"`
 	} `mapstructure:"announce"`
+}
+
+type rawEgressListen struct {
+	Address     string `mapstructure:"address"`
+	Destination string `mapstructure:"destination"`
+	Header      bool   `mapstructure:"header"`
 }
 
 type rawCheck struct {
@@ -234,6 +250,13 @@ func defaults(v *viper.Viper) {
 		"receive.hold_time":           gateway.DefaultHoldTime.String(),
 		"receive.sources":             []string{},
 		"receive.source_rate":         gateway.DefaultSourceRate,
+		"egress.source":               "",
+		"egress.allow":                []string{},
+		"egress.rate":                 0,
+		"egress.burst":                0,
+		"egress.duplicate_window":     "0s",
+		"egress.hold_frames":          gateway.DefaultEgressHoldFrames,
+		"egress.hold_bytes":           gateway.DefaultEgressHoldBytes,
 		"metrics.address":             "127.0.0.1:9469",
 		"control.socket":              DefaultControlSocket,
 		"log.level":                   "info",

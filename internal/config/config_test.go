@@ -31,7 +31,7 @@ func write(t *testing.T, body string) string {
 func edited(t *testing.T) string {
 	t.Helper()
 	s := ExampleWithVIP()
-	if s == Example || strings.Contains(s, "#  - address") || !strings.Contains(s, "    - 198.18.0.100:5000\n") {
+	if s == Example || strings.Contains(s, "\n#  - address") || !strings.Contains(s, "    - 198.18.0.100:5000\n") {
 		t.Fatal("the example's VIP block changed: edit ExampleWithVIP")
 	}
 	return s
@@ -144,6 +144,13 @@ func TestErrors(t *testing.T) {
 		{"priority", "election:\n  priority: 101\n", "election.priority: 101 is out of range 0..100"},
 		{"profile", "election:\n  profile: quick\n", `election.profile: unknown timing profile "quick": want default, fast, tolerant`},
 		{"profile override unsafe", "election:\n  profile: fast\n  t_fence: 3s\n", "election.t_wait: 820ms is unsafe"},
+		{"egress source not a VIP", "egress:\n  source: 198.18.0.1:6000\n  allow: [198.18.2.0/24]\n  listen:\n    - address: 127.0.0.1:7100\n      destination: 198.18.2.1:9000\n", "egress.source: 198.18.0.1 is not one of vips"},
+		{"egress no source", "egress:\n  allow: [198.18.2.0/24]\n  listen:\n    - address: 127.0.0.1:7100\n      header: true\n", `egress.source: "": want IP:PORT`},
+		{"egress not loopback", "egress:\n  source: 198.18.0.100:6000\n  allow: [198.18.2.0/24]\n  listen:\n    - address: 198.18.0.5:7100\n      header: true\n", `egress.listen[0].address: "198.18.0.5:7100": not a loopback address`},
+		{"egress outside allow", "egress:\n  source: 198.18.0.100:6000\n  allow: [198.18.2.0/24]\n  listen:\n    - address: 127.0.0.1:7100\n      destination: 198.18.3.1:9000\n", "egress.listen[0].destination: 198.18.3.1:9000 is outside allow"},
+		{"egress no allow", "egress:\n  source: 198.18.0.100:6000\n  listen:\n    - address: 127.0.0.1:7100\n      header: true\n", "egress.allow: at least one destination prefix is required"},
+		{"egress ids without receiver", "receive:\n  enabled: false\negress:\n  source: 198.18.0.100:6000\n  allow: [198.18.2.0/24]\n  listen:\n    - address: 127.0.0.1:7100\n      header: true\n  duplicate_window: 5s\n", "egress.duplicate_window: 5s needs receive.enabled"},
+		{"egress unknown key", "egress:\n  source: 198.18.0.100:6000\n  allow: [198.18.2.0/24]\n  listen:\n    - address: 127.0.0.1:7100\n      header: true\n      colour: red\n", "colour"},
 		{"token both", "consul:\n  token: a\n  token_file: /x\n", "consul.token_file: set either"},
 	}
 	for _, tt := range tests {
@@ -310,5 +317,35 @@ func TestChanged(t *testing.T) {
 				t.Fatalf("Changed (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestEgress(t *testing.T) {
+	c, err := Load(write(t, merge(minimal, `egress:
+  source: 198.18.0.100:6000
+  allow: [198.18.2.0/24]
+  rate: 1000
+  duplicate_window: 5s
+  listen:
+    - address: 127.0.0.1:7100
+      destination: 198.18.2.10:9000
+    - address: unix:///run/driftgate/egress.sock
+      header: true
+`)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := gateway.EgressConfig{Source: netip.MustParseAddrPort("198.18.0.100:6000"), Allow: gateway.Allowlist{netip.MustParsePrefix("198.18.2.0/24")},
+		Rate: 1000, Window: 5 * time.Second, HoldFrames: gateway.DefaultEgressHoldFrames, HoldBytes: gateway.DefaultEgressHoldBytes,
+		Listeners: []gateway.EgressListener{
+			{Listen: gateway.EgressAddr{UDP: netip.MustParseAddrPort("127.0.0.1:7100")}, Destination: netip.MustParseAddrPort("198.18.2.10:9000")},
+			{Listen: gateway.EgressAddr{Unix: "/run/driftgate/egress.sock"}, Header: true},
+		}}
+	if diff := cmp.Diff(want, c.Egress.EgressConfig, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }),
+		cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" || !c.Egress.Enabled {
+		t.Errorf("egress (enabled %v) (-want +got):\n%s", c.Egress.Enabled, diff)
+	}
+	if c, err := Load(write(t, minimal), nil); err != nil || c.Egress.Enabled {
+		t.Errorf("no listen entries: enabled %v, %v; want off", c.Egress.Enabled, err)
 	}
 }

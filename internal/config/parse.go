@@ -23,6 +23,7 @@ type Config struct {
 	VIPs     []VIP
 	Relay    Relay
 	Receive  Receive
+	Egress   Egress
 	Checks   []consul.CheckSpec
 	Hooks    []Hook
 	Metrics  Metrics
@@ -91,6 +92,12 @@ type Receive struct {
 	KeyFile    string
 }
 
+// Egress is the egress ports (off with none), as the egress takes them.
+type Egress struct {
+	Enabled bool
+	gateway.EgressConfig
+}
+
 // Hook is a command run on every role change, with the transition in its
 // environment (DRIFTGATE_ROLE, …).
 type Hook struct {
@@ -138,6 +145,9 @@ func parse(r *raw) (*Config, error) {
 	}
 	if c.Relay.DynamicUnicast && c.Receive.Enabled && c.Receive.Listen.IsValid() && c.Receive.Listen.Addr().IsUnspecified() {
 		return nil, fmt.Errorf("receive.listen: %s: with relay.unicast_from_consul give this node's own address, which other nodes' relays send to", c.Receive.Listen)
+	}
+	if c.Egress, err = parseEgress(r, c.VIPs, c.Receive); err != nil {
+		return nil, err
 	}
 	if c.Checks, err = parseChecks(r); err != nil {
 		return nil, err
@@ -398,6 +408,59 @@ func parseReceive(r *raw) (Receive, error) {
 		return rec, pathErr("receive", err)
 	}
 	return rec, nil
+}
+
+func parseEgress(r *raw, vips []VIP, rec Receive) (Egress, error) {
+	re := r.Egress
+	eg := Egress{Enabled: len(re.Listen) > 0, EgressConfig: gateway.EgressConfig{Rate: re.Rate, Burst: re.Burst,
+		HoldFrames: re.HoldFrames, HoldBytes: re.HoldBytes}}
+	if !eg.Enabled {
+		return eg, nil
+	}
+	src, err := addrPort("egress.source", re.Source)
+	if err != nil {
+		return eg, fmt.Errorf("%w: the VIP and the port datagrams leave from", err)
+	}
+	eg.Source = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	isVIP := false
+	for _, v := range vips {
+		isVIP = isVIP || v.Prefix.Addr() == eg.Source.Addr()
+	}
+	if !isVIP {
+		return eg, fmt.Errorf("egress.source: %s is not one of vips: the primary sends from the service's address", eg.Source.Addr())
+	}
+	for i, s := range re.Allow {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return eg, fmt.Errorf("egress.allow[%d]: %q: want a CIDR such as 198.18.2.0/24", i, s)
+		}
+		eg.Allow = append(eg.Allow, p.Masked())
+	}
+	if eg.Window, err = duration("egress.duplicate_window", re.DuplicateWindow); err != nil {
+		return eg, err
+	}
+	if eg.Window > 0 && !rec.Enabled {
+		return eg, fmt.Errorf("egress.duplicate_window: %s needs receive.enabled: the ids sent come through the feed", eg.Window)
+	}
+	for i, rl := range re.Listen {
+		path := fmt.Sprintf("egress.listen[%d]", i)
+		l := gateway.EgressListener{Header: rl.Header}
+		if l.Listen, err = gateway.ParseEgressAddr(strings.TrimSpace(rl.Address)); err != nil {
+			return eg, fmt.Errorf("%s.address: %w", path, err)
+		}
+		if rl.Destination != "" {
+			d, err := addrPort(path+".destination", rl.Destination)
+			if err != nil {
+				return eg, err
+			}
+			l.Destination = netip.AddrPortFrom(d.Addr().Unmap(), d.Port())
+		}
+		eg.Listeners = append(eg.Listeners, l)
+	}
+	if err := eg.Validate(); err != nil {
+		return eg, pathErr("egress", err)
+	}
+	return eg, nil
 }
 
 func parseChecks(r *raw) ([]consul.CheckSpec, error) {
