@@ -340,8 +340,8 @@ func (e *Egress) TakeRecord(_ uint64, rec []byte) {
 	e.inbox, _ = ParseSentRecord(e.inbox, rec)
 }
 
-// Bind opens the listening sockets and the send socket; it is idempotent
-// only in the sense that Run calls it once.
+// Bind opens the listening sockets and the send socket; Run calls it if
+// the caller did not. A failed Bind closes what it opened.
 func (e *Egress) Bind(ctx context.Context) error {
 	if e.send != nil {
 		return nil
@@ -359,12 +359,14 @@ func (e *Egress) Bind(ctx context.Context) error {
 	var err error
 	if e.maint, err = e.newWriter(); err != nil {
 		e.close()
+		e.send = nil
 		return err
 	}
 	for _, lc := range e.cfg.Listeners {
 		l, err := e.newListener(ctx, lc)
 		if err != nil {
 			e.close()
+			e.listeners, e.send = nil, nil
 			return err
 		}
 		e.listeners = append(e.listeners, l)
@@ -533,7 +535,6 @@ func (e *Egress) close() {
 			_ = os.Remove(l.addr.Unix)
 		}
 	}
-	e.listeners = nil
 	if e.send != nil && e.send != e.shared {
 		e.send.Close()
 	}
@@ -609,6 +610,8 @@ func (e *Egress) newListener(ctx context.Context, lc EgressListener) (*egressLis
 			c.Close()
 			return nil, fmt.Errorf("egress: %s: %w", lc.Listen, err)
 		}
+		// An application's GSO send comes in one piece (Meta.Seg).
+		in.EnableGRO(c)
 		l.conn, l.in = c, in
 	}
 	l.bufs, l.metas = make([][]byte, e.cfg.Batch), make([]meta, e.cfg.Batch)
@@ -655,11 +658,30 @@ func (l *egressListener) serve(ctx context.Context) error {
 			}
 			return fmt.Errorf("egress: reading from %s: %w", l.addr, err)
 		}
-		l.c.received.Add(uint64(n))
-		l.e.handle(&l.w, func(o *egressOut, on bool, now int64) {
-			for i := range n {
-				l.e.st.classify(l, l.bufs[i][:l.metas[i].N], l.metas[i].Trunc, on, now, o)
-			}
-		})
+		l.take(n)
 	}
+}
+
+// take decides about and sends datagrams 0..n-1 of the batch read.
+func (l *egressListener) take(n int) {
+	l.e.handle(&l.w, func(o *egressOut, on bool, now int64) {
+		k := 0
+		for i := range n {
+			m := &l.metas[i]
+			if m.Trunc {
+				k++
+				l.e.st.classify(l, nil, true, on, now, o)
+				continue
+			}
+			// With GRO, a run of one sender's datagrams comes in one
+			// buffer: each goes out as a slice of it, uncopied.
+			for b, first := l.bufs[i][:m.N], true; len(b) > 0 || first; first = false {
+				var d []byte
+				d, b = m.Next(b)
+				k++
+				l.e.st.classify(l, d, false, on, now, o)
+			}
+		}
+		l.c.received.Add(uint64(k))
+	})
 }

@@ -92,7 +92,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	})
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
-	root.AddCommand(newVersionCmd(), newRelayCmd(g), newReceiveCmd(g), newAgentCmd(g), newConfigCmd(), newStatusCmd(), newStepDownCmd(), newCleanupCmd(), newKeyCmd(), newReloadCmd())
+	root.AddCommand(newVersionCmd(), newRelayCmd(g), newReceiveCmd(g), newAgentCmd(g), newConfigCmd(), newStatusCmd(), newStepDownCmd(), newCleanupCmd(), newKeyCmd(), newReloadCmd(), newSendCmd(), newEgressCmd(g))
 	return root
 }
 
