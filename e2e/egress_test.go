@@ -7,12 +7,15 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"driftgate/gateway"
 	"driftgate/internal/netlab"
+	"driftgate/internal/testkit"
 )
 
 // The remote site the service sends to: the host after cs1..cs3, n1, n2
@@ -32,10 +35,14 @@ type siteRecorder struct {
 }
 
 func newSiteRecorder(t *testing.T, h *netlab.Host) *siteRecorder {
+	return newSiteRecorderAt(t, h, netip.MustParseAddrPort(siteSink))
+}
+
+func newSiteRecorderAt(t *testing.T, h *netlab.Host, at netip.AddrPort) *siteRecorder {
 	r := &siteRecorder{seqs: map[int]int{}, from: map[netip.AddrPort]int{}}
 	var conn *net.UDPConn
 	if err := h.Do(func() (err error) {
-		conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(siteSink)))
+		conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(at))
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -364,4 +371,70 @@ func head(xs []int) string {
 		return fmt.Sprint(slices.Clone(xs[:10])) + "…"
 	}
 	return fmt.Sprint(xs)
+}
+
+// TestEgressKernelRefusesWithoutVIP: the kernel, not the daemon, keeps
+// what the egress sends from leaving with the VIP as its source once the
+// VIP is gone — so a process frozen mid-batch past its lease sends nothing
+// on waking (docs/election.md). A standalone egress, which always sends,
+// with the VIP absent, then added, then removed.
+func TestEgressKernelRefusesWithoutVIP(t *testing.T) {
+	lab := netlab.New(t, "gw", "site")
+	gw, site := lab.Host("gw"), lab.Host("site")
+	const vip = "198.18.0.100"
+	rec := newSiteRecorderAt(t, site, netip.AddrPortFrom(site.Addr4.Addr(), 9000))
+	proc, out := gw.Start(driftgate, "egress", "--listen", "127.0.0.1:7100", "--source", vip+":6000",
+		"--to", netip.AddrPortFrom(site.Addr4.Addr(), 9000).String(), "--allow", site.Addr4.Addr().String()+"/32")
+	conn, err := gw.DialContext(context.Background(), "udp", "127.0.0.1:7100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Until the port is open the writes are refused (ICMP port unreachable).
+	send := func(seq int) { conn.Write([]byte(strconv.Itoa(seq))) }
+	deadline := time.Now().Add(10 * time.Second)
+	for !portOpen(gw, 7100) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the egress port did not open:\n%s", out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := 1; i <= 10; i++ {
+		send(i)
+	}
+	gw.IP("addr", "add", vip+"/24", "dev", "eth0")
+	testkit.WaitFor(t, "a message from the VIP at the site", 10*time.Second, func() bool {
+		send(100)
+		time.Sleep(5 * time.Millisecond)
+		return rec.count() > 0
+	})
+	gw.IP("addr", "del", vip+"/24", "dev", "eth0")
+	before := rec.count()
+	for i := 1000; i < 1010; i++ {
+		send(i)
+	}
+	proc.Signal(syscall.SIGTERM)
+	if err := proc.Wait(10 * time.Second); err != nil {
+		t.Fatalf("egress: %v\n%s", err, out)
+	}
+	summary := out.String()
+	missing, _, from := rec.tally(1000, 1009)
+	t.Logf("without the VIP: %d of 10 reached the site after the removal; sources %v; %s", 10-len(missing), from, strings.TrimSpace(summary))
+	if rec.count() != before || len(missing) != 10 {
+		t.Errorf("the site got %d messages after the VIP was removed", rec.count()-before)
+	}
+	if !strings.Contains(summary, "send_error=") || strings.Contains(summary, "send_error=0 ") {
+		t.Errorf("the refusals are not counted as send_error: %s", summary)
+	}
+	for src := range from {
+		if src.Addr().String() != vip {
+			t.Errorf("a message came from %s", src)
+		}
+	}
+}
+
+// portOpen: something listens on UDP port p on h's loopback.
+func portOpen(h *netlab.Host, p int) bool {
+	out, err := h.Command(context.Background(), "ss", "-Hlun", "sport", "= :"+strconv.Itoa(p)).Output()
+	return err == nil && len(strings.TrimSpace(string(out))) > 0
 }
