@@ -533,7 +533,21 @@ func printStatus(w io.Writer, st consul.Status, local *agent.State) {
 				fmt.Fprintf(w, "  delivery queue: %d waiting (at most %d), written %d, dropped %v\n", q.Depth, q.MaxDepth, q.Written, q.Dropped)
 			}
 		}
+		for _, e := range local.Egress {
+			fmt.Fprintf(w, "  egress %s: received %d, held %d, %s\n", e.Listen, e.Received, e.Held, formatCounts(nonZeroCounts(e.Results)))
+		}
 	}
+}
+
+// nonZeroCounts drops the zero counts, for a line a person reads.
+func nonZeroCounts(m map[string]uint64) map[string]uint64 {
+	out := map[string]uint64{}
+	for k, v := range m {
+		if v != 0 {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 func newCleanupCmd() *cobra.Command {
