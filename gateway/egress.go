@@ -3,6 +3,7 @@ package gateway
 import (
 	"driftgate/internal/udpbatch"
 
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,6 +56,10 @@ func (a EgressAddr) String() string {
 	}
 	return a.UDP.String()
 }
+
+// MarshalText renders the address as String does (the effective
+// configuration, /status).
+func (a EgressAddr) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
 
 // IsValid reports whether the address is set.
 func (a EgressAddr) IsValid() bool { return a.Unix != "" || a.UDP.IsValid() }
@@ -300,6 +306,23 @@ func (e *Egress) SetDeadline(t time.Time) {
 		return
 	}
 	e.deadline.Store(max(1, int64(t.Sub(e.base))))
+}
+
+// SetAllow replaces the destination allowlist (a reload), from the next
+// batch. The caller has validated it with the ports' destinations
+// (EgressConfig.Validate).
+func (e *Egress) SetAllow(allow Allowlist) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.st.allow = slices.Clone(allow)
+}
+
+// SetRate replaces the per-destination rate and burst (a reload; burst 0:
+// the rate), from the next batch.
+func (e *Egress) SetRate(rate, burst int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.st.rate, e.st.burst = float64(rate), float64(cmp.Or(burst, rate))
 }
 
 // SetEpoch records the term's epoch (for Status); the ids' records carry

@@ -94,6 +94,16 @@ func (a *Agent) Apply(ctx context.Context, nc *config.Config) (ReloadReport, err
 			src := nc.Receive.Sources
 			apply = append(apply, func() { a.recv.SetConfigSources(a.sources(src)) })
 			next.Receive.Sources = src
+		case k == "Egress.Allow" && a.egress != nil:
+			// Valid with the ports' destinations: the whole section was
+			// validated, and a change of ports needs a restart.
+			allow := nc.Egress.Allow
+			apply = append(apply, func() { a.egress.SetAllow(allow) })
+			next.Egress.Allow = allow
+		case (k == "Egress.Rate" || k == "Egress.Burst") && a.egress != nil:
+			rate, burst := nc.Egress.Rate, nc.Egress.Burst
+			apply = append(apply, func() { a.egress.SetRate(rate, burst) })
+			next.Egress.Rate, next.Egress.Burst = rate, burst
 		case k == "VIPs" && sameVIPsButAnnounce(cur.VIPs, nc.VIPs):
 			next.VIPs = nc.VIPs
 			k = "VIPs (announce settings, from the next term)"

@@ -100,3 +100,72 @@ receive:
 		t.Fatalf("a moved VIP (-want +got):\n%s", diff)
 	}
 }
+
+// TestApplyEgress: the egress's allowlist and rates take effect on a
+// reload; its ports need a restart.
+func TestApplyEgress(t *testing.T) {
+	const base = `node: n1
+vips:
+  - address: 198.18.0.100/24
+    interface: eth0
+relay:
+  listen: ["198.18.0.100:5000"]
+  group: 239.255.0.1:5001
+receive:
+  group: 239.255.0.1:5001
+  deliver: stdout
+egress:
+  source: 198.18.0.100:5000
+  allow: [198.18.2.0/24]
+  listen:
+    - address: 127.0.0.1:7100
+      destination: 198.18.2.10:9000
+`
+	load := func(text string) *config.Config {
+		p := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c, err := config.Load(p, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	cfg := load(base)
+	a := newAgent(cfg, nil, nil, systemClock{})
+	var err error
+	if a.relay, err = gateway.NewRelay(cfg.Relay.RelayConfig, nil); err != nil {
+		t.Fatal(err)
+	}
+	if a.egress, err = gateway.NewEgress(cfg.Egress.EgressConfig, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		name, text string
+		want       ReloadReport
+	}{
+		{"allow and rate", strings.Replace(base, "  allow: [198.18.2.0/24]\n", "  allow: [198.18.2.0/24, 198.18.3.0/24]\n  rate: 100\n", 1),
+			ReloadReport{Applied: []string{"Egress.Allow", "Egress.Rate"}}},
+		{"a port", strings.Replace(base, "127.0.0.1:7100", "127.0.0.1:7101", 1),
+			ReloadReport{Applied: []string{"Egress.Allow", "Egress.Rate"}, Restart: []string{"Egress.Listeners"}}},
+	} {
+		rep, err := a.Apply(context.Background(), load(step.text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(step.want, rep); diff != "" {
+			t.Errorf("%s: report (-want +got):\n%s", step.name, diff)
+		}
+	}
+	// A file whose new allowlist leaves a port's destination out is
+	// refused before anything is applied.
+	bad := strings.Replace(base, "  allow: [198.18.2.0/24]\n", "  allow: [198.18.3.0/24]\n", 1)
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(p, []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := config.Load(p, nil); err == nil || !strings.Contains(err.Error(), "egress.listen[0].destination: 198.18.2.10:9000 is outside allow") {
+		t.Errorf("an allowlist without a port's destination: %v", err)
+	}
+}

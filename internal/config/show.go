@@ -87,7 +87,7 @@ func Changed(old, new *Config) []string {
 		}
 		sa, oka := a[k].(map[string]any)
 		sb, okb := b[k].(map[string]any)
-		if !oka || !okb || (k != "Relay" && k != "Receive" && k != "Log" && k != "Metrics") {
+		if !oka || !okb || (k != "Relay" && k != "Receive" && k != "Egress" && k != "Log" && k != "Metrics") {
 			out = append(out, k)
 			continue
 		}
