@@ -26,8 +26,16 @@ unix:///PATH) with the egress header of docs/frame.md naming DEST (IP:PORT, or
 payload goes alone, for a port without header: true (DEST must be -). On the
 primary the agent sends it from the VIP; on a standby it is dropped (counted
 as not_primary), or held until the primary says it sent the id.`,
-		Args: cobra.ExactArgs(2),
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return usagef("want DEST and PAYLOAD, got %d argument(s)", len(args))
+			}
+			return nil
+		},
 		RunE: func(c *cobra.Command, args []string) error {
+			if egress == "" {
+				return usagef("--egress is required: the egress port, e.g. 127.0.0.1:7100")
+			}
 			to, err := gateway.ParseEgressAddr(egress)
 			if err != nil {
 				return usagef("--egress: %v", err)
@@ -67,7 +75,6 @@ as not_primary), or held until the primary says it sent the id.`,
 	f.StringVar(&egress, "egress", "", "the egress port: 127.0.0.1:7100 or unix:///run/driftgate/egress.sock")
 	f.Uint64Var(&id, "id", 0, "message id, for duplicate suppression across a failover (egress.duplicate_window)")
 	f.BoolVar(&raw, "raw", false, "send the payload without an egress header (a port with a fixed destination)")
-	_ = c.MarkFlagRequired("egress")
 	return c
 }
 

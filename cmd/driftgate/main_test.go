@@ -35,6 +35,13 @@ func TestExitCodes(t *testing.T) {
 		{"receive both", []string{"receive", "--group", "239.255.0.1:5001", "--listen", "127.0.0.1:5001", "--deliver", "stdout"}, 2, "exactly one of --group and --listen"},
 		{"receive no deliver", []string{"receive", "--listen", "127.0.0.1:5001"}, 2, "--deliver is required"},
 		{"receive bad deliver", []string{"receive", "--listen", "127.0.0.1:5001", "--deliver", "ftp://x"}, 2, "want udp://IP:PORT, unix:///PATH or stdout"},
+		{"send not loopback", []string{"send", "--egress", "198.18.0.1:7100", "-", "x"}, 2, `--egress: "198.18.0.1:7100": not a loopback address`},
+		{"send no egress", []string{"send", "-", "x"}, 2, "--egress is required"},
+		{"send bad dest", []string{"send", "--egress", "127.0.0.1:7100", "198.18.2.1", "x"}, 2, `--DEST "198.18.2.1": want IP:PORT`},
+		{"send raw with dest", []string{"send", "--egress", "127.0.0.1:7100", "--raw", "198.18.2.1:9", "x"}, 2, "--raw: the payload goes alone"},
+		{"send one argument", []string{"send", "--egress", "127.0.0.1:7100", "x"}, 2, "want DEST and PAYLOAD, got 1 argument(s)"},
+		{"egress no allow", []string{"egress", "--listen", "127.0.0.1:7100", "--source", "127.0.0.1:7200", "--to", "198.18.2.1:9"}, 2, "allow: at least one destination prefix"},
+		{"egress destination outside allow", []string{"egress", "--listen", "127.0.0.1:7100", "--source", "127.0.0.1:7200", "--to", "198.18.2.1:9", "--allow", "198.18.3.0/24"}, 2, "listen[0].destination: 198.18.2.1:9 is outside allow"},
 		{"receive bad udp deliver", []string{"receive", "--listen", "127.0.0.1:5001", "--deliver", "udp://localhost"}, 2, "want udp://IP:PORT"},
 	}
 	for _, tt := range tests {
