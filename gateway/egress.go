@@ -280,7 +280,8 @@ func NewEgress(cfg EgressConfig, log *slog.Logger) (*Egress, error) {
 
 // SetForwarding turns sending on (this node is the primary) or off. On,
 // the datagrams held as a standby that the primary before did not send go
-// first. Off, it returns once no batch is being sent any more.
+// first. Off, it returns once no batch is being sent any more, or after
+// stopWait at the most.
 func (e *Egress) SetForwarding(on bool) {
 	if on {
 		e.mu.Lock()
@@ -294,9 +295,28 @@ func (e *Egress) SetForwarding(on bool) {
 		return
 	}
 	e.on.Store(false)
-	e.gate.Lock()
-	e.gate.Unlock() //nolint:staticcheck // an empty critical section: waiting for the batches in flight is the point
+	// Wait for the batch being sent, so that its ids' record goes out
+	// before the relay stops — but not longer than stopWait: a send held
+	// up by a full socket must not delay the VIP's removal (the drop
+	// budget), and once the VIP is gone the kernel refuses what is left.
+	done := make(chan struct{})
+	go func() {
+		e.gate.Lock()
+		e.gate.Unlock() //nolint:staticcheck // an empty critical section: waiting for the batches in flight is the point
+		close(done)
+	}()
+	t := time.NewTimer(stopWait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		e.log.Warn("stopping: a batch is still being sent; the VIP goes anyway, and the kernel refuses what is left", "waited", stopWait)
+	}
 }
+
+// stopWait bounds how long SetForwarding(false) waits for a batch in
+// flight.
+const stopWait = 20 * time.Millisecond
 
 // SetDeadline makes sending end by itself at t, the lease deadline (the
 // zero time removes it), as Relay.SetDeadline.
