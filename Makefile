@@ -16,7 +16,7 @@ help:
 	@echo "test-chaos   the chaos suite, CHAOS_TRIALS (default 5) trials of each fault (CHAOS_FAULTS: a comma-separated subset),"
 	@echo "             in election profile CHAOS_PROFILE (default), report in chaos-report.md (root)"
 	@echo "bench        micro-benchmarks with -benchmem, the lease renewal against a consistent read, loss repair against none (bench-repair),"
-	@echo "             relay vs socat vs naive Go relay (bench-compare), the end-to-end tee vs samplicator (bench-tee);"
+	@echo "             relay and egress vs socat vs naive Go relay (bench-compare), the end-to-end tee vs samplicator (bench-tee);"
 	@echo "             DRIFTGATE_BASELINE_BIN=an older driftgate adds it to both, for before/after in one run"
 	@echo "fuzz         fuzz the frame and repair-request decoders and the config loader for FUZZTIME each (default 30s)"
 	@echo "lint         gofmt, go vet, staticcheck, go mod tidy check"
