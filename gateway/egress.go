@@ -301,9 +301,9 @@ func (e *Egress) SetForwarding(on bool) {
 	// budget), and once the VIP is gone the kernel refuses what is left.
 	done := make(chan struct{})
 	go func() {
-		e.gate.Lock()
-		e.gate.Unlock() //nolint:staticcheck // an empty critical section: waiting for the batches in flight is the point
+		e.gate.Lock() // once held, no batch is in flight
 		close(done)
+		e.gate.Unlock()
 	}()
 	t := time.NewTimer(stopWait)
 	defer t.Stop()
