@@ -37,6 +37,9 @@ func ParseEgressAddr(raw string) (EgressAddr, error) {
 		if !strings.HasPrefix(p, "/") {
 			return EgressAddr{}, fmt.Errorf("%q: want unix:///absolute/path", raw)
 		}
+		if len(p) > 107 {
+			return EgressAddr{}, fmt.Errorf("%q: %d bytes, a unix socket's path has at most 107", raw, len(p))
+		}
 		return EgressAddr{Unix: p}, nil
 	}
 	ap, err := netip.ParseAddrPort(raw)

@@ -129,6 +129,7 @@ func TestParseEgressAddr(t *testing.T) {
 		{in: "198.18.0.1:7100", err: "not a loopback address"},
 		{in: "127.0.0.1:0", err: "non-zero port"},
 		{in: "unix://relative", err: "absolute"},
+		{in: "unix:///" + strings.Repeat("x", 107), err: "at most 107"},
 		{in: "localhost:7100", err: "loopback IP:PORT"},
 	} {
 		a, err := ParseEgressAddr(tc.in)

@@ -170,6 +170,13 @@ receive:
   group: 239.255.0.1:5001
   interface: eth0
   deliver: udp://127.0.0.1:6000
+egress:
+  source: 198.18.7.100:5000
+  allow: [198.18.7.1/32]
+  listen:
+    - address: unix:///run/driftgate/egress.sock
+      header: true
+      destination: 198.18.7.1:9000
 hooks:
   - name: record
     command: ["/bin/sh", "-c", "echo \"$DRIFTGATE_PREVIOUS_ROLE -> $DRIFTGATE_ROLE\" >> /var/lib/driftgate/hooks.log"]
@@ -198,6 +205,15 @@ ct runuser -u outsider -- driftgate status >"$work/status.out" 2>&1 && fail "dri
 grep_q -i "permission denied" "$work/status.out" || fail "status as an outsider failed for another reason: $(cat "$work/status.out")"
 ct runuser -u outsider -- driftgate step-down >"$work/status.out" 2>&1 && fail "step-down worked for a user outside group driftgate"
 vip_present || fail "the outsider's step-down cost the VIP"
+
+step "egress: the unix socket in the unit's runtime directory, for group driftgate; the primary sends from the VIP"
+[ "$(ct stat -c '%a %U %G' /run/driftgate/egress.sock)" = "660 driftgate driftgate" ] || fail "the egress socket is $(ct stat -c '%a %U %G' /run/driftgate/egress.sock), want 660 driftgate driftgate"
+egress_sent() { ct driftgate status 2>/dev/null | grep_q "egress unix:///run/driftgate/egress.sock: received $1, held 0, sent=$1"; }
+ct runuser -u op -- driftgate send --egress unix:///run/driftgate/egress.sock - "from op" >"$work/send.out" 2>&1 || fail "driftgate send as a member of group driftgate: $(cat "$work/send.out")"
+wait_for 5 "the primary to send it from the VIP" egress_sent 1
+ct runuser -u outsider -- driftgate send --egress unix:///run/driftgate/egress.sock - "from outsider" >"$work/send.out" 2>&1 && fail "driftgate send worked for a user outside group driftgate"
+grep_q -i "permission denied" "$work/send.out" || fail "send as an outsider failed for another reason: $(cat "$work/send.out")"
+egress_sent 1 || fail "the egress counts changed after the outsider's refused send: $(ct driftgate status 2>&1 | grep egress)"
 ct runuser -u op -- driftgate step-down >"$work/status.out" 2>&1 || fail "step-down as an operator: $(cat "$work/status.out")"
 vip_gone() { ! vip_present; }
 wait_for 5 "the VIP to go after the step-down" vip_gone
