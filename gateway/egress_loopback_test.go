@@ -261,3 +261,30 @@ func TestEgressTakeDoesNotAllocate(t *testing.T) {
 		t.Errorf("sent %d (want %d), %d records published (want 52)", got, 32*52, published)
 	}
 }
+
+// TestEgressIPv6: an IPv6 source sends to IPv6 destinations; an IPv4
+// destination is outside an IPv6 source's allowlist.
+func TestEgressIPv6(t *testing.T) {
+	c, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	defer c.Close()
+	src := netip.AddrPortFrom(netip.IPv6Loopback(), freePort(t, "::1"))
+	in := EgressAddr{UDP: netip.AddrPortFrom(netip.IPv6Loopback(), freePort(t, "::1"))}
+	e := startEgress(t, EgressConfig{Source: src, Allow: Allowlist{netip.MustParsePrefix("::1/128")},
+		Listeners: []EgressListener{{Listen: in, Header: true}}})
+	e.SetForwarding(true)
+	sendTo(t, in, append(AppendEgressHeader(nil, EgressHeader{Dest: c.LocalAddr().(*net.UDPAddr).AddrPort()}), "v6"...),
+		append(AppendEgressHeader(nil, EgressHeader{Dest: netip.MustParseAddrPort("127.0.0.1:9")}), "v4"...))
+	buf := make([]byte, 100)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, from, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(buf[:n]) != "v6" || from != src {
+		t.Errorf("got %q from %s, want \"v6\" from %s", buf[:n], from, src)
+	}
+	testkit.WaitFor(t, "the IPv4 destination refused", 5*time.Second, func() bool { return result(e, 0, EgressNotAllowed) == 1 })
+}
