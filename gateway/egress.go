@@ -295,9 +295,12 @@ func (e *Egress) SetForwarding(on bool) {
 		case e.kick <- struct{}{}:
 		default:
 		}
+		e.log.Info("sending from the source", "source", e.cfg.Source.String(), "epoch", e.epoch.Load())
 		return
 	}
-	e.on.Store(false)
+	if e.on.Swap(false) {
+		defer e.log.Info("stopped sending", "source", e.cfg.Source.String(), "epoch", e.epoch.Load())
+	}
 	// Wait for the batch being sent, so that its ids' record goes out
 	// before the relay stops — but not longer than stopWait: a send held
 	// up by a full socket must not delay the VIP's removal (the drop
@@ -348,8 +351,8 @@ func (e *Egress) SetRate(rate, burst int) {
 	e.st.rate, e.st.burst = float64(rate), float64(cmp.Or(burst, rate))
 }
 
-// SetEpoch records the term's epoch (for Status); the ids' records carry
-// the relay's.
+// SetEpoch records the term's epoch, for the log line that says sending
+// started; the ids' records carry the relay's.
 func (e *Egress) SetEpoch(epoch uint64) { e.epoch.Store(epoch) }
 
 // Sending reports whether the egress sends now.
