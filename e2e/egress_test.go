@@ -210,8 +210,9 @@ func egressSent(t *testing.T, n *agentNode) int {
 // TestEgress: both nodes' applications send the same sequenced stream to a
 // remote site through their egress ports; the primary alone sends it, from
 // the VIP. With message ids (egress.duplicate_window), the site sees every
-// message exactly once across a step-down, a daemon kill -9 and a host
-// crash.
+// message across a step-down, a daemon kill -9 and a host crash, exactly
+// once — but for the batch in flight when a process dies, which the next
+// primary may send again.
 func TestEgress(t *testing.T) {
 	c := startCluster(t, clusterSpec{extra: []string{"site"}, profile: "fast", config: `egress:
   source: ` + agentVIP + `:5000
@@ -268,6 +269,7 @@ func TestEgress(t *testing.T) {
 	// kill -9 of the primary's daemon (and the clean-up systemd runs),
 	// then it comes back as a standby.
 	p = c.primary()
+	killMark := apps.sent()
 	c.kill(p)
 	if out, err := c.nodes[p].host.Command(context.Background(), driftgate, "cleanup", "--config", c.nodes[p].cfg).CombinedOutput(); err != nil {
 		t.Fatalf("cleanup: %v: %s", err, out)
@@ -284,6 +286,7 @@ func TestEgress(t *testing.T) {
 	// The primary's host crashes: its daemon, its Consul agent and its
 	// application die, its link goes down.
 	p = c.primary()
+	crashMark := apps.sent()
 	c.hostCrash(p)
 	apps.crash(p)
 	c.waitUntil("the takeover after the host crash", 20*time.Second, func() bool { return c.primary() == other(p) })
@@ -294,10 +297,27 @@ func TestEgress(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // a late duplicate would show now
 
 	missing, dup, from := site.tally(1, last)
-	t.Logf("with ids: the site got %d messages of 1..%d (step-down by %d, kill -9 by %d, host crash after); missing %d %v, duplicated %d %v; sources %v",
-		site.count(), last, stepDownAt, killAt, len(missing), head(missing), len(dup), head(dup), from)
-	if len(missing) > 0 || len(dup) > 0 {
-		t.Errorf("with ids on, every message must arrive exactly once: %d missing, %d duplicated", len(missing), len(dup))
+	t.Logf("with ids: the site got %d messages of 1..%d (step-down by %d, kill -9 at %d, by %d, host crash at %d); missing %d %v, duplicated %d %v; sources %v",
+		site.count(), last, stepDownAt, killMark, killAt, crashMark, len(missing), head(missing), len(dup), head(dup), from)
+	if len(missing) > 0 {
+		t.Errorf("with ids on, every message must arrive: %d missing", len(missing))
+	}
+	// A process that dies between sending a batch and its record leaving
+	// (two system calls; under load the thread may be descheduled between
+	// them) has its batch sent again by the next primary: only messages
+	// handed over at the instant of a death may be duplicated, never at the
+	// clean step-down, never elsewhere (docs/operations.md, "Duplicates and
+	// losses across a failover").
+	atDeath := 0
+	for _, d := range dup {
+		if abs(d-killMark) <= 10 || abs(d-crashMark) <= 10 {
+			atDeath++
+			continue
+		}
+		t.Errorf("message %d was duplicated away from any process death (kill -9 at %d, host crash at %d)", d, killMark, crashMark)
+	}
+	if atDeath > 0 {
+		t.Logf("duplicated at a process death (the batch in flight): %d", atDeath)
 	}
 	for src := range from {
 		if src != netip.MustParseAddrPort(agentVIP+":5000") {
@@ -364,6 +384,8 @@ func TestEgressWithoutIDs(t *testing.T) {
 		t.Errorf("%d messages lost: more than two seconds' worth across one step-down and one kill -9", len(missing))
 	}
 }
+
+func abs(x int) int { return max(x, -x) }
 
 // head is the first few of xs, for logs.
 func head(xs []int) string {
