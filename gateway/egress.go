@@ -192,15 +192,6 @@ var egressResultNames = [numEgressResults]string{"sent", "not_primary", "duplica
 // String returns the result as a metric label value.
 func (r EgressResult) String() string { return egressResultNames[r] }
 
-// EgressResults lists every result, for metrics.
-func EgressResults() []EgressResult {
-	rs := make([]EgressResult, numEgressResults)
-	for i := range rs {
-		rs[i] = EgressResult(i)
-	}
-	return rs
-}
-
 // EgressStats is one egress port's counters.
 type EgressStats struct {
 	Listen   string
@@ -226,8 +217,8 @@ type Egress struct {
 	base time.Time
 	now  func() int64 // ns since base
 
-	on       atomic.Bool  // sending (SetForwarding)
-	deadline atomic.Int64 // ns since base; 0: none (SetDeadline)
+	on       atomic.Bool // sending (SetForwarding)
+	deadline *leaseEnd   // SetDeadline
 	epoch    atomic.Uint64
 	// gate is held for reading by every batch being sent, from the check
 	// that sending is on until its ids are published; SetForwarding(false)
@@ -275,7 +266,7 @@ func NewEgress(cfg EgressConfig, log *slog.Logger) (*Egress, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Egress{cfg: cfg, log: log.With("component", "egress"), base: time.Now(), kick: make(chan struct{}, 1)}
+	e := &Egress{cfg: cfg, log: log.With("component", "egress"), base: time.Now(), deadline: newLeaseEnd(), kick: make(chan struct{}, 1)}
 	e.now = func() int64 { return int64(time.Since(e.base)) }
 	e.st = newEgressState(cfg)
 	return e, nil
@@ -326,13 +317,7 @@ const stopWait = 20 * time.Millisecond
 
 // SetDeadline makes sending end by itself at t, the lease deadline (the
 // zero time removes it), as Relay.SetDeadline.
-func (e *Egress) SetDeadline(t time.Time) {
-	if t.IsZero() {
-		e.deadline.Store(0)
-		return
-	}
-	e.deadline.Store(max(1, int64(t.Sub(e.base))))
-}
+func (e *Egress) SetDeadline(t time.Time) { e.deadline.set(t) }
 
 // SetAllow replaces the destination allowlist (a reload), from the next
 // batch. The caller has validated it with the ports' destinations
@@ -355,13 +340,9 @@ func (e *Egress) SetRate(rate, burst int) {
 // started; the ids' records carry the relay's.
 func (e *Egress) SetEpoch(epoch uint64) { e.epoch.Store(epoch) }
 
-// Sending reports whether the egress sends now.
-func (e *Egress) Sending() bool { return e.sending(e.now()) }
-
-func (e *Egress) sending(now int64) bool {
-	d := e.deadline.Load()
-	return e.on.Load() && (d == 0 || now <= d)
-}
+// sending reports whether the egress sends now: on, and the lease
+// deadline not passed.
+func (e *Egress) sending() bool { return e.on.Load() && !e.deadline.passed() }
 
 // SetPublish sets how the ids sent are told to the other nodes: the
 // relay's Publish, which puts a record in the feed. Without it (or with
@@ -474,13 +455,13 @@ func (e *Egress) maintain(ctx context.Context) error {
 // handle runs one batch: add is called with the state locked to fill out.
 func (e *Egress) handle(w *egressWriter, add func(o *egressOut, on bool, now int64)) {
 	now := e.now()
-	on := e.sending(now)
+	on := e.sending()
 	if on {
 		e.gate.RLock()
 		defer e.gate.RUnlock()
 		// Checked again: SetForwarding(false) may have run in between,
 		// and its return promises that nothing leaves after it.
-		on = e.sending(now)
+		on = e.sending()
 	}
 	o := &w.out
 	o.reset()

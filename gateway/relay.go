@@ -164,11 +164,10 @@ type Relay struct {
 	log     *slog.Logger
 	space   atomic.Pointer[seqSpace]
 	stopped atomic.Bool // forwarding off (SetForwarding(false))
-	// deadline: forwarding ends at this lease deadline (ns since base; 0:
-	// none) even if nobody turns it off — a holder frozen past its lease
-	// must not relay, on waking, what waited in its socket.
-	deadline  atomic.Int64
-	base      time.Time
+	// deadline: forwarding ends at the lease deadline even if nobody
+	// turns it off — a holder frozen past its lease must not relay, on
+	// waking, what waited in its socket.
+	deadline  *leaseEnd
 	mu        sync.Mutex // guards listeners and dynamic
 	listeners []*relayListener
 	dynamic   []netip.AddrPort          // from SetUnicast, applied to listeners bound later
@@ -202,7 +201,7 @@ func NewRelay(cfg RelayConfig, log *slog.Logger) (*Relay, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Relay{cfg: cfg, log: log.With("component", "relay"), base: time.Now()}
+	r := &Relay{cfg: cfg, log: log.With("component", "relay"), deadline: newLeaseEnd()}
 	if !cfg.Repair.Off {
 		r.rep = newRelayRepairer(cfg)
 		r.rep.setAllowed(cfg.Unicast, nil)
@@ -227,13 +226,7 @@ func (r *Relay) SetForwarding(on bool) { r.stopped.Store(!on) }
 // SetDeadline makes forwarding end by itself at t, the holder's lease
 // deadline (the agent moves it on each renewal); the zero time removes it.
 // Turned off this way, datagrams are dropped as not_primary.
-func (r *Relay) SetDeadline(t time.Time) {
-	if t.IsZero() {
-		r.deadline.Store(0)
-		return
-	}
-	r.deadline.Store(max(1, int64(t.Sub(r.base))))
-}
+func (r *Relay) SetDeadline(t time.Time) { r.deadline.set(t) }
 
 // ErrNotForwarding: Publish on a relay that does not forward (not the
 // primary, or past its lease deadline).
@@ -246,7 +239,7 @@ var ErrNotForwarding = errors.New("the relay is not forwarding (not the primary)
 // application. It is safe while Run is running; ErrNotForwarding if the
 // relay does not forward.
 func (r *Relay) Publish(record []byte) error {
-	if r.stopped.Load() || r.pastDeadline() {
+	if r.stopped.Load() || r.deadline.passed() {
 		return ErrNotForwarding
 	}
 	if len(record) > MaxRelayPayload {
@@ -289,12 +282,6 @@ func (r *Relay) Publish(record []byte) error {
 		return fmt.Errorf("publishing a record: %w", errors.Join(errs...))
 	}
 	return nil
-}
-
-// pastDeadline reports whether the lease deadline (SetDeadline) passed.
-func (r *Relay) pastDeadline() bool {
-	d := r.deadline.Load()
-	return d != 0 && int64(time.Since(r.base)) > d
 }
 
 // ListenConn returns the listening socket bound to exactly addr, or nil:
@@ -363,8 +350,7 @@ func (r *Relay) newListener(ctx context.Context, addr netip.AddrPort, ifi *net.I
 		allow:   &r.allow,
 		space:   &r.space,
 		stopped: &r.stopped,
-		until:   &r.deadline,
-		base:    r.base,
+		until:   r.deadline,
 		log:     r.log.With("listen", addr.String()),
 		now:     func() int64 { return time.Now().UnixNano() },
 		rep:     r.rep,
@@ -604,8 +590,7 @@ type relayListener struct {
 	allow   *atomic.Pointer[Allowlist] // Relay.allow
 	space   *atomic.Pointer[seqSpace]
 	stopped *atomic.Bool
-	until   *atomic.Int64 // Relay.deadline
-	base    time.Time
+	until   *leaseEnd // Relay.deadline; nil: none
 	log     *slog.Logger
 	now     func() int64
 	c       relayCounters
@@ -759,7 +744,7 @@ func (l *relayListener) spread(n int) {
 
 // process frames and forwards datagrams 0..n-1 of the current batch.
 func (l *relayListener) process(n int) {
-	if l.stopped.Load() || l.pastDeadline() {
+	if l.stopped.Load() || l.until.passed() {
 		l.c.received.Add(uint64(n))
 		l.c.dropped[DropNotPrimary].Add(uint64(n))
 		return
@@ -823,15 +808,6 @@ func (l *relayListener) process(n int) {
 		// this one's delivery.
 		l.local.takeLocal(l.out)
 	}
-}
-
-// pastDeadline reports whether the lease deadline (SetDeadline) passed.
-func (l *relayListener) pastDeadline() bool {
-	if l.until == nil {
-		return false
-	}
-	d := l.until.Load()
-	return d != 0 && int64(time.Since(l.base)) > d
 }
 
 // logSendError logs send failures at most every 10 s: a dead destination

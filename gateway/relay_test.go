@@ -266,7 +266,7 @@ func BenchmarkRelayProcess(b *testing.B) {
 func TestRelayDeadline(t *testing.T) {
 	w := &fakeWriter{}
 	l, r := newTestListener(t, nil, nil, w)
-	l.until, l.base = &r.deadline, r.base
+	l.until = r.deadline
 	a := netip.MustParseAddrPort("198.18.0.50:4000")
 	r.SetDeadline(time.Now().Add(time.Hour))
 	l.process(feed(l, meta{N: 10, From: a}))
