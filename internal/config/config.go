@@ -346,6 +346,20 @@ func addrPort(path, s string) (netip.AddrPort, error) {
 	return ap, nil
 }
 
+// prefixes parses a list of CIDRs (masked: 198.18.0.1/24 is 198.18.0.0/24);
+// an error names the entry, e.g. relay.allow[1].
+func prefixes(path string, vals []string) (gateway.Allowlist, error) {
+	var out gateway.Allowlist
+	for i, s := range vals {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("%s[%d]: %q: want a CIDR such as 198.18.0.0/15", path, i, s)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
 var errNoVIP = errors.New("vips: none is set: add this node's floating address (vips[0].address and vips[0].interface) and relay.listen; " +
 	"the packaged file ships none, so that installing it touches no interface")
 

@@ -330,21 +330,14 @@ func parseRelay(r *raw, vips []VIP) (Relay, error) {
 		}
 		rel.Unicast = append(rel.Unicast, ap)
 	}
-	for i, s := range rr.Allow {
-		p, err := netip.ParsePrefix(strings.TrimSpace(s))
-		if err != nil {
-			return rel, fmt.Errorf("relay.allow[%d]: %q: want a CIDR such as 198.18.0.0/15", i, s)
-		}
-		rel.Allow = append(rel.Allow, p.Masked())
+	var err error
+	if rel.Allow, err = prefixes("relay.allow", rr.Allow); err != nil {
+		return rel, err
 	}
 	rp := rr.Repair
 	rel.Repair = gateway.RepairConfig{Off: !rp.Enabled, Frames: rp.Frames, Bytes: rp.Bytes, Rate: rp.Rate}
-	for i, s := range rp.Allow {
-		p, err := netip.ParsePrefix(strings.TrimSpace(s))
-		if err != nil {
-			return rel, fmt.Errorf("relay.repair.allow[%d]: %q: want a CIDR such as 198.18.0.0/15", i, s)
-		}
-		rel.Repair.Allow = append(rel.Repair.Allow, p.Masked())
+	if rel.Repair.Allow, err = prefixes("relay.repair.allow", rp.Allow); err != nil {
+		return rel, err
 	}
 	if err := rel.Validate(); errors.Is(err, gateway.ErrNoDestination) {
 		return rel, fmt.Errorf("relay: no destination: set relay.group, relay.unicast or relay.unicast_from_consul")
@@ -382,12 +375,8 @@ func parseReceive(r *raw) (Receive, error) {
 	if rec.HoldTime, err = duration("receive.hold_time", rc.HoldTime); err != nil {
 		return rec, err
 	}
-	for i, s := range rc.Sources {
-		p, err := netip.ParsePrefix(strings.TrimSpace(s))
-		if err != nil {
-			return rec, fmt.Errorf("receive.sources[%d]: %q: want a CIDR such as 198.18.0.0/15", i, s)
-		}
-		rec.Sources = append(rec.Sources, p.Masked())
+	if rec.Sources, err = prefixes("receive.sources", rc.Sources); err != nil {
+		return rec, err
 	}
 	if rec.Order, err = gateway.ParseOrder(rc.Order); err != nil {
 		return rec, fmt.Errorf("receive.order: %w", err)
@@ -429,12 +418,8 @@ func parseEgress(r *raw, vips []VIP, rec Receive) (Egress, error) {
 	if !isVIP {
 		return eg, fmt.Errorf("egress.source: %s is not one of vips: the primary sends from the service's address", eg.Source.Addr())
 	}
-	for i, s := range re.Allow {
-		p, err := netip.ParsePrefix(strings.TrimSpace(s))
-		if err != nil {
-			return eg, fmt.Errorf("egress.allow[%d]: %q: want a CIDR such as 198.18.2.0/24", i, s)
-		}
-		eg.Allow = append(eg.Allow, p.Masked())
+	if eg.Allow, err = prefixes("egress.allow", re.Allow); err != nil {
+		return eg, err
 	}
 	if eg.Window, err = duration("egress.duplicate_window", re.DuplicateWindow); err != nil {
 		return eg, err
