@@ -28,17 +28,7 @@ receive:
   group: 239.255.0.1:5001
   deliver: stdout
 `
-	loadText := func(text string) *config.Config {
-		p := filepath.Join(t.TempDir(), "c.yaml")
-		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		c, err := config.Load(p, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
+	loadText := func(text string) *config.Config { return loadConfig(t, text) }
 	load := func(extra string) *config.Config { return loadText(base + extra) }
 	cfg := load("")
 	a := newAgent(cfg, nil, nil, systemClock{})
@@ -121,17 +111,7 @@ egress:
     - address: 127.0.0.1:7100
       destination: 198.18.2.10:9000
 `
-	load := func(text string) *config.Config {
-		p := filepath.Join(t.TempDir(), "c.yaml")
-		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		c, err := config.Load(p, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
+	load := func(text string) *config.Config { return loadConfig(t, text) }
 	cfg := load(base)
 	a := newAgent(cfg, nil, nil, systemClock{})
 	var err error
@@ -161,11 +141,27 @@ egress:
 	// A file whose new allowlist leaves a port's destination out is
 	// refused before anything is applied.
 	bad := strings.Replace(base, "  allow: [198.18.2.0/24]\n", "  allow: [198.18.3.0/24]\n", 1)
-	p := filepath.Join(t.TempDir(), "c.yaml")
-	if err := os.WriteFile(p, []byte(bad), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := config.Load(p, nil); err == nil || !strings.Contains(err.Error(), "egress.listen[0].destination: 198.18.2.10:9000 is outside allow") {
+	if _, err := config.Load(writeConfig(t, bad), nil); err == nil || !strings.Contains(err.Error(), "egress.listen[0].destination: 198.18.2.10:9000 is outside allow") {
 		t.Errorf("an allowlist without a port's destination: %v", err)
 	}
+}
+
+// writeConfig writes text to a configuration file of its own.
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// loadConfig loads text as the agent would a file.
+func loadConfig(t *testing.T, text string) *config.Config {
+	t.Helper()
+	c, err := config.Load(writeConfig(t, text), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
