@@ -60,6 +60,15 @@ func (a EgressAddr) String() string {
 	return a.UDP.String()
 }
 
+// Dial returns a socket connected to the egress port, for an application
+// (driftgate send) to write datagrams to.
+func (a EgressAddr) Dial() (net.Conn, error) {
+	if a.Unix != "" {
+		return net.Dial("unixgram", a.Unix)
+	}
+	return net.Dial("udp", a.UDP.String())
+}
+
 // MarshalText renders the address as String does (the effective
 // configuration, /status).
 func (a EgressAddr) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
@@ -248,21 +257,8 @@ func NewEgress(cfg EgressConfig, log *slog.Logger) (*Egress, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("egress: %w", err)
 	}
-	if cfg.Batch == 0 {
-		cfg.Batch = DefaultBatch
-	}
-	if cfg.RcvBuf == 0 {
-		cfg.RcvBuf = DefaultRcvBuf
-	}
-	if cfg.HoldFrames == 0 {
-		cfg.HoldFrames = DefaultEgressHoldFrames
-	}
-	if cfg.HoldBytes == 0 {
-		cfg.HoldBytes = DefaultEgressHoldBytes
-	}
-	if cfg.Burst == 0 {
-		cfg.Burst = cfg.Rate
-	}
+	cfg.Batch, cfg.RcvBuf = cmp.Or(cfg.Batch, DefaultBatch), cmp.Or(cfg.RcvBuf, DefaultRcvBuf)
+	cfg.HoldFrames, cfg.HoldBytes = cmp.Or(cfg.HoldFrames, DefaultEgressHoldFrames), cmp.Or(cfg.HoldBytes, DefaultEgressHoldBytes)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -333,7 +329,7 @@ func (e *Egress) SetAllow(allow Allowlist) {
 func (e *Egress) SetRate(rate, burst int) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.st.rate, e.st.burst = float64(rate), float64(cmp.Or(burst, rate))
+	e.st.setRate(rate, burst)
 }
 
 // SetEpoch records the term's epoch, for the log line that says sending

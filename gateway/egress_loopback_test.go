@@ -90,11 +90,7 @@ func result(e *Egress, port int, r EgressResult) uint64 { return e.Stats()[port]
 
 func sendTo(t *testing.T, to EgressAddr, payloads ...[]byte) {
 	t.Helper()
-	network, addr := "udp", to.UDP.String()
-	if to.Unix != "" {
-		network, addr = "unixgram", to.Unix
-	}
-	c, err := net.Dial(network, addr)
+	c, err := to.Dial()
 	if err != nil {
 		t.Fatal(err)
 	}

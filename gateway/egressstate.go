@@ -1,6 +1,9 @@
 package gateway
 
-import "net/netip"
+import (
+	"cmp"
+	"net/netip"
+)
 
 // egressState decides what becomes of each datagram: the allowlist, the
 // rate limits, and duplicate suppression — the ids known sent, and what a
@@ -55,9 +58,15 @@ type heldDgram struct {
 }
 
 func newEgressState(cfg EgressConfig) egressState {
-	return egressState{allow: cfg.Allow, rate: float64(cfg.Rate), burst: float64(cfg.Burst), window: int64(cfg.Window),
-		holdFrames: cfg.HoldFrames, holdBytes: cfg.HoldBytes,
+	s := egressState{allow: cfg.Allow, window: int64(cfg.Window), holdFrames: cfg.HoldFrames, holdBytes: cfg.HoldBytes,
 		seen: map[uint64]int64{}, heldByID: map[uint64]*heldDgram{}, buckets: buckets{}}
+	s.setRate(cfg.Rate, cfg.Burst)
+	return s
+}
+
+// setRate sets the per-destination rate and burst; burst 0 is the rate.
+func (s *egressState) setRate(rate, burst int) {
+	s.rate, s.burst = float64(rate), float64(cmp.Or(burst, rate))
 }
 
 // classify decides about one datagram b read from l's port, at now, with

@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"net"
-	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -56,11 +54,7 @@ as not_primary), or held until the primary says it sent the id.`,
 				b = gateway.AppendEgressHeader(b, h)
 			}
 			b = append(b, args[1]...)
-			network, addr := "udp", to.UDP.String()
-			if to.Unix != "" {
-				network, addr = "unixgram", to.Unix
-			}
-			conn, err := net.Dial(network, addr)
+			conn, err := to.Dial()
 			if err != nil {
 				return fmt.Errorf("sending to the egress port %s: %w", to, err)
 			}
@@ -149,6 +143,6 @@ On SIGINT or SIGTERM it prints its counters to stderr and exits 0.`,
 
 func printEgressSummary(w io.Writer, stats []gateway.EgressStats) {
 	for _, s := range stats {
-		fmt.Fprintf(w, "egress %s: received=%s %s\n", s.Listen, strconv.FormatUint(s.Received, 10), formatCounts(s.Results))
+		fmt.Fprintf(w, "egress %s: received=%d %s\n", s.Listen, s.Received, formatCounts(s.Results))
 	}
 }
