@@ -673,19 +673,7 @@ func listenUnixgram(path string, rcvbuf int) (*net.UnixConn, error) {
 }
 
 func (l *egressListener) serve(ctx context.Context) error {
-	for {
-		n, err := l.in.ReadBatch(l.bufs, l.metas)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				continue
-			}
-			return fmt.Errorf("egress: reading from %s: %w", l.addr, err)
-		}
-		l.take(n)
-	}
+	return readBatches(ctx, l.in, l.bufs, l.metas, "egress: reading from "+l.addr.String(), l.take)
 }
 
 // take decides about and sends datagrams 0..n-1 of the batch read.

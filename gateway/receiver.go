@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -373,19 +372,7 @@ func (r *Receiver) Run(ctx context.Context) error {
 func (r *Receiver) read(ctx context.Context, rs *readSide) error {
 	stop := context.AfterFunc(ctx, func() { _ = rs.conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
-	for {
-		n, err := rs.in.ReadBatch(rs.bufs, rs.metas)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				continue
-			}
-			return fmt.Errorf("receiver: reading: %w", err)
-		}
-		r.process(rs, n)
-	}
+	return readBatches(ctx, rs.in, rs.bufs, rs.metas, "receiver: reading", func(n int) { r.process(rs, n) })
 }
 
 // process checks and delivers datagrams 0..n-1 of rs's batch.

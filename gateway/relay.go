@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -684,29 +683,11 @@ func (l *relayListener) run(ctx context.Context) error {
 
 // forward reads, frames and sends until ctx ends.
 func (l *relayListener) forward(ctx context.Context) error {
-	for {
-		var n int
-		var err error
-		if l.gro {
-			n, err = l.in.ReadBatch(l.groBufs, l.groMetas)
-		} else {
-			n, err = l.in.ReadBatch(l.reads, l.metas)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				continue
-			}
-			return fmt.Errorf("relay: reading from %s: %w", l.addr, err)
-		}
-		if l.gro {
-			l.spread(n)
-			continue
-		}
-		l.process(n)
+	what := fmt.Sprintf("relay: reading from %s", l.addr)
+	if l.gro {
+		return readBatches(ctx, l.in, l.groBufs, l.groMetas, what, l.spread)
 	}
+	return readBatches(ctx, l.in, l.reads, l.metas, what, l.process)
 }
 
 // spread copies the datagrams of GRO reads 0..n-1 into the frames' payload
