@@ -17,17 +17,7 @@ import (
 // the rest as needing a restart, and compares the next reload with what
 // runs (not with the file the agent started with).
 func TestApply(t *testing.T) {
-	const base = `node: n1
-vips:
-  - address: 198.18.0.100/24
-    interface: eth0
-relay:
-  listen: ["198.18.0.100:5000"]
-  group: 239.255.0.1:5001
-receive:
-  group: 239.255.0.1:5001
-  deliver: stdout
-`
+	const base = reloadBase
 	loadText := func(text string) *config.Config { return loadConfig(t, text) }
 	load := func(extra string) *config.Config { return loadText(base + extra) }
 	cfg := load("")
@@ -94,17 +84,7 @@ receive:
 // TestApplyEgress: the egress's allowlist and rates take effect on a
 // reload; its ports need a restart.
 func TestApplyEgress(t *testing.T) {
-	const base = `node: n1
-vips:
-  - address: 198.18.0.100/24
-    interface: eth0
-relay:
-  listen: ["198.18.0.100:5000"]
-  group: 239.255.0.1:5001
-receive:
-  group: 239.255.0.1:5001
-  deliver: stdout
-egress:
+	const base = reloadBase + `egress:
   source: 198.18.0.100:5000
   allow: [198.18.2.0/24]
   listen:
@@ -145,6 +125,19 @@ egress:
 		t.Errorf("an allowlist without a port's destination: %v", err)
 	}
 }
+
+// reloadBase is the smallest valid configuration the reload tests edit.
+const reloadBase = `node: n1
+vips:
+  - address: 198.18.0.100/24
+    interface: eth0
+relay:
+  listen: ["198.18.0.100:5000"]
+  group: 239.255.0.1:5001
+receive:
+  group: 239.255.0.1:5001
+  deliver: stdout
+`
 
 // writeConfig writes text to a configuration file of its own.
 func writeConfig(t *testing.T, text string) string {
